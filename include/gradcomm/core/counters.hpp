@@ -70,8 +70,9 @@ class traffic_counters {
 
   traffic_snapshot snapshot() const noexcept {
     constexpr auto r = std::memory_order_relaxed;
-    return {bytes_sent.load(r),      bytes_received.load(r), messages_sent.load(r),
-            messages_received.load(r), encode_ns.load(r),      decode_ns.load(r),
+    return {bytes_sent.load(r),    bytes_received.load(r),
+            messages_sent.load(r), messages_received.load(r),
+            encode_ns.load(r),     decode_ns.load(r),
             wait_ns.load(r)};
   }
 

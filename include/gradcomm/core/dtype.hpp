@@ -65,11 +65,16 @@ namespace detail {
 template <class T>
 constexpr dtype dtype_of_impl() {
   using U = std::remove_cv_t<T>;
-  if constexpr (std::is_same_v<U, float>) return dtype::f32;
-  else if constexpr (std::is_same_v<U, f16>) return dtype::f16;
-  else if constexpr (std::is_same_v<U, bf16>) return dtype::bf16;
-  else if constexpr (std::is_same_v<U, fp8_e4m3>) return dtype::fp8_e4m3;
-  else return dtype::fp8_e5m2;
+  if constexpr (std::is_same_v<U, float>)
+    return dtype::f32;
+  else if constexpr (std::is_same_v<U, f16>)
+    return dtype::f16;
+  else if constexpr (std::is_same_v<U, bf16>)
+    return dtype::bf16;
+  else if constexpr (std::is_same_v<U, fp8_e4m3>)
+    return dtype::fp8_e4m3;
+  else
+    return dtype::fp8_e5m2;
 }
 }  // namespace detail
 

@@ -20,9 +20,9 @@ inline namespace v0 {
 
 /// The library's own error codes (category `library_category()`).
 enum class errc : int {
-  decode = 1,          ///< malformed bytes handed to a decoder
-  timeout = 2,         ///< a peer did not arrive before the deadline
-  peer = 3,            ///< a peer failed and released this rank
+  decode = 1,   ///< malformed bytes handed to a decoder
+  timeout = 2,  ///< a peer did not arrive before the deadline
+  peer = 3,     ///< a peer failed and released this rank
   invalid_argument = 4,
   buffer_too_small = 5,
   unsupported = 6,
@@ -146,8 +146,7 @@ class timeout_error : public error {
 class peer_error : public error {
  public:
   peer_error(std::string call, int rank, int peer, std::string reason)
-      : error(make_error_code(errc::peer), std::move(call), rank, std::move(reason)),
-        peer_(peer) {}
+      : error(make_error_code(errc::peer), std::move(call), rank, std::move(reason)), peer_(peer) {}
   int peer() const noexcept { return peer_; }
 
  private:

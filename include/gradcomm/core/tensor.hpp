@@ -39,29 +39,33 @@ class tensor_view {
 
   /// Host views convert implicitly from contiguous host containers.
   template <class U, std::size_t E>
-    requires(S == memory_space::host && std::is_convertible_v<U (*)[], T (*)[]>)
-  constexpr tensor_view(std::span<U, E> s) noexcept : data_(s.data()), size_(s.size()) {}
+  requires(
+      S == memory_space::host &&
+      std::is_convertible_v<U (*)[], T (*)[]>) constexpr tensor_view(std::span<U, E> s) noexcept
+      : data_(s.data()), size_(s.size()) {}
   template <class U, class A>
-    requires(S == memory_space::host && std::is_convertible_v<U (*)[], T (*)[]>)
-  constexpr tensor_view(std::vector<U, A>& v) noexcept : data_(v.data()), size_(v.size()) {}
+  requires(
+      S == memory_space::host &&
+      std::is_convertible_v<U (*)[], T (*)[]>) constexpr tensor_view(std::vector<U, A>& v) noexcept
+      : data_(v.data()), size_(v.size()) {}
   template <class U, class A>
-    requires(S == memory_space::host && std::is_const_v<T> &&
-             std::is_convertible_v<const U (*)[], T (*)[]>)
-  constexpr tensor_view(const std::vector<U, A>& v) noexcept : data_(v.data()), size_(v.size()) {}
+  requires(S == memory_space::host && std::is_const_v<T> &&
+           std::is_convertible_v<
+               const U (*)[], T (*)[]>) constexpr tensor_view(const std::vector<U, A>& v) noexcept
+      : data_(v.data()), size_(v.size()) {}
 
   /// view<T> converts to view<const T> in the same space, never across spaces.
   template <class U>
-    requires(!std::is_same_v<U, T> && std::is_convertible_v<U (*)[], T (*)[]>)
-  constexpr tensor_view(tensor_view<U, S> o) noexcept : data_(o.data()), size_(o.size()) {}
+  requires(!std::is_same_v<U, T> && std::is_convertible_v<U (*)[], T (*)[]>) constexpr tensor_view(
+      tensor_view<U, S> o) noexcept
+      : data_(o.data()), size_(o.size()) {}
 
   GRADCOMM_HD constexpr T* data() const noexcept { return data_; }
   GRADCOMM_HD constexpr std::size_t size() const noexcept { return size_; }
   GRADCOMM_HD constexpr std::size_t size_bytes() const noexcept { return size_ * sizeof(T); }
   GRADCOMM_HD constexpr bool empty() const noexcept { return size_ == 0; }
   /// The element type's tag (element types only).
-  static constexpr gradcomm::dtype element_dtype() noexcept
-    requires element_type<T>
-  {
+  static constexpr gradcomm::dtype element_dtype() noexcept requires gradcomm::element_type<T> {
     return dtype_of<T>;
   }
 
@@ -70,25 +74,13 @@ class tensor_view {
     return {data_ + offset, count};
   }
 
-  constexpr T& operator[](std::size_t i) const noexcept
-    requires(S == memory_space::host)
-  {
+  constexpr T& operator[](std::size_t i) const noexcept requires(S == memory_space::host) {
     return data_[i];
   }
-  constexpr T* begin() const noexcept
-    requires(S == memory_space::host)
-  {
-    return data_;
-  }
-  constexpr T* end() const noexcept
-    requires(S == memory_space::host)
-  {
-    return data_ + size_;
-  }
+  constexpr T* begin() const noexcept requires(S == memory_space::host) { return data_; }
+  constexpr T* end() const noexcept requires(S == memory_space::host) { return data_ + size_; }
   /// The same elements as a std::span (host only).
-  constexpr std::span<T> span() const noexcept
-    requires(S == memory_space::host)
-  {
+  constexpr std::span<T> span() const noexcept requires(S == memory_space::host) {
     return {data_, size_};
   }
 

@@ -1,0 +1,57 @@
+#!/bin/sh
+# gradcomm's set-up, in one place: installs the Debian packages that are missing,
+# configures and builds, then runs what was asked.
+#
+#   sh cmake/bootstrap.sh example   # build, then run the library's main job
+#   sh cmake/bootstrap.sh test      # build, then run the whole test suite (CI)
+#
+# Works on a fresh Debian 12 machine as root (or with sudo). CUDA and NCCL are
+# not Debian packages this script installs: where a toolkit is present (e.g.
+# under /usr/local/cuda) the GPU parts are built, elsewhere they switch off.
+# Environment: BUILD_DIR (default build), JOBS (default: number of cores),
+# CMAKE_ARGS (extra configure arguments).
+set -eu
+
+mode=${1:-example}
+case "$mode" in
+  example | test) ;;
+  *) echo "usage: sh cmake/bootstrap.sh example|test" >&2; exit 2 ;;
+esac
+
+cd "$(dirname "$0")/.."
+build=${BUILD_DIR:-build}
+jobs=${JOBS:-$(nproc 2>/dev/null || echo 2)}
+
+# What the build, the tests and the examples use, by Debian package name.
+packages="g++ cmake ninja-build libgtest-dev libgmock-dev libbenchmark-dev \
+libopenmpi-dev openmpi-bin clang-format"
+
+missing=""
+for p in $packages; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing="$missing $p"
+  fi
+done
+if [ -n "$missing" ]; then
+  echo "gradcomm: installing missing Debian packages:$missing"
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo=""
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+  else
+    echo "gradcomm: run as root (or install sudo) to install:$missing" >&2
+    exit 1
+  fi
+  $sudo apt-get update
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends $missing
+fi
+
+# shellcheck disable=SC2086
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-}
+cmake --build "$build" -j "$jobs"
+
+case "$mode" in
+  example) exec "$build/examples/gradcomm_selfcheck" ;;
+  test) exec ctest --test-dir "$build" --output-on-failure -j "$jobs" ;;
+esac

@@ -1,0 +1,26 @@
+// gradcomm/core/execution.hpp — where a call's work runs.
+//
+//   codec.encode(gradcomm::on_host, in, out);          // finishes before returning
+//   codec.encode(gradcomm::cuda_stream{s}, din, dout); // enqueued on s (cuda/stream.cuh)
+//
+// Every call that may run on a GPU takes an execution context as its first
+// argument. Host calls finish before they return; device calls enqueue on the
+// stream and never synchronize on the hot path. This header names the host
+// context; the CUDA stream context is in core/cuda/stream.cuh (nvcc only).
+#pragma once
+
+#include <gradcomm/core/config.hpp>
+
+namespace gradcomm {
+inline namespace v0 {
+
+/// The host execution context: the calling thread does the work.
+struct host_context {
+  friend constexpr bool operator==(host_context, host_context) noexcept { return true; }
+};
+
+/// The one host context value.
+inline constexpr host_context on_host{};
+
+}  // namespace v0
+}  // namespace gradcomm

@@ -13,6 +13,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 
 namespace gradcomm {
@@ -35,6 +36,26 @@ enum class nonfinite_policy : unsigned char {
   reject,  ///< throw gradcomm::error (invalid_argument) naming the first bad index
   pass,    ///< carry them where the format can (casts); otherwise as `reject`
   zero,    ///< encode them as 0
+};
+
+/// Keys the random numbers of a stochastic codec: Philox (core/philox.hpp) keyed by
+/// (seed, step, rank, bucket), so that a rerun gives the same bytes and the CPU and
+/// the GPU draw the same numbers. Codecs that draw random numbers offer
+/// `set_stream(stream_key)` and `stream()`; the communicator sets step, rank and
+/// bucket before each encode.
+struct stream_key {
+  std::uint64_t seed = 0;
+  std::uint32_t step = 0;
+  std::uint32_t rank = 0;
+  std::uint32_t bucket = 0;
+  friend constexpr bool operator==(const stream_key&, const stream_key&) = default;
+};
+
+/// StochasticCodec<C>: a Codec whose encode draws random numbers keyed by a stream_key.
+template <class C>
+concept StochasticCodec = requires(C& c, const C& cc, stream_key k) {
+  c.set_stream(k);
+  { cc.stream() } -> std::convertible_to<stream_key>;
 };
 
 /// Codec<C>: a compressor of f32 gradients. Requirements:

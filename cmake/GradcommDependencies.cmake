@@ -78,7 +78,12 @@ if(NOT _gc_want_NCCL STREQUAL "OFF")
     target_link_libraries(gradcomm_nccl INTERFACE gradcomm_cuda ${GRADCOMM_NCCL_LIBRARY})
     target_compile_definitions(gradcomm_nccl INTERFACE GRADCOMM_HAS_NCCL=1)
   elseif(_gc_want_NCCL STREQUAL "ON")
-    if(NOT GRADCOMM_HAS_CUDA)
+    if(_gc_want_CUDA STREQUAL "OFF")
+      message(FATAL_ERROR
+        "GRADCOMM_WITH_NCCL=ON needs gradcomm::cuda, but GRADCOMM_WITH_CUDA=OFF. Configure with "
+        "-DGRADCOMM_WITH_CUDA=AUTO or ON (Debian package nvidia-cuda-toolkit), or with "
+        "-DGRADCOMM_WITH_NCCL=AUTO or OFF.")
+    elseif(NOT GRADCOMM_HAS_CUDA)
       _gradcomm_missing(NCCL "the CUDA Toolkit (NCCL needs it)" "GRADCOMM_WITH_CUDA, Debian package nvidia-cuda-toolkit")
     endif()
     _gradcomm_missing(NCCL "NCCL (nccl.h, libnccl)" "Debian package libnccl-dev, or set NCCL_ROOT")
@@ -88,8 +93,9 @@ endif()
 # ---- MPI -------------------------------------------------------------------
 set(GRADCOMM_HAS_MPI OFF)
 if(NOT _gc_want_MPI STREQUAL "OFF")
-  # The C API through the CXX component (this project enables no C language);
-  # the deprecated MPI C++ bindings are left out.
+  # The C API through the CXX component (this project enables no C language, and
+  # neither need its users); MPI_CXX_SKIP_MPICXX keeps the deprecated C++ binding
+  # declarations out of mpi.h, though MPI::MPI_CXX still links their library.
   set(MPI_CXX_SKIP_MPICXX ON CACHE BOOL "Skip the MPI C++ bindings")
   find_package(MPI QUIET COMPONENTS CXX)
   if(MPI_CXX_FOUND)

@@ -181,3 +181,10 @@ TEST(Counters, TimersAddAndThreadsDoNotLoseCounts) {
 }
 
 static_assert(gc::on_host == gc::host_context{});
+
+TEST(Error, WhatIsExactlyTheDocumentedFormat) {
+  const gc::decode_error e("cast_codec::decode", "truncated: needs 24 bytes, 3 left", 2);
+  EXPECT_STREQ(e.what(),
+               "gradcomm: cast_codec::decode on rank 2: truncated: needs 24 bytes, 3 left "
+               "[gradcomm:1]");
+}

@@ -95,10 +95,14 @@ inline std::error_code make_error_code(errc e) noexcept {
 class error : public std::system_error {
  public:
   error(std::error_code code, std::string call, int rank, std::string reason)
-      : std::system_error(code, format(code, call, rank, reason)),
+      : std::system_error(code),
         call_(std::move(call)),
         reason_(std::move(reason)),
+        what_(format(code, call_, rank, reason_)),
         rank_(rank) {}
+
+  /// "gradcomm: <call> on rank <r>: <reason> [<category>:<code>]".
+  const char* what() const noexcept override { return what_.c_str(); }
 
   /// The API call that failed, e.g. "local_transport::allreduce".
   const std::string& call() const noexcept { return call_; }
@@ -118,6 +122,7 @@ class error : public std::system_error {
 
   std::string call_;
   std::string reason_;
+  std::string what_;
   int rank_;
 };
 

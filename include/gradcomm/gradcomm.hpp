@@ -1,0 +1,34 @@
+// gradcomm/gradcomm.hpp — everything the present compiler can build, in one include.
+//
+//   #include <gradcomm/gradcomm.hpp>
+//   using codec = gradcomm::bf16_codec;
+//   gradcomm::local_world world(4);
+//
+// Plain C++ always gets the core, the codecs, the local transport and the
+// communicators. The CUDA parts (.cuh) come in only under nvcc, and the NCCL
+// and MPI transports only where the program links gradcomm::nccl / gradcomm::mpi.
+#pragma once
+
+#include <gradcomm/core/bitpack.hpp>
+#include <gradcomm/core/config.hpp>
+#include <gradcomm/core/counters.hpp>
+#include <gradcomm/core/dtype.hpp>
+#include <gradcomm/core/error.hpp>
+#include <gradcomm/core/execution.hpp>
+#include <gradcomm/core/philox.hpp>
+#include <gradcomm/core/tensor.hpp>
+#include <gradcomm/core/wire.hpp>
+
+#include <gradcomm/codec/cast.hpp>
+#include <gradcomm/codec/codec.hpp>
+
+#include <gradcomm/transport/local.hpp>
+#include <gradcomm/transport/transport.hpp>
+
+#include <gradcomm/comm/allgather_reduce.hpp>
+#include <gradcomm/comm/communicator.hpp>
+
+#if GRADCOMM_CUDA_COMPILER
+#include <gradcomm/core/cuda/error.cuh>
+#include <gradcomm/core/cuda/stream.cuh>
+#endif

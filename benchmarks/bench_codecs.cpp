@@ -1,0 +1,184 @@
+// bench_codecs: every codec's encode and decode_add throughput on 64 MiB of f32
+// (out of cache, one thread), beside memcpy of the same buffer in the same run.
+//
+//   build/benchmarks/bench_codecs                       # Google Benchmark output + table
+//   build/benchmarks/bench_codecs --benchmark_filter=cast
+//
+// Each row reports GB/s of f32 input, the compression ratio (f32 bytes / payload
+// bytes) and the relative L2 error ‖x − D(C(x))‖ / ‖x‖ on Gaussian data. After the
+// runs a Markdown table gives each throughput as a ratio to memcpy's, with the
+// target the issue set for it; timings on shared machines mean something only as
+// such ratios.
+#include <gradcomm/gradcomm.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace gc = gradcomm;
+
+namespace {
+
+constexpr std::size_t kElements = std::size_t{64} << 18;  // 64 MiB of f32
+
+const std::vector<float>& input() {
+  static const std::vector<float> x = [] {
+    std::vector<float> v(kElements);
+    std::mt19937 gen(1234);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (auto& e : v) e = d(gen);
+    return v;
+  }();
+  return x;
+}
+
+struct row_info {
+  double ratio = 0;
+  double rel_error = 0;
+  double encode_target = 0;
+  double decode_target = 0;
+};
+std::map<std::string, row_info>& rows() {
+  static std::map<std::string, row_info> r;
+  return r;
+}
+std::vector<std::string>& row_order() {
+  static std::vector<std::string> r;
+  return r;
+}
+
+void bm_memcpy(benchmark::State& state) {
+  const auto& x = input();
+  std::vector<float> y(x.size());
+  for (auto _ : state) {
+    std::memcpy(y.data(), x.data(), x.size() * sizeof(float));
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * x.size() * 4));
+}
+
+// Registers encode and decode_add benchmarks for one codec configuration. `make`
+// builds a fresh codec; the payload for decode_add and the error figures come from
+// one encode of the input.
+template <class Make>
+void add_codec(const std::string& name, double encode_target, double decode_target, Make make) {
+  row_order().push_back(name);
+  rows()[name] = {0, 0, encode_target, decode_target};
+
+  benchmark::RegisterBenchmark(
+      ("encode/" + name).c_str(),
+      [name, make](benchmark::State& state) {
+        auto codec = make();
+        const auto& x = input();
+        std::vector<std::byte> wire(codec.max_encoded_bytes(x.size()));
+        std::size_t bytes = 0;
+        for (auto _ : state) {
+          bytes = codec.encode(x, wire);
+          benchmark::DoNotOptimize(wire.data());
+          benchmark::ClobberMemory();
+        }
+        state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * x.size() * 4));
+        state.counters["ratio"] = static_cast<double>(x.size() * 4) / static_cast<double>(bytes);
+      })
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+
+  benchmark::RegisterBenchmark(
+      ("decode_add/" + name).c_str(),
+      [name, make](benchmark::State& state) {
+        auto codec = make();
+        const auto& x = input();
+        std::vector<std::byte> wire(codec.max_encoded_bytes(x.size()));
+        wire.resize(codec.encode(x, wire));
+        std::vector<float> y(x.size(), 0.0f);
+        codec.decode(wire, y);
+        double err = 0, norm = 0;
+        for (std::size_t i = 0; i < x.size(); ++i) {
+          const double d = static_cast<double>(x[i]) - y[i];
+          err += d * d;
+          norm += static_cast<double>(x[i]) * x[i];
+        }
+        auto& info = rows()[name];
+        info.ratio = static_cast<double>(x.size() * 4) / static_cast<double>(wire.size());
+        info.rel_error = std::sqrt(err / norm);
+        std::fill(y.begin(), y.end(), 0.0f);
+        for (auto _ : state) {
+          codec.decode_add(wire, y);
+          benchmark::DoNotOptimize(y.data());
+          benchmark::ClobberMemory();
+        }
+        state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * x.size() * 4));
+        state.counters["ratio"] = info.ratio;
+        state.counters["rel_l2_error"] = info.rel_error;
+      })
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+}
+
+void register_codecs() {
+  add_codec("cast_bf16", 0.8, 0.8, [] { return gc::bf16_codec(); });
+  add_codec("cast_f16", 0.8, 0.8, [] { return gc::f16_codec(); });
+}
+
+// Collects every run's bytes/s so that the table can divide by memcpy's.
+class table_reporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const auto& r : runs) {
+      if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
+      const auto it = r.counters.find("bytes_per_second");
+      if (it != r.counters.end()) rates_[r.benchmark_name()] = it->second.value;
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+
+  void print_table() const {
+    const auto m = rates_.find("memcpy/real_time");
+    const auto m2 = rates_.find("memcpy");
+    const double memcpy_rate =
+        m != rates_.end() ? m->second : (m2 != rates_.end() ? m2->second : 0.0);
+    if (memcpy_rate <= 0) return;
+    std::printf("\nmemcpy: %.2f GB/s (64 MiB, one thread)\n\n", memcpy_rate / 1e9);
+    std::printf(
+        "| codec | ratio | rel. L2 error | encode GB/s | encode / memcpy (target) "
+        "| decode_add GB/s | decode_add / memcpy (target) |\n");
+    std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
+    for (const auto& name : row_order()) {
+      const auto e = rates_.find("encode/" + name + "/real_time");
+      const auto d = rates_.find("decode_add/" + name + "/real_time");
+      if (e == rates_.end() || d == rates_.end()) continue;
+      const auto& info = rows().at(name);
+      const double re = e->second / memcpy_rate, rd = d->second / memcpy_rate;
+      std::printf("| %s | %.2f | %.2e | %.2f | %.2f (≥ %.2f %s) | %.2f | %.2f (≥ %.2f %s) |\n",
+                  name.c_str(), info.ratio, info.rel_error, e->second / 1e9, re, info.encode_target,
+                  re >= info.encode_target ? "met" : "MISSED", d->second / 1e9, rd,
+                  info.decode_target, rd >= info.decode_target ? "met" : "MISSED");
+    }
+  }
+
+ private:
+  std::map<std::string, double> rates_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::RegisterBenchmark("memcpy", bm_memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
+  register_codecs();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  table_reporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  reporter.print_table();
+  benchmark::Shutdown();
+  return 0;
+}

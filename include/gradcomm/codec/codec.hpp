@@ -20,15 +20,27 @@ namespace gradcomm {
 inline namespace v0 {
 
 /// What a communicator may do with a codec's payloads.
-///   linear:     payloads of the same n can be summed as they are (casts,
-///               PowerSGD's factors): all-reduce runs natively on the encoded form;
+///   linear:     payloads of the same n can be summed as they are: all-reduce runs
+///               natively on the encoded dtype, each partial sum rounded to it (f16
+///               and bf16 casts, which NCCL sums). fp8 casts are not linear: partial
+///               sums rounded to 2 or 3 mantissa bits and saturating at 448 or 57344
+///               lose too much, and NCCL sums fp8 only from 2.24 on. PowerSGD's
+///               factors sum natively too, but round by round (two_round), not as
+///               payloads;
 ///   fixed_size: the payload's size depends on n alone: scatter–reduce–allgather;
 ///   stateful:   the codec keeps state between calls (error feedback, warm
-///               starts): it can save and load it.
+///               starts): it can save and load it;
+///   two_round:  encoding needs a reduction of its first factor before the second
+///               (PowerSGD: P = M Q is summed over workers and orthogonalized before
+///               Q = Mᵀ P is computed and summed). A communicator runs the rounds
+///               through the codec's round API (TwoRoundCodec); encode() alone is the
+///               single-worker case, whose payloads decode and sum like any other
+///               codec's (all-gather), each worker with its own factors.
 struct codec_traits {
   bool linear = false;
   bool fixed_size = false;
   bool stateful = false;
+  bool two_round = false;
 };
 
 /// What encode does with NaN and ±Inf in its input.
@@ -87,6 +99,33 @@ concept Codec = std::same_as<typename C::value_type, float> &&
        { c.save_state(buf) } -> std::same_as<std::size_t>;
        c.load_state(bytes);
      });
+
+/// TwoRoundCodec<C>: a Codec with `traits.two_round` whose encoding a communicator
+/// runs as two reductions over caller-owned f32 buffers (PowerSGD). Every worker, in
+/// the same order:
+///  1. `c.compute_p(in, p)` fills p (`c.p_floats(n)` floats) from its tensor;
+///  2. the communicator sums p over workers (a native all-reduce of floats);
+///  3. `c.compute_q(in, p, q)` turns the summed p into the shared factor in place
+///     and fills q (`c.q_floats(n)` floats, possibly 0);
+///  4. the communicator sums q over workers (skipped where q_floats(n) is 0);
+///  5. `c.decompress(in, p, q, out)` writes the summed low-rank tensor into out
+///     (which may be `in` itself) and ends the step (error feedback, warm start).
+/// `in` holds the same values in steps 1, 3 and 5. Every worker ends with bitwise
+/// the same `out`.
+///
+///   codec.compute_p(g, p);   allreduce_sum(p);
+///   codec.compute_q(g, p, q); allreduce_sum(q);
+///   codec.decompress(g, p, q, g);   // g: the sum over workers, low-rank
+template <class C>
+concept TwoRoundCodec = Codec<C> && C::traits.two_round &&
+    requires(C& c, const C& cc, std::size_t n, host_view<const float> in, host_view<float> buf,
+             host_view<const float> cbuf) {
+  { cc.p_floats(n) } -> std::same_as<std::size_t>;
+  { cc.q_floats(n) } -> std::same_as<std::size_t>;
+  c.compute_p(in, buf);
+  c.compute_q(in, buf, buf);
+  c.decompress(in, cbuf, cbuf, buf);
+};
 
 }  // namespace v0
 }  // namespace gradcomm

@@ -117,9 +117,10 @@ concept Codec = std::same_as<typename C::value_type, float> &&
 ///   codec.compute_q(g, p, q); allreduce_sum(q);
 ///   codec.decompress(g, p, q, g);   // g: the sum over workers, low-rank
 template <class C>
-concept TwoRoundCodec = Codec<C> && C::traits.two_round &&
-    requires(C& c, const C& cc, std::size_t n, host_view<const float> in, host_view<float> buf,
-             host_view<const float> cbuf) {
+concept TwoRoundCodec = Codec<C> && C::traits.two_round&& requires(C& c, const C& cc, std::size_t n,
+                                                                   host_view<const float> in,
+                                                                   host_view<float> buf,
+                                                                   host_view<const float> cbuf) {
   { cc.p_floats(n) } -> std::same_as<std::size_t>;
   { cc.q_floats(n) } -> std::same_as<std::size_t>;
   c.compute_p(in, buf);

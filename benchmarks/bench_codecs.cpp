@@ -80,7 +80,9 @@ void add_codec(const std::string& name, double encode_target, double decode_targ
         auto codec = make();
         const auto& x = input();
         std::vector<std::byte> wire(codec.max_encoded_bytes(x.size()));
-        std::size_t bytes = 0;
+        // One encode before timing: a codec's first call sizes its state and scratch
+        // (error feedback's residual, top-k's candidates); the table is the steady state.
+        std::size_t bytes = codec.encode(x, wire);
         for (auto _ : state) {
           bytes = codec.encode(x, wire);
           benchmark::DoNotOptimize(wire.data());
@@ -127,6 +129,61 @@ void add_codec(const std::string& name, double encode_target, double decode_targ
 void register_codecs() {
   add_codec("cast_bf16", 0.8, 0.8, [] { return gc::bf16_codec(); });
   add_codec("cast_f16", 0.8, 0.8, [] { return gc::f16_codec(); });
+  add_codec("cast_e4m3", 0.8, 0.8, [] { return gc::e4m3_codec(); });
+  add_codec("cast_e5m2", 0.8, 0.8, [] { return gc::e5m2_codec(); });
+  // Block-scaled fp8 has no target in the issue (0: reported only).
+  add_codec("fp8_block_e4m3", 0, 0, [] { return gc::fp8_block_codec(gc::dtype::fp8_e4m3); });
+  for (unsigned bits : {8u, 4u, 2u, 1u}) {
+    add_codec("scalar_" + std::to_string(bits) + "bit_nearest", 0.5, 0.5,
+              [bits] { return gc::scalar_quant_codec({.bits = bits, .block = 256}); });
+  }
+  for (unsigned bits : {8u, 4u, 2u, 1u}) {
+    add_codec("scalar_" + std::to_string(bits) + "bit_stochastic", 0.35, 0.35, [bits] {
+      gc::scalar_quant_codec c(
+          {.bits = bits, .block = 256, .rounding = gc::quant_rounding::stochastic});
+      c.set_stream({.seed = 7, .step = 1, .rank = 0, .bucket = 0});
+      return c;
+    });
+  }
+  add_codec("sign_error_feedback", 0.4, 0.4,
+            [] { return gc::error_feedback<gc::sign_codec>(gc::sign_codec(256)); });
+  add_codec("ternary", 0.35, 0.35, [] {
+    gc::ternary_codec c(256);
+    c.set_stream({.seed = 7, .step = 1, .rank = 0, .bucket = 0});
+    return c;
+  });
+  for (unsigned dim : {2u, 4u, 8u}) {
+    add_codec("vq_gaussian_d" + std::to_string(dim), 0.2, 0.2,
+              [dim] { return gc::vq_gaussian_codec({.dim = dim}); });
+  }
+  add_codec("vq_learned_d4", 0.2, 0.2, [] { return gc::vq_learned_codec({.dim = 4}); });
+  // Sparsifiers at about 1 % of the Gaussian input (|g| > 2.576 σ is 1.0 %). decode_add
+  // targets are the encode targets (it touches only the k indices, so it clears them easily).
+  add_codec("threshold_abs_1pct", 0.3, 0.3, [] {
+    return gc::threshold_codec({.tau = 2.576f, .rule = gc::threshold_rule::absolute});
+  });
+  add_codec("threshold_rms_1pct", 0.3, 0.3, [] {
+    return gc::threshold_codec({.tau = 2.576f, .rule = gc::threshold_rule::rms_relative});
+  });
+  add_codec("topk_1pct", 0.1, 0.1, [] { return gc::topk_codec({.ratio = 0.01}); });
+  add_codec("approx_topk_1pct", 0.25, 0.25, [] { return gc::approx_topk_codec({.ratio = 0.01}); });
+  add_codec("randomk_1pct", 0.3, 0.3, [] { return gc::randomk_codec({.ratio = 0.01}); });
+#if GRADCOMM_HAS_EIGEN
+  // The input as a 4096 × 4096 matrix, rank 4; encode is one whole single-worker step (P = M Q,
+  // QR, Q = Mᵀ P, and with error feedback the residual). Sized before the clock starts: the
+  // first call's 64 MiB residual is a one-off. Gaussian input has no low-rank structure, so
+  // the error is close to 1: the rows are about speed.
+  add_codec("powersgd_r4", 0.25, 0.25, [] {
+    gc::powersgd_codec c({.rank = 4, .rows = 4096, .cols = 4096});
+    c.resize(kElements);
+    return c;
+  });
+  add_codec("powersgd_r4_no_ef", 0.25, 0.25, [] {
+    gc::powersgd_codec c({.rank = 4, .rows = 4096, .cols = 4096, .error_feedback = false});
+    c.resize(kElements);
+    return c;
+  });
+#endif
 }
 
 // Collects every run's bytes/s so that the table can divide by memcpy's.
@@ -139,6 +196,13 @@ class table_reporter : public benchmark::ConsoleReporter {
       if (it != r.counters.end()) rates_[r.benchmark_name()] = it->second.value;
     }
     ConsoleReporter::ReportRuns(runs);
+  }
+
+  static std::string verdict(double ratio, double target) {
+    if (target <= 0) return "(no target)";
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "(≥ %.2f %s)", target, ratio >= target ? "met" : "MISSED");
+    return buf;
   }
 
   void print_table() const {
@@ -158,10 +222,10 @@ class table_reporter : public benchmark::ConsoleReporter {
       if (e == rates_.end() || d == rates_.end()) continue;
       const auto& info = rows().at(name);
       const double re = e->second / memcpy_rate, rd = d->second / memcpy_rate;
-      std::printf("| %s | %.2f | %.2e | %.2f | %.2f (≥ %.2f %s) | %.2f | %.2f (≥ %.2f %s) |\n",
-                  name.c_str(), info.ratio, info.rel_error, e->second / 1e9, re, info.encode_target,
-                  re >= info.encode_target ? "met" : "MISSED", d->second / 1e9, rd,
-                  info.decode_target, rd >= info.decode_target ? "met" : "MISSED");
+      std::printf("| %s | %.2f | %.2e | %.2f | %.2f %s | %.2f | %.2f %s |\n", name.c_str(),
+                  info.ratio, info.rel_error, e->second / 1e9, re,
+                  verdict(re, info.encode_target).c_str(), d->second / 1e9, rd,
+                  verdict(rd, info.decode_target).c_str());
     }
   }
 

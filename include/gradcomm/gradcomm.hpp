@@ -5,8 +5,9 @@
 //   gradcomm::local_world world(4);
 //
 // Plain C++ always gets the core, the codecs, the local transport and the
-// communicators. The CUDA parts (.cuh) come in only under nvcc, and the NCCL
-// and MPI transports only where the program links gradcomm::nccl / gradcomm::mpi.
+// communicators. The CUDA parts (.cuh) come in only under nvcc, the NCCL and
+// MPI transports only where the program links gradcomm::nccl / gradcomm::mpi, and
+// PowerSGD only where it links gradcomm::eigen.
 #pragma once
 
 #include <gradcomm/core/bitpack.hpp>
@@ -21,6 +22,12 @@
 
 #include <gradcomm/codec/cast.hpp>
 #include <gradcomm/codec/codec.hpp>
+#include <gradcomm/codec/error_feedback.hpp>
+#include <gradcomm/codec/fp8_block.hpp>
+#include <gradcomm/codec/quantize.hpp>
+#include <gradcomm/codec/sign.hpp>
+#include <gradcomm/codec/sparse.hpp>
+#include <gradcomm/codec/vector_quant.hpp>
 
 #include <gradcomm/transport/local.hpp>
 #include <gradcomm/transport/transport.hpp>

@@ -537,3 +537,33 @@ TEST(ReshardResiduals, WorksWithCodecState) {
     ASSERT_NEAR(after, before, std::ldexp(std::fabs(before), -23) + 1e-30) << i;
   }
 }
+
+// Found by fuzz.error_feedback: a nested state whose inner residual covers another number of
+// elements than the outer one was accepted, and the next encode then threw.
+TEST(ErrorFeedbackState, NestedStatesOfDifferentSizesAreRejected) {
+  using nested = gradcomm::error_feedback<gradcomm::error_feedback<gradcomm::bf16_codec>>;
+  nested seven(7), five(5);
+  std::vector<float> g7(7, 0.3f), g5(5, 0.3f);
+  std::vector<std::byte> w(seven.max_encoded_bytes(7));
+  seven.encode(g7, w);
+  five.encode(g5, w);
+  std::vector<std::byte> s7(seven.state_bytes()), s5(five.state_bytes());
+  s7.resize(seven.save_state(s7));
+  s5.resize(five.save_state(s5));
+  // Outer part of the 7-element state, inner part of the 5-element one.
+  const std::size_t outer7 = 24 + 7 * sizeof(float), outer5 = 24 + 5 * sizeof(float);
+  std::vector<std::byte> mixed(s7.begin(), s7.begin() + static_cast<std::ptrdiff_t>(outer7));
+  mixed.insert(mixed.end(), s5.begin() + static_cast<std::ptrdiff_t>(outer5), s5.end());
+  const std::uint64_t inner_bytes = s5.size() - outer5;
+  std::memcpy(mixed.data() + 16, &inner_bytes, sizeof inner_bytes);
+  nested target(7);
+  try {
+    target.load_state(mixed);
+    FAIL() << "accepted an inconsistent nested state";
+  } catch (const gradcomm::decode_error& e) {
+    EXPECT_NE(std::string(e.what()).find("inner state sized for 5"), std::string::npos) << e.what();
+  }
+  std::vector<float> g(7, 0.1f);
+  std::vector<std::byte> out(target.max_encoded_bytes(7));
+  EXPECT_NO_THROW(target.encode(g, out));  // unchanged by the rejected load
+}

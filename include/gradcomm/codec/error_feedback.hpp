@@ -298,7 +298,23 @@ class error_feedback {
         throw decode_error(call, "non-finite residual at index " + std::to_string(i));
       }
     }
-    if constexpr (Inner::traits.stateful) inner_.load_state(r.take(inner_bytes));
+    if constexpr (Inner::traits.stateful) {
+      // Into a copy: a rejected state leaves the inner codec as it was too.
+      Inner loaded = inner_;
+      loaded.load_state(r.take(inner_bytes));
+      // An inner codec that is itself sized (nested feedback) must cover the same elements,
+      // or the next encode would fail on a state this call accepted.
+      if constexpr (requires(const Inner& c) {
+                      { c.sized() } -> std::convertible_to<bool>;
+                      { c.size() } -> std::convertible_to<std::size_t>;
+                    }) {
+        if (sized && loaded.sized() && loaded.size() != n) {
+          throw decode_error(call, "inner state sized for " + std::to_string(loaded.size()) +
+                                       " elements, the residual has " + std::to_string(n));
+        }
+      }
+      inner_ = std::move(loaded);
+    }
     residual_ = std::move(e);
     scratch_.resize(residual_.size());
     sized_ = sized;

@@ -1,7 +1,8 @@
-# Resolves GRADCOMM_WITH_{CUDA,NCCL,MPI} (AUTO / ON / OFF) into the optional
-# INTERFACE targets gradcomm_cuda, gradcomm_nccl and gradcomm_mpi (exported as
-# gradcomm::cuda, gradcomm::nccl, gradcomm::mpi). Sets GRADCOMM_HAS_<PART> to ON
-# or OFF. AUTO uses what is found; ON and missing stops configuration.
+# Resolves GRADCOMM_WITH_{CUDA,NCCL,MPI,EIGEN} (AUTO / ON / OFF) into the optional
+# INTERFACE targets gradcomm_cuda, gradcomm_nccl, gradcomm_mpi and gradcomm_eigen
+# (exported as gradcomm::cuda, gradcomm::nccl, gradcomm::mpi, gradcomm::eigen). Sets
+# GRADCOMM_HAS_<PART> to ON or OFF. AUTO uses what is found; ON and missing stops
+# configuration.
 
 function(_gradcomm_missing part what package)
   message(FATAL_ERROR
@@ -9,7 +10,7 @@ function(_gradcomm_missing part what package)
     "(${package}) or configure with -DGRADCOMM_WITH_${part}=AUTO or OFF.")
 endfunction()
 
-foreach(_part CUDA NCCL MPI)
+foreach(_part CUDA NCCL MPI EIGEN)
   string(TOUPPER "${GRADCOMM_WITH_${_part}}" _v)
   if(NOT _v MATCHES "^(AUTO|ON|OFF|TRUE|FALSE|YES|NO|1|0)$")
     message(FATAL_ERROR "GRADCOMM_WITH_${_part} must be AUTO, ON or OFF (got '${GRADCOMM_WITH_${_part}}')")
@@ -107,5 +108,22 @@ if(NOT _gc_want_MPI STREQUAL "OFF")
     target_compile_definitions(gradcomm_mpi INTERFACE GRADCOMM_HAS_MPI=1)
   elseif(_gc_want_MPI STREQUAL "ON")
     _gradcomm_missing(MPI "MPI (C bindings)" "Debian packages libopenmpi-dev and openmpi-bin")
+  endif()
+endif()
+
+# ---- Eigen -----------------------------------------------------------------
+# Headers only: the CPU linear algebra of PowerSGD (codec/powersgd.hpp).
+set(GRADCOMM_HAS_EIGEN OFF)
+if(NOT _gc_want_EIGEN STREQUAL "OFF")
+  find_package(Eigen3 3.3 QUIET NO_MODULE)
+  if(TARGET Eigen3::Eigen)
+    set(GRADCOMM_HAS_EIGEN ON)
+    add_library(gradcomm_eigen INTERFACE)
+    add_library(gradcomm::eigen ALIAS gradcomm_eigen)
+    set_target_properties(gradcomm_eigen PROPERTIES EXPORT_NAME eigen)
+    target_link_libraries(gradcomm_eigen INTERFACE gradcomm Eigen3::Eigen)
+    target_compile_definitions(gradcomm_eigen INTERFACE GRADCOMM_HAS_EIGEN=1)
+  elseif(_gc_want_EIGEN STREQUAL "ON")
+    _gradcomm_missing(EIGEN "Eigen 3.3 or later (Eigen3Config.cmake)" "Debian package libeigen3-dev")
   endif()
 endif()

@@ -4,7 +4,7 @@ include(CMakePackageConfigHelpers)
 
 set(GRADCOMM_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/gradcomm)
 set(_gc_targets gradcomm)
-foreach(_part cuda nccl mpi)
+foreach(_part cuda nccl mpi eigen)
   if(TARGET gradcomm_${_part})
     list(APPEND _gc_targets gradcomm_${_part})
   endif()

@@ -1,6 +1,6 @@
 # cmake -DINCLUDE_DIR=<include> -P check_vendor_includes.cmake
 #
-# A plain-C++ header (.hpp) may include a vendor header (CUDA, NCCL, MPI) only
+# A plain-C++ header (.hpp) may include a vendor header (CUDA, NCCL, MPI, Eigen) only
 # inside a preprocessor block whose condition names a GRADCOMM_HAS_... macro, so
 # that a program built without that part never needs the vendor's headers. .cuh
 # files are CUDA-only and not checked.
@@ -8,7 +8,7 @@ if(NOT INCLUDE_DIR)
   message(FATAL_ERROR "usage: cmake -DINCLUDE_DIR=<include dir> -P check_vendor_includes.cmake")
 endif()
 
-set(_vendor "cuda[a-z0-9_]*\\.h|cuda/[^>\"]*|nccl[a-z_]*\\.h|mpi[a-z_]*\\.h|cub/[^>\"]*|thrust/[^>\"]*")
+set(_vendor "cuda[a-z0-9_]*\\.h|cuda/[^>\"]*|nccl[a-z_]*\\.h|mpi[a-z_]*\\.h|cub/[^>\"]*|thrust/[^>\"]*|Eigen/[^>\"]*|unsupported/Eigen/[^>\"]*")
 file(GLOB_RECURSE _headers ${INCLUDE_DIR}/gradcomm/*.hpp)
 set(_bad "")
 foreach(_file IN LISTS _headers)
@@ -32,7 +32,7 @@ foreach(_file IN LISTS _headers)
       # `#if GRADCOMM_HAS_MPI`, `#elif ... && GRADCOMM_HAS_NCCL`; not `#ifdef` nor
       # `defined(...)` (config.hpp defines every GRADCOMM_HAS_ macro, 0 or 1), not
       # a negation.
-      if(_kw MATCHES "^(if|elif)$" AND _cond MATCHES "GRADCOMM_HAS_(CUDA|NCCL|MPI)"
+      if(_kw MATCHES "^(if|elif)$" AND _cond MATCHES "GRADCOMM_HAS_(CUDA|NCCL|MPI|EIGEN)"
          AND NOT _cond MATCHES "(!|defined)[ \t(]*GRADCOMM_HAS_")
         set(_guard 1)
       endif()

@@ -5,13 +5,14 @@
 #                                include guard), g++ -std=c++20 -Wall -Wextra
 #                                -Wpedantic -Werror, no optional part linked
 #   gradcomm_header_check_parts  the same with every optional part this build has
-#                                (GRADCOMM_HAS_CUDA/NCCL/MPI=1 and their headers)
+#                                (GRADCOMM_HAS_CUDA/NCCL/MPI/EIGEN=1 and their headers)
 #   gradcomm_cuh_check           (where nvcc is) one generated .cu per
 #                                include/gradcomm/**/*.cuh, compiled by nvcc
 #   headers.cuh_needs_nvcc.<h>   (ctest) a .cuh included from plain C++ stops with
 #                                its "needs nvcc" #error
 #   headers.vendor_includes      (ctest) no .hpp includes cuda_runtime.h, nccl.h,
-#                                mpi.h, ... outside an `#if GRADCOMM_HAS_...` block
+#                                mpi.h, Eigen/..., ... outside an `#if GRADCOMM_HAS_...`
+#                                block
 #
 # The header lists are globbed with CONFIGURE_DEPENDS: a new header is picked up by
 # the next build.
@@ -50,7 +51,7 @@ if(_gc_hpp_sources)
   set_target_properties(gradcomm_header_check PROPERTIES CXX_EXTENSIONS OFF)
 
   set(_gc_hdr_parts "")
-  foreach(_part cuda nccl mpi)
+  foreach(_part cuda nccl mpi eigen)
     if(TARGET gradcomm::${_part})
       list(APPEND _gc_hdr_parts gradcomm::${_part})
     endif()

@@ -24,6 +24,7 @@
 #include <gradcomm/codec/codec.hpp>
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/fp8_block.hpp>
+#include <gradcomm/codec/powersgd.hpp>  // a stub without gradcomm::eigen
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/codec/sparse.hpp>

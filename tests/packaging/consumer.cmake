@@ -1,8 +1,8 @@
 # Shared by the consumer projects in this folder: one program that links
 # gradcomm::gradcomm and each optional part (gradcomm::cuda, gradcomm::nccl,
-# gradcomm::mpi) that the package or subproject provides.
+# gradcomm::mpi, gradcomm::eigen) that the package or subproject provides.
 #
-# GC_EXPECT_<PART> (CUDA, NCCL, MPI), when set, says whether gradcomm::<part> must
+# GC_EXPECT_<PART> (CUDA, NCCL, MPI, EIGEN), when set, says whether gradcomm::<part> must
 # exist (ON) or must not (OFF): the packaging tests pass what the library was
 # configured with, so a part that silently went missing fails configuration.
 set(_gc_consumer_main ${CMAKE_CURRENT_LIST_DIR}/main.cpp)
@@ -12,7 +12,7 @@ function(gradcomm_consumer name)
   target_link_libraries(${name} PRIVATE gradcomm::gradcomm)
   target_compile_options(${name} PRIVATE
     $<$<COMPILE_LANG_AND_ID:CXX,GNU,Clang>:-Wall -Wextra -Wpedantic -Werror>)
-  foreach(_part CUDA NCCL MPI)
+  foreach(_part CUDA NCCL MPI EIGEN)
     string(TOLOWER ${_part} _lc)
     if(TARGET gradcomm::${_lc})
       target_link_libraries(${name} PRIVATE gradcomm::${_lc})

@@ -1,7 +1,8 @@
 // The program every packaging consumer builds and runs: it uses gradcomm through
 // the include directories and compile definitions that the CMake targets carry,
 // and calls into each vendor library that the consumer linked through an optional
-// part (gradcomm::cuda, gradcomm::nccl, gradcomm::mpi). Exits nonzero on failure.
+// part (gradcomm::cuda, gradcomm::nccl, gradcomm::mpi, gradcomm::eigen). Exits nonzero on
+// failure.
 #include <gradcomm/gradcomm.hpp>
 
 #include <cstdio>
@@ -27,6 +28,13 @@ static_assert(GRADCOMM_HAS_MPI == 1, "gradcomm::mpi must define GRADCOMM_HAS_MPI
 #include <mpi.h>
 #else
 static_assert(GRADCOMM_HAS_MPI == 0, "GRADCOMM_HAS_MPI set without gradcomm::mpi");
+#endif
+#if defined(GC_CONSUMER_LINKS_EIGEN)
+static_assert(GRADCOMM_HAS_EIGEN == 1, "gradcomm::eigen must define GRADCOMM_HAS_EIGEN=1");
+#include <Eigen/Core>
+static_assert(gradcomm::Codec<gradcomm::powersgd_codec>, "the umbrella brings PowerSGD");
+#else
+static_assert(GRADCOMM_HAS_EIGEN == 0, "GRADCOMM_HAS_EIGEN set without gradcomm::eigen");
 #endif
 
 namespace {
@@ -85,6 +93,9 @@ int main() {
   check(MPI_Get_version(&mpi_major, &mpi_minor) == MPI_SUCCESS && mpi_major >= 3,
         "MPI_Get_version");
   std::printf("MPI %d.%d\n", mpi_major, mpi_minor);
+#endif
+#if defined(GC_CONSUMER_LINKS_EIGEN)
+  std::printf("Eigen %d.%d.%d\n", EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION);
 #endif
 
   std::printf("gradcomm %d.%d.%d consumer: %s\n", gradcomm::version.major, gradcomm::version.minor,

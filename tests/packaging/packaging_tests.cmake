@@ -37,7 +37,7 @@ set(_gc_pkg_lib_only -DGRADCOMM_BUILD_TESTS=OFF -DGRADCOMM_BUILD_BENCHMARKS=OFF
 
 # The installed package gets every part this build has, asked for with ON so that
 # a part that cannot be found fails loudly instead of going missing.
-foreach(_part CUDA NCCL MPI)
+foreach(_part CUDA NCCL MPI EIGEN)
   if(GRADCOMM_HAS_${_part})
     set(_gc_pkg_${_part} ON)
   else()
@@ -45,16 +45,21 @@ foreach(_part CUDA NCCL MPI)
   endif()
 endforeach()
 set(_gc_pkg_parts -DGRADCOMM_WITH_CUDA=${_gc_pkg_CUDA} -DGRADCOMM_WITH_NCCL=${_gc_pkg_NCCL}
-    -DGRADCOMM_WITH_MPI=${_gc_pkg_MPI})
+    -DGRADCOMM_WITH_MPI=${_gc_pkg_MPI} -DGRADCOMM_WITH_EIGEN=${_gc_pkg_EIGEN})
 if(GRADCOMM_HAS_CUDA AND CMAKE_CUDA_COMPILER)
   list(APPEND _gc_pkg_parts -DCMAKE_CUDA_COMPILER=${CMAKE_CUDA_COMPILER})
 endif()
 set(_gc_pkg_expect_all -DGC_EXPECT_CUDA=${_gc_pkg_CUDA} -DGC_EXPECT_NCCL=${_gc_pkg_NCCL}
-    -DGC_EXPECT_MPI=${_gc_pkg_MPI})
+    -DGC_EXPECT_MPI=${_gc_pkg_MPI} -DGC_EXPECT_EIGEN=${_gc_pkg_EIGEN})
 set(_gc_pkg_components "")
 if(GRADCOMM_HAS_MPI)
-  set(_gc_pkg_components mpi)
+  list(APPEND _gc_pkg_components mpi)
 endif()
+if(GRADCOMM_HAS_EIGEN)
+  list(APPEND _gc_pkg_components eigen)
+endif()
+# Comma-separated: one command-line argument (the consumer splits it).
+string(REPLACE ";" "," _gc_pkg_components "${_gc_pkg_components}")
 
 function(_gc_pkg_test name)
   cmake_parse_arguments(A "" "SETUP" "REQUIRES;COMMAND" ${ARGN})
@@ -92,16 +97,20 @@ _gc_pkg_test(library.install SETUP gc_pkg_installed REQUIRES gc_pkg_library_buil
   COMMAND ${CMAKE_COMMAND} --install ${_gc_pkg_library} --config Release
           --prefix ${_gc_pkg_prefix})
 
-# add_subdirectory and FetchContent: CUDA and NCCL off to keep them quick; MPI as
-# this build has it.
+# add_subdirectory and FetchContent: CUDA and NCCL off to keep them quick; MPI and
+# Eigen as this build has them.
 _gc_pkg_consumer(subdir add_subdirectory
   ARGS -DGRADCOMM_SOURCE_DIR=${gradcomm_SOURCE_DIR} ${_gc_pkg_lib_only}
        -DGRADCOMM_WITH_CUDA=OFF -DGRADCOMM_WITH_NCCL=OFF -DGRADCOMM_WITH_MPI=${_gc_pkg_MPI}
-       -DGC_EXPECT_CUDA=OFF -DGC_EXPECT_NCCL=OFF -DGC_EXPECT_MPI=${_gc_pkg_MPI})
+       -DGRADCOMM_WITH_EIGEN=${_gc_pkg_EIGEN}
+       -DGC_EXPECT_CUDA=OFF -DGC_EXPECT_NCCL=OFF -DGC_EXPECT_MPI=${_gc_pkg_MPI}
+       -DGC_EXPECT_EIGEN=${_gc_pkg_EIGEN})
 _gc_pkg_consumer(fetchcontent fetchcontent
   ARGS -DGRADCOMM_SOURCE_DIR=${gradcomm_SOURCE_DIR} ${_gc_pkg_lib_only}
        -DGRADCOMM_WITH_CUDA=OFF -DGRADCOMM_WITH_NCCL=OFF -DGRADCOMM_WITH_MPI=${_gc_pkg_MPI}
-       -DGC_EXPECT_CUDA=OFF -DGC_EXPECT_NCCL=OFF -DGC_EXPECT_MPI=${_gc_pkg_MPI})
+       -DGRADCOMM_WITH_EIGEN=${_gc_pkg_EIGEN}
+       -DGC_EXPECT_CUDA=OFF -DGC_EXPECT_NCCL=OFF -DGC_EXPECT_MPI=${_gc_pkg_MPI}
+       -DGC_EXPECT_EIGEN=${_gc_pkg_EIGEN})
 
 # find_package against the install prefix, and against the build folder.
 _gc_pkg_consumer(installed find_package REQUIRES gc_pkg_installed
@@ -133,6 +142,9 @@ function(_gc_pkg_option_test name regex)
 endfunction()
 _gc_pkg_option_test(mpi_missing "GRADCOMM_WITH_MPI=ON[ \n]+but[ \n]+MPI.*libopenmpi-dev"
   -DGRADCOMM_WITH_CUDA=OFF -DGRADCOMM_WITH_MPI=ON -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON)
+_gc_pkg_option_test(eigen_missing "GRADCOMM_WITH_EIGEN=ON[ \n]+but.*libeigen3-dev"
+  -DGRADCOMM_WITH_CUDA=OFF -DGRADCOMM_WITH_MPI=OFF -DGRADCOMM_WITH_EIGEN=ON
+  -DCMAKE_DISABLE_FIND_PACKAGE_Eigen3=ON)
 _gc_pkg_option_test(cuda_missing "GRADCOMM_WITH_CUDA=ON[ \n]+but.*nvidia-cuda-toolkit"
   -DGRADCOMM_WITH_CUDA=ON -DGRADCOMM_WITH_MPI=OFF -DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON)
 _gc_pkg_option_test(nccl_without_cuda

@@ -1,7 +1,7 @@
 // gradcomm/core/config.hpp — version, the host/device macro and feature tests.
 //
-// Every gradcomm header includes this one first. It pulls in no CUDA, NCCL or MPI
-// header: the feature macros below only say what the build linked, and code that
+// Every gradcomm header includes this one first. It pulls in no CUDA, NCCL, MPI or
+// Eigen header: the feature macros below only say what the build linked, and code that
 // needs the vendor headers lives in `.cuh` files or behind those macros.
 #pragma once
 
@@ -27,8 +27,8 @@
 #define GRADCOMM_DEVICE_PASS 0
 #endif
 
-// Set to 1 by the optional CMake targets gradcomm::cuda, gradcomm::nccl and
-// gradcomm::mpi; 0 when the program was not linked with that part.
+// Set to 1 by the optional CMake targets gradcomm::cuda, gradcomm::nccl,
+// gradcomm::mpi and gradcomm::eigen; 0 when the program was not linked with that part.
 #ifndef GRADCOMM_HAS_CUDA
 #define GRADCOMM_HAS_CUDA 0
 #endif
@@ -37,6 +37,9 @@
 #endif
 #ifndef GRADCOMM_HAS_MPI
 #define GRADCOMM_HAS_MPI 0
+#endif
+#ifndef GRADCOMM_HAS_EIGEN
+#define GRADCOMM_HAS_EIGEN 0
 #endif
 
 #if defined(__has_builtin)

@@ -1,0 +1,1218 @@
+// gradcomm/codec/powersgd.hpp — PowerSGD: rank-r compression by one step of power
+// iteration with a warm start, and error feedback (Vogels, Karimireddy and Jaggi,
+// "PowerSGD: Practical Low-Rank Gradient Compression for Distributed Optimization",
+// NeurIPS 2019).
+//
+//   gradcomm::powersgd_codec c({.rank = 4, .rows = 4096, .cols = 4096});
+//   std::vector<std::byte> wire(c.max_encoded_bytes(g.size()));
+//   wire.resize(c.encode(g, wire));  // P (4096 × 4) and Q (4096 × 4): 512× smaller
+//   c.decode(wire, out);             // out = P Qᵀ, the rank-4 approximation of g
+//
+// The tensor is viewed as a rows × cols matrix M (row-major: element (i, j) is
+// in[i·cols + j]). One step computes P = M Q from the previous step's Q (the warm start),
+// orthonormalizes P's columns (Householder QR, Eigen), computes Q = Mᵀ P and sends P and
+// Q: the approximation P Qᵀ = P Pᵀ M is M projected on the span of P. Repeated over steps
+// this is subspace iteration, so the approximation tracks the gradient's top-r singular
+// subspace at the cost of two matrix-vector passes a step.
+//
+// Across workers the sums must happen between the factors (P is summed before Q is
+// computed), which one payload cannot express: the codec's traits say two_round, and its
+// round API (compute_p, compute_q, decompress) lets an all-reduce sum P, then Q
+// (TwoRoundCodec, codec/codec.hpp). encode / decode / decode_add are the single-worker case
+// and a valid Codec on their own.
+//
+// Needs Eigen: link gradcomm::eigen (Debian package libeigen3-dev), which defines
+// GRADCOMM_HAS_EIGEN=1. Without it this header declares only a stub `powersgd_codec` whose
+// use stops compilation with a message saying so.
+#pragma once
+
+#include <gradcomm/core/config.hpp>
+
+#if GRADCOMM_HAS_EIGEN
+
+#include <gradcomm/codec/codec.hpp>
+#include <gradcomm/codec/detail/cpu_dispatch.hpp>
+#include <gradcomm/core/dtype.hpp>
+#include <gradcomm/core/error.hpp>
+#include <gradcomm/core/philox.hpp>
+#include <gradcomm/core/tensor.hpp>
+#include <gradcomm/core/wire.hpp>
+
+#include <Eigen/Core>
+#include <Eigen/QR>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace gradcomm {
+inline namespace v0 {
+
+/// The matrix shape a tensor is viewed as.
+struct powersgd_shape {
+  std::size_t rows = 0;
+  std::size_t cols = 0;
+  friend constexpr bool operator==(const powersgd_shape&, const powersgd_shape&) = default;
+};
+
+/// The shape a flat tensor of n elements is viewed as when none is given: rows is the
+/// largest divisor of n not above √n and cols = n / rows, the squarest exact factoring
+/// (no padding). 4096·4096 → 4096 × 4096; 1000 → 25 × 40; a prime n → 1 × n, which no
+/// rank compresses (the tensor then goes uncompressed: give the shape where it matters,
+/// e.g. out_channels × in_channels·kh·kw for a convolution's weight). n = 0 → 1 × 0.
+///
+///   auto s = gradcomm::powersgd_default_shape(1000);  // {25, 40}
+constexpr powersgd_shape powersgd_default_shape(std::size_t n) noexcept {
+  if (n == 0) return {1, 0};
+  // floor(√n) by Newton's iteration, from above, without overflow.
+  std::size_t root = n, next = n / 2 + 1;
+  while (next < root) {
+    root = next;
+    next = (root + n / root) / 2;
+  }
+  for (std::size_t rows = root; rows > 1; --rows) {
+    if (n % rows == 0) return {rows, n / rows};
+  }
+  return {1, n};
+}
+
+/// Whether rank r gains on a rows × cols matrix: r·(rows + cols) < rows·cols (then also
+/// r < min(rows, cols)). rows·cols must fit in a size_t.
+///
+///   static_assert(gradcomm::powersgd_compresses({4096, 4096}, 4));
+///   static_assert(!gradcomm::powersgd_compresses({1, 1000}, 1));  // 1-D
+constexpr bool powersgd_compresses(powersgd_shape s, std::uint64_t rank) noexcept {
+  const std::size_t a = std::min(s.rows, s.cols), b = std::max(s.rows, s.cols);
+  if (rank == 0 || rank >= a) return false;
+  // r(a + b) < ab  <=>  r·a < (a − r)·b; both sides fit, as r < a ≤ √(ab).
+  return rank * a < (a - rank) * b;
+}
+
+/// PowerSGD's settings.
+///
+///   gradcomm::powersgd_params p{.rank = 2, .rows = 512, .cols = 784};
+///   p.error_feedback = false;   // when wrapped in gradcomm::error_feedback instead
+struct powersgd_params {
+  /// r, the rank of the approximation (at least 1).
+  std::uint32_t rank = 4;
+  /// The matrix shape; both 0 (the default): powersgd_default_shape(n) of the first input.
+  std::size_t rows = 0;
+  std::size_t cols = 0;
+  /// Built-in error feedback, as in the paper: what a step drops is added to the next
+  /// step's input. Needed for convergence; switch it off only to wrap the codec in another
+  /// feedback scheme.
+  bool error_feedback = true;
+  /// Keys the initial Q (Philox): every worker must use the same seed, so that their
+  /// P = M Q sum to (Σ M) Q.
+  std::uint64_t seed = 0;
+  /// NaN and ±Inf in the input (g + e): rejected naming the index (`reject`, and `pass`,
+  /// which no low-rank format can honour) or zeroed (`zero`).
+  nonfinite_policy policy = nonfinite_policy::reject;
+};
+
+/// The first four bytes of a saved powersgd_codec state: "GCPS" read as a little-endian u32.
+inline constexpr std::uint32_t powersgd_state_magic = 0x53504347u;
+/// The state format version this build writes and reads.
+inline constexpr std::uint8_t powersgd_state_version = 1;
+/// Bytes of the state header, before Q and the residual.
+inline constexpr std::size_t powersgd_state_header_bytes = 48;
+/// Bytes of PowerSGD's codec parameters in the wire header.
+inline constexpr std::size_t powersgd_params_bytes = 24;
+/// The most elements a state that load_state accepts is for (2^40: 4 TiB of f32).
+inline constexpr std::uint64_t powersgd_max_state_elements = std::uint64_t{1} << 40;
+
+namespace detail {
+
+// Columns a pass handles at a time: a tile of one row of g + e stays in L1 while every
+// rank's factor column runs over it.
+inline constexpr std::size_t psgd_tile = 256;
+
+inline float psgd_load(const float* p, std::size_t i) noexcept { return p[i]; }
+inline float psgd_load(const std::byte* p, std::size_t i) noexcept {
+  float v;
+  std::memcpy(&v, p + 4 * i, 4);
+  return v;
+}
+
+// v, or 0 where v is ±Inf or NaN: a bit mask, so that the loops vectorize.
+inline float psgd_finite_or_zero(float v) noexcept {
+  const auto b = std::bit_cast<std::int32_t>(v);
+  const std::int32_t keep = -static_cast<std::int32_t>((b & 0x7f800000) != 0x7f800000);
+  return std::bit_cast<float>(b & keep);
+}
+
+// One pass's view of the matrix and its factors. Factors are column-major: column k of
+// P (rows × r) starts at k·rows, column k of Q (cols × r) at k·cols.
+struct psgd_pass {
+  const float* g = nullptr;  // the input, rows × cols row-major
+  float* e = nullptr;        // the residual (null without error feedback)
+  bool zero = false;         // nonfinite_policy::zero
+  std::size_t rows = 0, cols = 0, r = 0;
+  const float* q = nullptr;      // P pass: the warm start; finish: this worker's Q
+  const float* q_out = nullptr;  // finish: the summed Q for `out` (null: no output)
+  const float* p = nullptr;      // Q pass and finish: P̂
+  float* p_acc = nullptr;        // P pass: P out
+  float* q_acc = nullptr;        // Q pass: Q out
+  float* row = nullptr;          // P pass: room for one row of M (cols floats)
+  float* out = nullptr;          // finish: the output (may be g)
+};
+
+inline const float* psgd_at(const float* p, std::size_t i) noexcept { return p + i; }
+inline const std::byte* psgd_at(const std::byte* p, std::size_t i) noexcept { return p + 4 * i; }
+
+// Row i of M, columns [j0, j0 + len): g (+ e), non-finite values zeroed under `zero` (g's
+// before the sum, so that the residual's debt survives a bad gradient, and the sum's
+// after it, for an overflow). Built in `mt`, or g itself where there is nothing to add.
+[[gnu::always_inline]] inline const float* psgd_row_tile(const psgd_pass& a, std::size_t i,
+                                                         std::size_t j0, std::size_t len,
+                                                         float* __restrict mt) noexcept {
+  const float* __restrict g = a.g + i * a.cols + j0;
+  const float* __restrict e = a.e != nullptr ? a.e + i * a.cols + j0 : nullptr;
+  if (!a.zero) {
+    if (a.e == nullptr) return g;
+    for (std::size_t j = 0; j < len; ++j) mt[j] = g[j] + e[j];
+  } else if (a.e == nullptr) {
+    for (std::size_t j = 0; j < len; ++j) mt[j] = psgd_finite_or_zero(g[j]);
+  } else {
+    for (std::size_t j = 0; j < len; ++j) {
+      mt[j] = psgd_finite_or_zero(psgd_finite_or_zero(g[j]) + e[j]);
+    }
+  }
+  return mt;
+}
+
+// at[j] = Σ_k P(i, k) · Q(j0 + j, k), k = 0, 1, ..., r−1 added left to right. Ranks go
+// four at a time through one loop (a load and a store of `at` per four). Decode and the
+// encoder's residual call it alike, so that they agree to the bit.
+template <class Src>
+[[gnu::always_inline]] inline void psgd_lowrank_tile(const Src* p, std::size_t rows, std::size_t i,
+                                                     const Src* q, std::size_t cols, std::size_t r,
+                                                     std::size_t j0, std::size_t len,
+                                                     float* __restrict at) noexcept {
+  for (std::size_t k = 0; k < r; k += 4) {
+    const std::size_t g = std::min<std::size_t>(4, r - k);
+    // Missing ranks of the last group read column k again with a zero coefficient: + 0·q
+    // changes no sum (the finite q of a checked payload or of the encoder).
+    const float c0 = psgd_load(p, k * rows + i);
+    const float c1 = g > 1 ? psgd_load(p, (k + 1) * rows + i) : 0.0f;
+    const float c2 = g > 2 ? psgd_load(p, (k + 2) * rows + i) : 0.0f;
+    const float c3 = g > 3 ? psgd_load(p, (k + 3) * rows + i) : 0.0f;
+    const Src* __restrict q0 = psgd_at(q, k * cols + j0);
+    const Src* __restrict q1 = g > 1 ? psgd_at(q, (k + 1) * cols + j0) : q0;
+    const Src* __restrict q2 = g > 2 ? psgd_at(q, (k + 2) * cols + j0) : q0;
+    const Src* __restrict q3 = g > 3 ? psgd_at(q, (k + 3) * cols + j0) : q0;
+    if (k == 0) {
+      for (std::size_t j = 0; j < len; ++j) {
+        at[j] = ((c0 * psgd_load(q0, j) + c1 * psgd_load(q1, j)) + c2 * psgd_load(q2, j)) +
+                c3 * psgd_load(q3, j);
+      }
+    } else {
+      for (std::size_t j = 0; j < len; ++j) {
+        at[j] =
+            (((at[j] + c0 * psgd_load(q0, j)) + c1 * psgd_load(q1, j)) + c2 * psgd_load(q2, j)) +
+            c3 * psgd_load(q3, j);
+      }
+    }
+  }
+}
+
+// One dot product Σ_j m[j]·q[j]: lane v sums the terms j ≡ v (mod 32) in order, then a
+// fixed tree adds the lanes. 32 lanes are four independent sums of eight (AVX2) or eight
+// of four (SSE2), enough to hide the adder's latency; the order is the code's, not the
+// vector width's, so both give the same bits.
+[[gnu::always_inline]] inline float psgd_dot(const float* __restrict m, const float* __restrict q,
+                                             std::size_t len) noexcept {
+  constexpr std::size_t lanes = 32;
+  float l[lanes] = {};
+  const std::size_t full = len & ~(lanes - 1);
+  for (std::size_t j = 0; j < full; j += lanes) {
+    for (std::size_t v = 0; v < lanes; ++v) l[v] += m[j + v] * q[j + v];
+  }
+  for (std::size_t j = full; j < len; ++j) l[j & (lanes - 1)] += m[j] * q[j];
+  float s[8];
+  for (std::size_t v = 0; v < 8; ++v) s[v] = (l[v] + l[v + 8]) + (l[v + 16] + l[v + 24]);
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+// P = M Q: a row of M at a time (built whole in `row` where e or `zero` apply), one dot
+// product a rank. Returns the largest |m| as bits (≥ 0x7f800000: a non-finite value).
+[[gnu::always_inline]] inline std::int32_t psgd_p_pass_impl(const psgd_pass& a) noexcept {
+  std::int32_t largest = 0;
+  for (std::size_t i = 0; i < a.rows; ++i) {
+    const float* m = a.g + i * a.cols;
+    if (a.e != nullptr || a.zero) {
+      for (std::size_t j0 = 0; j0 < a.cols; j0 += psgd_tile) {
+        const std::size_t len = std::min(psgd_tile, a.cols - j0);
+        psgd_row_tile(a, i, j0, len, a.row + j0);
+      }
+      m = a.row;
+    }
+    for (std::size_t j = 0; j < a.cols; ++j) {
+      const std::int32_t b = std::bit_cast<std::int32_t>(m[j]) & 0x7fffffff;
+      largest = b > largest ? b : largest;
+    }
+    for (std::size_t k = 0; k < a.r; ++k) {
+      a.p_acc[k * a.rows + i] = psgd_dot(m, a.q + k * a.cols, a.cols);
+    }
+  }
+  return largest;
+}
+
+// Q = Mᵀ P̂, four rows at a time so that each Q element is loaded and stored once per four
+// rows; the missing rows of a last block count as zeros.
+[[gnu::always_inline]] inline void psgd_q_pass_impl(const psgd_pass& a) noexcept {
+  alignas(32) float mt[4][psgd_tile];
+  alignas(32) static constexpr float zeros[psgd_tile] = {};
+  const std::size_t r = a.r;
+  std::fill(a.q_acc, a.q_acc + r * a.cols, 0.0f);
+  for (std::size_t i0 = 0; i0 < a.rows; i0 += 4) {
+    const std::size_t nb = std::min<std::size_t>(4, a.rows - i0);
+    for (std::size_t j0 = 0; j0 < a.cols; j0 += psgd_tile) {
+      const std::size_t len = std::min(psgd_tile, a.cols - j0);
+      const float* m[4];
+      for (std::size_t b = 0; b < 4; ++b) {
+        m[b] = b < nb ? psgd_row_tile(a, i0 + b, j0, len, mt[b]) : zeros;
+      }
+      const float* __restrict m0 = m[0];
+      const float* __restrict m1 = m[1];
+      const float* __restrict m2 = m[2];
+      const float* __restrict m3 = m[3];
+      for (std::size_t k = 0; k < r; ++k) {
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (std::size_t b = 0; b < nb; ++b) c[b] = a.p[k * a.rows + i0 + b];
+        float* __restrict qk = a.q_acc + k * a.cols + j0;
+        for (std::size_t j = 0; j < len; ++j) {
+          qk[j] += (m0[j] * c[0] + m1[j] * c[1]) + (m2[j] * c[2] + m3[j] * c[3]);
+        }
+      }
+    }
+  }
+}
+
+// The step's last pass: e <- m − P̂ Qᵀ (this worker's Q) where there is error feedback, and
+// out = P̂ Q_outᵀ (the summed Q) where there is an output. out may be g: a tile is read
+// whole before any of it is written.
+[[gnu::always_inline]] inline void psgd_finish_pass_impl(const psgd_pass& a) noexcept {
+  alignas(32) float mt[psgd_tile];
+  alignas(32) float at[psgd_tile];
+  for (std::size_t i = 0; i < a.rows; ++i) {
+    for (std::size_t j0 = 0; j0 < a.cols; j0 += psgd_tile) {
+      const std::size_t len = std::min(psgd_tile, a.cols - j0);
+      if (a.e != nullptr) {
+        psgd_lowrank_tile(a.p, a.rows, i, a.q, a.cols, a.r, j0, len, at);
+        float* e = a.e + i * a.cols + j0;
+        if (a.zero) {
+          const float* __restrict m = psgd_row_tile(a, i, j0, len, mt);
+          for (std::size_t j = 0; j < len; ++j) e[j] = psgd_finite_or_zero(m[j] - at[j]);
+        } else {  // as psgd_row_tile's sum, in one loop
+          const float* __restrict g = a.g + i * a.cols + j0;
+          for (std::size_t j = 0; j < len; ++j) e[j] = psgd_finite_or_zero((g[j] + e[j]) - at[j]);
+        }
+      }
+      if (a.out != nullptr) {
+        psgd_lowrank_tile(a.p, a.rows, i, a.q_out, a.cols, a.r, j0, len, at);
+        std::memcpy(a.out + i * a.cols + j0, at, 4 * len);
+      }
+    }
+  }
+}
+
+// out = P Qᵀ (or out += P Qᵀ) from a payload's factors.
+template <bool Add>
+[[gnu::always_inline]] inline void psgd_decode_impl(const std::byte* p, const std::byte* q,
+                                                    std::size_t rows, std::size_t cols,
+                                                    std::size_t r, float* out) noexcept {
+  alignas(32) float at[psgd_tile];
+  for (std::size_t i = 0; i < rows; ++i) {
+    for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
+      const std::size_t len = std::min(psgd_tile, cols - j0);
+      psgd_lowrank_tile(p, rows, i, q, cols, r, j0, len, at);
+      float* __restrict o = out + i * cols + j0;
+      if constexpr (Add) {
+        for (std::size_t j = 0; j < len; ++j) o[j] += at[j];
+      } else {
+        for (std::size_t j = 0; j < len; ++j) o[j] = at[j];
+      }
+    }
+  }
+}
+
+// The portable passes and their AVX2 clones (detail/cpu_dispatch.hpp). No FMA: the output
+// must be bitwise the same on every worker, whichever CPU it runs on.
+inline std::int32_t psgd_p_pass_portable(const psgd_pass& a) noexcept {
+  return psgd_p_pass_impl(a);
+}
+inline void psgd_q_pass_portable(const psgd_pass& a) noexcept { psgd_q_pass_impl(a); }
+inline void psgd_finish_pass_portable(const psgd_pass& a) noexcept { psgd_finish_pass_impl(a); }
+template <bool Add>
+inline void psgd_decode_portable(const std::byte* p, const std::byte* q, std::size_t rows,
+                                 std::size_t cols, std::size_t r, float* out) noexcept {
+  psgd_decode_impl<Add>(p, q, rows, cols, r, out);
+}
+#if GRADCOMM_X86_DISPATCH
+[[gnu::target("avx2")]] inline std::int32_t psgd_p_pass_avx2(const psgd_pass& a) noexcept {
+  return psgd_p_pass_impl(a);
+}
+[[gnu::target("avx2")]] inline void psgd_q_pass_avx2(const psgd_pass& a) noexcept {
+  psgd_q_pass_impl(a);
+}
+[[gnu::target("avx2")]] inline void psgd_finish_pass_avx2(const psgd_pass& a) noexcept {
+  psgd_finish_pass_impl(a);
+}
+template <bool Add>
+[[gnu::target("avx2")]] inline void psgd_decode_avx2(const std::byte* p, const std::byte* q,
+                                                     std::size_t rows, std::size_t cols,
+                                                     std::size_t r, float* out) noexcept {
+  psgd_decode_impl<Add>(p, q, rows, cols, r, out);
+}
+#endif
+
+inline std::int32_t psgd_p_pass(const psgd_pass& a) noexcept {
+#if GRADCOMM_X86_DISPATCH
+  if (cpu_has_avx2()) return psgd_p_pass_avx2(a);
+#endif
+  return psgd_p_pass_portable(a);
+}
+inline void psgd_q_pass(const psgd_pass& a) noexcept {
+#if GRADCOMM_X86_DISPATCH
+  if (cpu_has_avx2()) return psgd_q_pass_avx2(a);
+#endif
+  psgd_q_pass_portable(a);
+}
+inline void psgd_finish_pass(const psgd_pass& a) noexcept {
+#if GRADCOMM_X86_DISPATCH
+  if (cpu_has_avx2()) return psgd_finish_pass_avx2(a);
+#endif
+  psgd_finish_pass_portable(a);
+}
+template <bool Add>
+inline void psgd_decode(const std::byte* p, const std::byte* q, std::size_t rows, std::size_t cols,
+                        std::size_t r, float* out) noexcept {
+#if GRADCOMM_X86_DISPATCH
+  if (cpu_has_avx2()) return psgd_decode_avx2<Add>(p, q, rows, cols, r, out);
+#endif
+  psgd_decode_portable<Add>(p, q, rows, cols, r, out);
+}
+
+// A bound on |Σ_k P(i,k) Q(j,k)| over every element: Σ_k max|P(·,k)| · max|Q(·,k)|, in
+// double. Under psgd_safe_bound the sums in f32 cannot overflow (their rounding adds far
+// less than the margin).
+template <class Src>
+double psgd_product_bound(const Src* p, std::size_t rows, const Src* q, std::size_t cols,
+                          std::size_t r) noexcept {
+  double bound = 0.0;
+  for (std::size_t k = 0; k < r; ++k) {
+    float mp = 0.0f, mq = 0.0f;
+    for (std::size_t i = 0; i < rows; ++i) mp = std::max(mp, std::fabs(psgd_load(p, k * rows + i)));
+    for (std::size_t j = 0; j < cols; ++j) mq = std::max(mq, std::fabs(psgd_load(q, k * cols + j)));
+    bound += static_cast<double>(mp) * mq;
+  }
+  return bound;
+}
+inline constexpr double psgd_safe_bound = 0x1p127;  // half of FLT_MAX
+
+// Index of the first non-finite value among n floats at p (bytes or floats), or n.
+template <class Src>
+std::size_t psgd_first_nonfinite(const Src* p, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(psgd_load(p, i))) return i;
+  }
+  return n;
+}
+
+}  // namespace detail
+
+/// The PowerSGD codec (layouts below). Traits: not linear (two workers' payloads do not
+/// sum to the payload of their sum: their factors differ), not fixed size (the payload
+/// depends on the shape, not n alone), stateful (the warm start Q and the residual), and
+/// two_round: its round API runs PowerSGD across workers.
+///
+/// One step, from the warm start Q (cols × r) and the residual e:
+///   M = g + e;  P = M Q;  [sum P over workers]  P̂ = orthonormal basis of P (Householder QR);
+///   Q = Mᵀ P̂;  [sum Q over workers]  out = P̂ Qᵀ;  e ← M − P̂ Q_localᵀ;  warm start ← Q.
+/// The residual is this worker's own (the paper's), so the residuals over workers sum to
+/// what the summed output still owes. The stored warm start has its columns scaled to unit
+/// norm (the span is what matters; it keeps P = M Q far from overflow and underflow), and a
+/// column that came out zero (a zero gradient) is drawn afresh from the seed, the same on
+/// every worker, so that the iteration never loses rank for good.
+///
+/// Tensors whose shape no rank-r factoring shrinks — 1-D ones (rows 1) and those with
+/// r(rows + cols) ≥ rows·cols — go uncompressed: the payload carries the n values (with
+/// error feedback the residual becomes zero), and in the round API P is the tensor itself
+/// and Q is empty.
+///
+/// Sizing: the shape and state are fixed by the first encode or compute_p (or by resize /
+/// load_state); a call with another n throws invalid_argument until reset(). Afterwards no
+/// call allocates (Householder QR included, for r < 48).
+///
+/// Payload (core/wire.hpp; codec id powersgd, dtype f32, count n), parameters 24 bytes:
+///
+///   offset  0  u8   flags: bit 0 set: uncompressed (the body is the n values); others 0
+///   offset  1  u8×3 reserved, zero
+///   offset  4  u32  rank r (0 when uncompressed)
+///   offset  8  u64  rows
+///   offset 16  u64  cols (rows·cols = n; uncompressed: rows 1, cols n)
+///
+/// then the body: P̂, rows·r f32 column-major (column k at float k·rows), then Q, cols·r
+/// f32 column-major; element (i, j) of the tensor, at i·cols + j, is Σ_k P̂(i,k) Q(j,k).
+/// Uncompressed: n f32. Decoders check every field, the exact body size, that every value
+/// is finite and that P Qᵀ cannot overflow f32, and name the defect in a decode_error.
+///
+/// State (save_state / load_state), little-endian:
+///
+///   offset  0  u32  magic 0x53504347 ("GCPS")
+///   offset  4  u8   version (powersgd_state_version)
+///   offset  5  u8   flags: bit 0 sized, bit 1 error feedback, bit 2 compressed shape
+///   offset  6  u16  reserved, zero
+///   offset  8  u32  rank
+///   offset 12  u32  reserved, zero
+///   offset 16  u64  n        (0 unless sized)
+///   offset 24  u64  rows
+///   offset 32  u64  cols
+///   offset 40  u64  steps completed
+///   offset 48  Q: cols·r f32 (compressed shapes), then the residual: n f32 (error feedback)
+///
+///   gradcomm::powersgd_codec c({.rank = 2});         // shape from the first input
+///   std::vector<std::byte> wire(c.max_encoded_bytes(g.size()));
+///   wire.resize(c.encode(g, wire));
+///   c.decode_add(wire, sum);                          // sum += P̂ Qᵀ
+class powersgd_codec {
+ public:
+  using value_type = float;
+  static constexpr codec_traits traits{
+      .linear = false, .fixed_size = false, .stateful = true, .two_round = true};
+  static constexpr codec_id id = codec_id::powersgd;
+
+  /// Throws invalid_argument for rank 0, one of rows and cols 0 but not the other, or
+  /// rows·cols beyond a size_t.
+  explicit powersgd_codec(powersgd_params p = {}) : params_(p) {
+    static constexpr const char* call = "powersgd_codec::powersgd_codec";
+    if (p.rank == 0) detail::throw_invalid_argument(call, "rank 0: the rank must be at least 1");
+    if ((p.rows == 0) != (p.cols == 0)) {
+      detail::throw_invalid_argument(call, "shape " + std::to_string(p.rows) + " × " +
+                                               std::to_string(p.cols) +
+                                               ": give both rows and cols, or neither");
+    }
+    if (p.rows != 0 && p.cols > std::numeric_limits<std::size_t>::max() / 4 / p.rows) {
+      detail::throw_invalid_argument(call, "shape " + std::to_string(p.rows) + " × " +
+                                               std::to_string(p.cols) + " is too large");
+    }
+  }
+
+  /// The settings given to the constructor.
+  const powersgd_params& params() const noexcept { return params_; }
+  /// The rank r.
+  std::uint32_t rank() const noexcept { return params_.rank; }
+
+  /// The shape n elements are viewed as: the given one, or powersgd_default_shape(n).
+  /// Throws invalid_argument when a given shape does not hold n elements.
+  powersgd_shape shape(std::size_t n) const {
+    if (sized_ && n == n_) return {rows_, cols_};  // found once, when sized
+    if (params_.rows == 0) return powersgd_default_shape(n);
+    if (params_.rows * params_.cols != n) {
+      detail::throw_invalid_argument("powersgd_codec",
+                                     "input has " + std::to_string(n) + " elements, the shape " +
+                                         std::to_string(params_.rows) + " × " +
+                                         std::to_string(params_.cols) + " holds " +
+                                         std::to_string(params_.rows * params_.cols));
+    }
+    return {params_.rows, params_.cols};
+  }
+
+  /// Whether n elements go through the low-rank path (false: uncompressed).
+  bool compresses(std::size_t n) const noexcept {
+    return shape_fits(n) && powersgd_compresses(shape(n), params_.rank);
+  }
+
+  /// Payload bytes for n elements (exact where the shape holds n; else a bound).
+  std::size_t max_encoded_bytes(std::size_t n) const noexcept {
+    return wire_header_bytes + powersgd_params_bytes + 4 * body_floats(n);
+  }
+
+  /// Floats of the first round's buffer: rows·r (P), or n where n goes uncompressed.
+  std::size_t p_floats(std::size_t n) const noexcept {
+    return compresses(n) ? shape(n).rows * params_.rank : n;
+  }
+  /// Floats of the second round's buffer: cols·r (Q), or 0 where n goes uncompressed.
+  std::size_t q_floats(std::size_t n) const noexcept {
+    return compresses(n) ? shape(n).cols * params_.rank : 0;
+  }
+
+  // ---- state ------------------------------------------------------------------------
+
+  /// Whether the state has a size (and shape) yet.
+  bool sized() const noexcept { return sized_; }
+  /// Elements of the tensor the state is for (0 while unsized).
+  std::size_t size() const noexcept { return n_; }
+  /// The shape in use (rows 0 while unsized).
+  powersgd_shape current_shape() const noexcept { return {rows_, cols_}; }
+  /// Steps completed (encode or decompress) since sizing.
+  std::uint64_t steps() const noexcept { return steps_; }
+  /// The residual e (empty without error feedback or while unsized).
+  std::span<const float> residual() const noexcept { return residual_; }
+  /// The warm start Q, cols·r f32 column-major (empty while unsized or uncompressed).
+  std::span<const float> warm_start() const noexcept { return q_; }
+
+  /// Sizes the state for n elements: the shape, a zero residual, Q drawn from the seed,
+  /// step 0. Throws invalid_argument where a given shape does not hold n.
+  void resize(std::size_t n) {
+    const powersgd_shape s = shape(n);
+    const bool low_rank = powersgd_compresses(s, params_.rank);
+    const std::size_t r = params_.rank;
+    // Everything is allocated before anything changes.
+    std::vector<float> q(low_rank ? s.cols * r : 0), q_local(q.size());
+    std::vector<float> row(low_rank ? s.cols : 0);
+    std::vector<float> p(low_rank ? s.rows * r : 0), e(params_.error_feedback ? n : 0, 0.0f);
+    Eigen::HouseholderQR<Eigen::MatrixXf> qr;
+    Eigen::Matrix<float, 1, Eigen::Dynamic> ws;
+    if (low_rank) {
+      qr = Eigen::HouseholderQR<Eigen::MatrixXf>(static_cast<Eigen::Index>(s.rows),
+                                                 static_cast<Eigen::Index>(r));
+      ws.resize(static_cast<Eigen::Index>(r));
+    }
+    n_ = n;
+    rows_ = s.rows;
+    cols_ = s.cols;
+    low_rank_ = low_rank;
+    q_ = std::move(q);
+    q_local_ = std::move(q_local);
+    row_ = std::move(row);
+    p_ = std::move(p);
+    residual_ = std::move(e);
+    qr_ = std::move(qr);
+    qr_ws_ = std::move(ws);
+    steps_ = 0;
+    phase_ = phase::idle;
+    sized_ = true;
+    for (std::size_t k = 0; k < r && low_rank; ++k) draw_column(k, 0);
+  }
+
+  /// Discards the state and its size; the next call sizes it anew.
+  void reset() noexcept {
+    n_ = rows_ = cols_ = 0;
+    low_rank_ = false;
+    q_.clear();
+    q_local_.clear();
+    row_.clear();
+    p_.clear();
+    residual_.clear();
+    steps_ = 0;
+    phase_ = phase::idle;
+    sized_ = false;
+  }
+
+  /// Replaces the residual (e.g. after reshard_residuals, codec/error_feedback.hpp).
+  /// Throws invalid_argument without error feedback, for a size other than the state's,
+  /// or for a non-finite value.
+  void set_residual(host_view<const float> e) {
+    static constexpr const char* call = "powersgd_codec::set_residual";
+    if (!params_.error_feedback) detail::throw_invalid_argument(call, "no error feedback");
+    if (!sized_ || e.size() != n_) {
+      detail::throw_invalid_argument(call, "residual of " + std::to_string(e.size()) +
+                                               " elements, the state holds " + std::to_string(n_));
+    }
+    if (const std::size_t i = detail::psgd_first_nonfinite(e.data(), e.size()); i < e.size()) {
+      detail::throw_invalid_argument(call, "non-finite value at index " + std::to_string(i));
+    }
+    std::copy(e.begin(), e.end(), residual_.begin());
+  }
+
+  // ---- one worker: the Codec --------------------------------------------------------
+
+  /// Encodes one step of `in` into `out` (layout above) and returns the payload's size;
+  /// with error feedback the residual becomes (in + e) − decode(payload). Throws
+  /// buffer_too_small (before any work), invalid_argument for a size other than the
+  /// state's, a non-finite input under `reject` (naming the index) or factors that
+  /// overflow f32; then the state is as before.
+  std::size_t encode(host_view<const float> in, std::span<std::byte> out) {
+    static constexpr const char* call = "powersgd_codec::encode";
+    const std::size_t n = in.size();
+    check_size(n, call);
+    const std::size_t need = max_encoded_bytes(n);
+    if (out.size() < need) detail::throw_buffer_too_small(call, need, out.size());
+    const bool first = prepare(n);
+    try {
+      phase_ = phase::idle;
+      if (!low_rank_) return encode_uncompressed(in, out, call);
+      const std::size_t r = params_.rank;
+      run_p_pass(in.data(), p_.data(), call);
+      orthogonalize(p_.data());
+      run_q_pass(in.data(), p_.data(), q_local_.data(), call);
+      if (params_.error_feedback) {  // the residual against exactly what decode gives
+        detail::psgd_pass a = pass_for(in.data());
+        a.p = p_.data();
+        a.q = q_local_.data();
+        detail::psgd_finish_pass(a);
+      }
+      wire_writer w(out, call);
+      write_params(w, n, r, rows_, cols_, 4 * r * (rows_ + cols_));
+      w.put_bytes(std::as_bytes(std::span<const float>(p_)));
+      w.put_bytes(std::as_bytes(std::span<const float>(q_local_)));
+      commit_warm_start(q_local_.data());
+      ++steps_;
+      return w.position();
+    } catch (...) {
+      if (first) reset();
+      throw;
+    }
+  }
+
+  /// Overwrites `out` with the payload's tensor. Throws decode_error naming the defect
+  /// (header, parameters, shape against out.size(), rank, body size, non-finite factors,
+  /// factors whose product overflows); then `out` is untouched. Needs no state: any
+  /// powersgd_codec decodes any PowerSGD payload.
+  void decode(std::span<const std::byte> payload, host_view<float> out) const {
+    decode_into<false>(payload, out, "powersgd_codec::decode");
+  }
+
+  /// Adds the payload's tensor to `acc`; checks as decode.
+  void decode_add(std::span<const std::byte> payload, host_view<float> acc) const {
+    decode_into<true>(payload, acc, "powersgd_codec::decode_add");
+  }
+
+  // ---- many workers: the round API (TwoRoundCodec) ------------------------------------
+
+  /// Round 1: p (p_floats(n) floats) = (in + e) Q, from the warm start; where n goes
+  /// uncompressed, p = in + e. Sizes the state on first use. Starts a step afresh whatever
+  /// came before. Throws invalid_argument as encode does, and for p of another size.
+  ///
+  ///   std::vector<float> p(c.p_floats(g.size())), q(c.q_floats(g.size()));
+  ///   c.compute_p(g, p);
+  ///   transport.allreduce_sum(p);  // then compute_q
+  void compute_p(host_view<const float> in, host_view<float> p) {
+    static constexpr const char* call = "powersgd_codec::compute_p";
+    check_size(in.size(), call);
+    check_floats(p.size(), p_floats(in.size()), "P", call);
+    const bool first = prepare(in.size());
+    try {
+      phase_ = phase::idle;
+      if (low_rank_) {
+        run_p_pass(in.data(), p.data(), call);
+      } else if (load_uncompressed(in.data(), 0, in.size(), p.data())) {
+        reject_nonfinite(in.data(), call);
+      }
+      phase_ = phase::p_done;
+    } catch (...) {
+      if (first) reset();
+      throw;
+    }
+  }
+
+  /// Round 2: turns the summed P in `p` into P̂ (orthonormal columns, in place: the same on
+  /// every worker, since every worker holds the same sum) and writes this worker's
+  /// Q = (in + e)ᵀ P̂ into q (q_floats(n) floats). Where n goes uncompressed, p stays as it
+  /// is and q is empty. Throws invalid_argument out of turn (before compute_p), for buffers
+  /// of other sizes, a non-finite summed P or an overflowing Q.
+  void compute_q(host_view<const float> in, host_view<float> p, host_view<float> q) {
+    static constexpr const char* call = "powersgd_codec::compute_q";
+    check_turn(phase::p_done, in.size(), call);
+    check_floats(p.size(), p_floats(n_), "P", call);
+    check_floats(q.size(), q_floats(n_), "Q", call);
+    check_finite(p, "summed P", call);
+    if (!low_rank_) {
+      phase_ = phase::q_done;
+      return;
+    }
+    phase_ = phase::idle;  // a throw below leaves the step to be started again
+    orthogonalize(p.data());
+    run_q_pass(in.data(), p.data(), q.data(), call);
+    std::copy(q.begin(), q.end(), q_local_.begin());
+    phase_ = phase::q_done;
+  }
+
+  /// Round 3: out = P̂ Qᵀ with the summed Q (bitwise the same on every worker); ends the
+  /// step: the residual becomes (in + e) − P̂ Q_localᵀ and the summed Q the next warm
+  /// start. Where n goes uncompressed, out = p (the summed tensor) and the residual zero.
+  /// `out` may be `in` itself (otherwise no overlap). Throws invalid_argument out of turn,
+  /// for buffers of other sizes or a non-finite summed Q; then nothing has changed.
+  ///
+  ///   c.compute_q(g, p, q);
+  ///   transport.allreduce_sum(q);
+  ///   c.decompress(g, p, q, g);  // g: the sum over workers of their low-rank parts
+  void decompress(host_view<const float> in, host_view<const float> p, host_view<const float> q,
+                  host_view<float> out) {
+    static constexpr const char* call = "powersgd_codec::decompress";
+    check_turn(phase::q_done, in.size(), call);
+    check_floats(p.size(), p_floats(n_), "P", call);
+    check_floats(q.size(), q_floats(n_), "Q", call);
+    check_floats(out.size(), n_, "output", call);
+    if (!low_rank_) {
+      check_finite(p, "summed tensor", call);
+      if (out.data() != p.data()) std::copy(p.begin(), p.end(), out.begin());
+      std::fill(residual_.begin(), residual_.end(), 0.0f);
+    } else {
+      check_finite(q, "summed Q", call);
+      if (detail::psgd_product_bound(p.data(), rows_, q.data(), cols_, params_.rank) >=
+          detail::psgd_safe_bound) {
+        detail::throw_invalid_argument(call, "P̂ Qᵀ with the summed Q overflows f32");
+      }
+      detail::psgd_pass a = pass_for(in.data());
+      a.p = p.data();
+      a.q = q_local_.data();
+      a.q_out = q.data();
+      a.out = out.data();
+      detail::psgd_finish_pass(a);
+      commit_warm_start(q.data());
+    }
+    ++steps_;
+    phase_ = phase::idle;
+  }
+
+  // ---- checkpoints ------------------------------------------------------------------
+
+  /// Bytes that save_state writes.
+  std::size_t state_bytes() const noexcept {
+    return powersgd_state_header_bytes + 4 * (q_.size() + residual_.size());
+  }
+
+  /// Writes the state (layout above) into `out`; returns the bytes written. Throws
+  /// buffer_too_small, writing nothing, when `out` is shorter than state_bytes().
+  std::size_t save_state(std::span<std::byte> out) const {
+    static constexpr const char* call = "powersgd_codec::save_state";
+    const std::size_t need = state_bytes();
+    if (out.size() < need) detail::throw_buffer_too_small(call, need, out.size());
+    wire_writer w(out, call);
+    w.put_u32(powersgd_state_magic);
+    w.put_u8(powersgd_state_version);
+    w.put_u8(static_cast<std::uint8_t>((sized_ ? 1u : 0u) | (params_.error_feedback ? 2u : 0u) |
+                                       (low_rank_ ? 4u : 0u)));
+    w.put_u16(0);
+    w.put_u32(params_.rank);
+    w.put_u32(0);
+    w.put_u64(n_);
+    w.put_u64(rows_);
+    w.put_u64(cols_);
+    w.put_u64(steps_);
+    w.put_bytes(std::as_bytes(std::span<const float>(q_)));
+    w.put_bytes(std::as_bytes(std::span<const float>(residual_)));
+    return w.position();
+  }
+
+  /// Replaces the state by one save_state wrote for the same settings (rank, shape, error
+  /// feedback). Throws decode_error naming the defect (truncated, trailing bytes, bad
+  /// magic or version, unknown flags, another rank or shape, non-finite values, a warm
+  /// start whose columns are not of unit norm, more than powersgd_max_state_elements);
+  /// then nothing has changed. Allocates what `bytes` hold, and buffers of rows·r and cols
+  /// floats.
+  void load_state(std::span<const std::byte> bytes) {
+    static constexpr const char* call = "powersgd_codec::load_state";
+    wire_reader r(bytes, call);
+    const std::span<const std::byte> fixed = r.take(powersgd_state_header_bytes);
+    wire_reader h(fixed, call);
+    if (h.get_u32() != powersgd_state_magic) {
+      throw decode_error(call, "bad magic: found bytes " + detail::wire_hex_bytes(fixed.first(4)) +
+                                   ", expected 47 43 50 53 (\"GCPS\")");
+    }
+    if (const std::uint8_t v = h.get_u8(); v != powersgd_state_version) {
+      throw decode_error(call, "unsupported state version " + std::to_string(v) +
+                                   " (this build reads " + std::to_string(powersgd_state_version) +
+                                   ")");
+    }
+    const std::uint8_t flags = h.get_u8();
+    if ((flags & ~7u) != 0) throw decode_error(call, "unknown flags " + std::to_string(flags));
+    const bool sized = (flags & 1u) != 0, ef = (flags & 2u) != 0, low_rank = (flags & 4u) != 0;
+    if (ef != params_.error_feedback) {
+      throw decode_error(call, std::string("a state ") + (ef ? "with" : "without") +
+                                   " error feedback, this codec has " +
+                                   (params_.error_feedback ? "it" : "none"));
+    }
+    const std::uint16_t reserved0 = h.get_u16();
+    const std::uint32_t rank = h.get_u32();
+    const std::uint32_t reserved1 = h.get_u32();
+    if (reserved0 != 0 || reserved1 != 0) throw decode_error(call, "reserved bytes are not zero");
+    if (rank != params_.rank) {
+      throw decode_error(call, "a state of rank " + std::to_string(rank) +
+                                   ", this codec has rank " + std::to_string(params_.rank));
+    }
+    const std::uint64_t n = h.get_u64(), rows = h.get_u64(), cols = h.get_u64();
+    const std::uint64_t steps = h.get_u64();
+    if (!sized) {
+      if (n != 0 || rows != 0 || cols != 0 || steps != 0 || low_rank) {
+        throw decode_error(call, "an unsized state with a size, shape or steps");
+      }
+      r.expect_end();
+      reset();
+      return;
+    }
+    // Divided, never multiplied: n comes from the bytes (and no more than the bytes hold
+    // is allocated).
+    if (n > r.remaining() / 4 && ef) {
+      throw decode_error(call, "truncated: a residual of " + std::to_string(n) +
+                                   " elements does not fit in the " +
+                                   std::to_string(r.remaining()) + " bytes left");
+    }
+    // No tensor is this large; the cap bounds the work of checking the shape (√n).
+    if (n > powersgd_max_state_elements) {
+      throw decode_error(call, "element count " + std::to_string(n) + " is above 2^40");
+    }
+    const auto count = static_cast<std::size_t>(n);
+    if (!shape_fits(count) || shape(count) != powersgd_shape{rows, cols}) {
+      throw decode_error(call, "shape " + std::to_string(rows) + " × " + std::to_string(cols) +
+                                   " for " + std::to_string(n) +
+                                   " elements, this codec views them as " + shape_text(count));
+    }
+    if (low_rank != powersgd_compresses({rows, cols}, rank)) {
+      throw decode_error(call, std::string("the compressed-shape flag is ") +
+                                   (low_rank ? "set" : "clear") + " for a " + shape_text(count) +
+                                   " matrix of rank " + std::to_string(rank));
+    }
+    const std::size_t q_floats = low_rank ? static_cast<std::size_t>(cols) * rank : 0;
+    const std::size_t e_floats = ef ? count : 0;
+    if (q_floats > r.remaining() / 4 || e_floats > r.remaining() / 4 - q_floats) {
+      throw decode_error(call, "truncated: Q and the residual need " +
+                                   std::to_string(4 * (q_floats + e_floats)) + " bytes, " +
+                                   std::to_string(r.remaining()) + " left");
+    }
+    const std::span<const std::byte> qb = r.take(4 * q_floats);
+    const std::span<const std::byte> eb = r.take(4 * e_floats);
+    r.expect_end();
+    if (const std::size_t i = detail::psgd_first_nonfinite(qb.data(), q_floats); i < q_floats) {
+      throw decode_error(call, "non-finite Q at index " + std::to_string(i));
+    }
+    // The warm start is stored with unit columns (commit_warm_start): anything else is not
+    // a state this codec wrote.
+    for (std::size_t k = 0; k < (low_rank ? rank : 0); ++k) {
+      double sq = 0.0;
+      for (std::size_t j = 0; j < cols; ++j) {
+        const double v = detail::psgd_load(qb.data(), k * cols + j);
+        sq += v * v;
+      }
+      if (!(std::fabs(sq - 1.0) <= 1e-3)) {
+        throw decode_error(call, "warm start column " + std::to_string(k) + " has norm " +
+                                     std::to_string(std::sqrt(sq)) + ", expected 1");
+      }
+    }
+    if (const std::size_t i = detail::psgd_first_nonfinite(eb.data(), e_floats); i < e_floats) {
+      throw decode_error(call, "non-finite residual at index " + std::to_string(i));
+    }
+    powersgd_codec next(params_);
+    next.resize(count);
+    if (q_floats != 0) std::memcpy(next.q_.data(), qb.data(), qb.size());
+    if (e_floats != 0) std::memcpy(next.residual_.data(), eb.data(), eb.size());
+    next.steps_ = steps;
+    *this = std::move(next);
+  }
+
+ private:
+  enum class phase : unsigned char { idle, p_done, q_done };
+
+  bool shape_fits(std::size_t n) const noexcept {
+    return params_.rows == 0 || params_.rows * params_.cols == n;
+  }
+  std::size_t body_floats(std::size_t n) const noexcept {
+    if (!compresses(n)) return n;
+    const powersgd_shape s = shape(n);
+    return params_.rank * (s.rows + s.cols);
+  }
+  std::string shape_text(std::size_t n) const {
+    if (!shape_fits(n)) return "(no shape holds them)";
+    const powersgd_shape s = shape(n);
+    return std::to_string(s.rows) + " × " + std::to_string(s.cols);
+  }
+
+  // Throws invalid_argument unless n elements fit the state (when sized) and the shape.
+  void check_size(std::size_t n, const char* call) const {
+    if (sized_ && n != n_) {
+      detail::throw_invalid_argument(call, "input has " + std::to_string(n) +
+                                               " elements, the state " + std::to_string(n_) +
+                                               "; call reset() or resize() to change the size");
+    }
+    (void)shape(n);
+  }
+  // Sizes the state on first use (after check_size); returns whether it did.
+  bool prepare(std::size_t n) {
+    if (sized_) return false;
+    resize(n);
+    return true;
+  }
+
+  void check_turn(phase want, std::size_t n, const char* call) const {
+    if (phase_ != want) {
+      detail::throw_invalid_argument(
+          call, want == phase::p_done ? "out of turn: call compute_p first"
+                                      : "out of turn: call compute_p, then compute_q, first");
+    }
+    if (n != n_) {
+      detail::throw_invalid_argument(call, "input has " + std::to_string(n) +
+                                               " elements, compute_p had " + std::to_string(n_));
+    }
+  }
+  static void check_floats(std::size_t have, std::size_t want, const char* what, const char* call) {
+    if (have != want) {
+      detail::throw_invalid_argument(call, std::string(what) + " buffer of " +
+                                               std::to_string(have) + " floats, expected " +
+                                               std::to_string(want));
+    }
+  }
+  static void check_finite(host_view<const float> v, const char* what, const char* call) {
+    if (const std::size_t i = detail::psgd_first_nonfinite(v.data(), v.size()); i < v.size()) {
+      detail::throw_invalid_argument(call, std::string(what) + " holds " + std::to_string(v[i]) +
+                                               " at index " + std::to_string(i));
+    }
+  }
+
+  detail::psgd_pass pass_for(const float* g) noexcept {
+    detail::psgd_pass a;
+    a.g = g;
+    a.e = params_.error_feedback ? residual_.data() : nullptr;
+    a.zero = params_.policy == nonfinite_policy::zero;
+    a.rows = rows_;
+    a.cols = cols_;
+    a.r = params_.rank;
+    return a;
+  }
+
+  [[noreturn]] void reject_nonfinite(const float* g, const char* call) const {
+    const float* e = params_.error_feedback ? residual_.data() : nullptr;
+    std::size_t i = 0;
+    while (i + 1 < n_ && std::isfinite(g[i] + (e ? e[i] : 0.0f))) ++i;
+    const std::string what = std::isfinite(g[i])
+                                 ? "input plus residual overflows f32 at index "
+                                 : "non-finite value " + std::to_string(g[i]) + " at index ";
+    detail::throw_invalid_argument(call, what + std::to_string(i));
+  }
+
+  // P = (g + e) Q into p (rows·r), checked.
+  void run_p_pass(const float* g, float* p, const char* call) {
+    detail::psgd_pass a = pass_for(g);
+    a.q = q_.data();
+    a.p_acc = p;
+    a.row = row_.data();
+    const std::int32_t largest = detail::psgd_p_pass(a);
+    if (largest >= 0x7f800000 && !a.zero) reject_nonfinite(g, call);
+    const std::size_t m = rows_ * params_.rank;
+    if (detail::psgd_first_nonfinite(p, m) < m) {
+      detail::throw_invalid_argument(call, "the factor P = (g + e) Q overflows f32");
+    }
+  }
+
+  // Q = (g + e)ᵀ P̂ into q (cols·r), checked.
+  void run_q_pass(const float* g, const float* p, float* q, const char* call) {
+    detail::psgd_pass a = pass_for(g);
+    a.p = p;
+    a.q_acc = q;
+    detail::psgd_q_pass(a);
+    const std::size_t m = cols_ * params_.rank;
+    if (detail::psgd_first_nonfinite(q, m) < m ||
+        detail::psgd_product_bound(p, rows_, q, cols_, params_.rank) >= detail::psgd_safe_bound) {
+      detail::throw_invalid_argument(call, "the factor Q = (g + e)ᵀ P overflows f32");
+    }
+  }
+
+  // p (rows × r, column-major) <- the thin Q of its Householder QR: orthonormal columns
+  // whatever p's rank (a zero column gives a unit vector, not a NaN). Each column is first
+  // scaled by a power of two to a largest magnitude in [1, 2): exact, it leaves the thin Q
+  // as it is and keeps the norms far from overflow and underflow. Eigen's QR works in the
+  // storage sized by resize(); the public householderQ() product would allocate.
+  void orthogonalize(float* p) {
+    for (std::size_t k = 0; k < params_.rank; ++k) {
+      float* pk = p + k * rows_;
+      float big = 0.0f;
+      for (std::size_t i = 0; i < rows_; ++i) big = std::max(big, std::fabs(pk[i]));
+      if (big == 0.0f) continue;
+      int exponent = 0;
+      (void)std::frexp(big, &exponent);  // big = f · 2^exponent, f in [0.5, 1)
+      for (std::size_t i = 0; i < rows_; ++i) pk[i] = std::ldexp(pk[i], 1 - exponent);
+    }
+    Eigen::Map<Eigen::MatrixXf> pm(p, static_cast<Eigen::Index>(rows_),
+                                   static_cast<Eigen::Index>(params_.rank));
+    qr_.compute(pm);
+    pm.setIdentity();
+    qr_.householderQ().applyThisOnTheLeft(pm, qr_ws_);
+  }
+
+  // out[0, len) <- g + e over [i0, i0 + len), non-finite values zeroed under `zero`; returns
+  // whether a value is non-finite (never under `zero`).
+  bool load_uncompressed(const float* g, std::size_t i0, std::size_t len, float* out) const {
+    const bool zero = params_.policy == nonfinite_policy::zero;
+    const float* e = params_.error_feedback ? residual_.data() + i0 : nullptr;
+    bool bad = false;
+    for (std::size_t i = 0; i < len; ++i) {
+      float v = zero ? detail::psgd_finite_or_zero(g[i0 + i]) : g[i0 + i];
+      if (e != nullptr) v += e[i];
+      if (zero) v = detail::psgd_finite_or_zero(v);
+      bad |= !std::isfinite(v);
+      out[i] = v;
+    }
+    return bad;
+  }
+
+  std::size_t encode_uncompressed(host_view<const float> in, std::span<std::byte> out,
+                                  const char* call) {
+    const std::size_t n = in.size();
+    wire_writer w(out, call);
+    write_params(w, n, 0, 1, n, 4 * n);
+    std::byte* body = w.take(4 * n).data();
+    float buf[detail::psgd_tile];  // floats, then bytes: the payload has no float alignment
+    for (std::size_t i0 = 0; i0 < n; i0 += detail::psgd_tile) {
+      const std::size_t len = std::min(detail::psgd_tile, n - i0);
+      if (load_uncompressed(in.data(), i0, len, buf)) reject_nonfinite(in.data(), call);
+      std::memcpy(body + 4 * i0, buf, 4 * len);
+    }
+    std::fill(residual_.begin(), residual_.end(), 0.0f);
+    ++steps_;
+    return w.position();
+  }
+
+  static void write_params(wire_writer& w, std::size_t n, std::uint32_t rank, std::uint64_t rows,
+                           std::uint64_t cols, std::uint64_t body_bytes) {
+    std::byte params[powersgd_params_bytes] = {};
+    wire_writer pw(params, "powersgd_codec::encode");
+    pw.put_u8(rank == 0 ? 1 : 0);
+    pw.put_u8(0);
+    pw.put_u16(0);
+    pw.put_u32(rank);
+    pw.put_u64(rows);
+    pw.put_u64(cols);
+    write_header(w, id, dtype::f32, n, params, body_bytes);
+  }
+
+  // Column k of the warm start from the seed: uniform in [−1, 1) (no libm call, so every
+  // worker draws the same bits), scaled to unit norm.
+  void draw_column(std::size_t k, std::uint64_t step) {
+    const philox_stream s(params_.seed, static_cast<std::uint32_t>(step),
+                          static_cast<std::uint32_t>(step >> 32), static_cast<std::uint32_t>(k));
+    float* qk = q_.data() + k * cols_;
+    for (std::size_t j = 0; j < cols_; ++j) qk[j] = 2.0f * philox_uniform(s.at(j)) - 1.0f;
+    normalize_column(qk);
+  }
+  // Scales a column to unit norm; returns false for a zero column (left as it is).
+  bool normalize_column(float* qk) const noexcept {
+    double s = 0.0;
+    for (std::size_t j = 0; j < cols_; ++j) s += static_cast<double>(qk[j]) * qk[j];
+    if (!(s > 0.0) || !std::isfinite(s)) return false;
+    const double inv = 1.0 / std::sqrt(s);  // in double: 1/‖q‖ of a subnormal q is no f32
+    for (std::size_t j = 0; j < cols_; ++j) qk[j] = static_cast<float>(qk[j] * inv);
+    return true;
+  }
+  // The warm start <- q (the summed Q), columns at unit norm; a zero column drawn afresh,
+  // keyed by the step, the same on every worker.
+  void commit_warm_start(const float* q) {
+    if (q != q_.data()) std::copy(q, q + q_.size(), q_.begin());
+    for (std::size_t k = 0; k < params_.rank; ++k) {
+      if (!normalize_column(q_.data() + k * cols_)) draw_column(k, steps_ + 1);
+    }
+  }
+
+  template <bool Add>
+  void decode_into(std::span<const std::byte> payload, host_view<float> out,
+                   const char* call) const {
+    wire_reader rd(payload, call);
+    const wire_header h = read_header(rd, id);
+    check_dtype(h, dtype::f32, call);
+    check_count(h, out.size(), call);
+    if (h.params.size() != powersgd_params_bytes) {
+      throw decode_error(call, std::to_string(h.params.size()) + " parameter bytes, expected " +
+                                   std::to_string(powersgd_params_bytes));
+    }
+    wire_reader pr(h.params, call);
+    const std::uint8_t flags = pr.get_u8();
+    const std::uint8_t z0 = pr.get_u8();
+    const std::uint16_t z1 = pr.get_u16();
+    const std::uint32_t rank = pr.get_u32();
+    const std::uint64_t rows = pr.get_u64(), cols = pr.get_u64();
+    if ((flags & ~1u) != 0) throw decode_error(call, "unknown flags " + std::to_string(flags));
+    if (z0 != 0 || z1 != 0) throw decode_error(call, "reserved parameter bytes are not zero");
+    const std::size_t n = out.size();
+    const std::string shape_txt = std::to_string(rows) + " × " + std::to_string(cols);
+    if ((flags & 1u) != 0) {
+      if (rank != 0) {
+        throw decode_error(call, "rank " + std::to_string(rank) + " in an uncompressed payload");
+      }
+      if (rows != 1 || cols != n) {
+        throw decode_error(call, "shape " + shape_txt + " in an uncompressed payload of " +
+                                     std::to_string(n) + " elements, expected 1 × " +
+                                     std::to_string(n));
+      }
+      check_body(h.body_bytes, n, call);
+      const std::byte* body = rd.take(h.body_bytes).data();
+      if (const std::size_t i = detail::psgd_first_nonfinite(body, n); i < n) {
+        throw decode_error(call, "non-finite value at index " + std::to_string(i));
+      }
+      for (std::size_t i = 0; i < n; ++i) {
+        if constexpr (Add) {
+          out[i] += detail::psgd_load(body, i);
+        } else {
+          out[i] = detail::psgd_load(body, i);
+        }
+      }
+      return;
+    }
+    if (rank == 0) throw decode_error(call, "rank 0 in a compressed payload");
+    // Divided, never multiplied: rows and cols come from the bytes.
+    if (rows == 0 || cols == 0 || n % rows != 0 || n / rows != cols) {
+      throw decode_error(call, "shape " + shape_txt + " does not hold the " + std::to_string(n) +
+                                   " elements of the output");
+    }
+    const powersgd_shape s{static_cast<std::size_t>(rows), static_cast<std::size_t>(cols)};
+    if (!powersgd_compresses(s, rank)) {
+      throw decode_error(call, "rank " + std::to_string(rank) + " does not compress a " +
+                                   shape_txt + " matrix (r·(rows + cols) ≥ rows·cols)");
+    }
+    // r < min(rows, cols): r·(rows + cols) < 2n, no overflow.
+    const std::size_t pf = s.rows * rank, qf = s.cols * rank;
+    check_body(h.body_bytes, pf + qf, call);
+    const std::byte* body = rd.take(h.body_bytes).data();
+    if (const std::size_t i = detail::psgd_first_nonfinite(body, pf); i < pf) {
+      throw decode_error(call, "non-finite P at index " + std::to_string(i));
+    }
+    if (const std::size_t i = detail::psgd_first_nonfinite(body + 4 * pf, qf); i < qf) {
+      throw decode_error(call, "non-finite Q at index " + std::to_string(i));
+    }
+    if (detail::psgd_product_bound(body, s.rows, body + 4 * pf, s.cols, rank) >=
+        detail::psgd_safe_bound) {
+      throw decode_error(call, "factors whose product P Qᵀ overflows f32");
+    }
+    detail::psgd_decode<Add>(body, body + 4 * pf, s.rows, s.cols, rank, out.data());
+  }
+
+  static void check_body(std::uint64_t body_bytes, std::size_t floats, const char* call) {
+    if (body_bytes != 4 * static_cast<std::uint64_t>(floats)) {
+      throw decode_error(call, "body of " + std::to_string(body_bytes) + " bytes, expected " +
+                                   std::to_string(4 * static_cast<std::uint64_t>(floats)));
+    }
+  }
+
+  powersgd_params params_;
+  std::size_t n_ = 0, rows_ = 0, cols_ = 0;
+  bool low_rank_ = false;
+  bool sized_ = false;
+  phase phase_ = phase::idle;
+  std::uint64_t steps_ = 0;
+  std::vector<float> q_;         // warm start, cols × r
+  std::vector<float> q_local_;   // this worker's last Q, cols × r
+  std::vector<float> row_;       // P pass: one row of M, cols
+  std::vector<float> p_;         // encode's P, rows × r
+  std::vector<float> residual_;  // error feedback, n
+  Eigen::HouseholderQR<Eigen::MatrixXf> qr_;
+  Eigen::Matrix<float, 1, Eigen::Dynamic> qr_ws_;
+};
+
+}  // namespace v0
+}  // namespace gradcomm
+
+#else  // GRADCOMM_HAS_EIGEN
+
+namespace gradcomm {
+inline namespace v0 {
+namespace detail {
+template <bool HasEigen = false>
+struct powersgd_needs_eigen {
+  static_assert(HasEigen,
+                "gradcomm::powersgd_codec needs Eigen: link gradcomm::eigen (CMake; Debian package "
+                "libeigen3-dev), which defines GRADCOMM_HAS_EIGEN=1");
+};
+}  // namespace detail
+/// Without Eigen (GRADCOMM_HAS_EIGEN 0): a stub whose use stops compilation, saying so.
+using powersgd_codec = detail::powersgd_needs_eigen<>;
+}  // namespace v0
+}  // namespace gradcomm
+
+#endif  // GRADCOMM_HAS_EIGEN

@@ -46,6 +46,15 @@ set(_args -max_total_time=${SECONDS} -timeout=25 -print_final_stats=1
 if(RUNS GREATER 0)
   list(APPEND _args -runs=${RUNS})
 endif()
+# A fixed seed by default, so that CI's bounded run explores the same inputs each time (up to
+# the time bound); GRADCOMM_FUZZ_SEED=0 lets libFuzzer pick one, for exploratory runs.
+set(_seed 1)
+if(DEFINED ENV{GRADCOMM_FUZZ_SEED})
+  set(_seed $ENV{GRADCOMM_FUZZ_SEED})
+endif()
+if(NOT _seed EQUAL 0)
+  list(APPEND _args -seed=${_seed})
+endif()
 file(GLOB _before ${ARTIFACTS}/*)
 execute_process(COMMAND ${CMAKE_COMMAND} -E env UBSAN_OPTIONS=print_stacktrace=1
                         ${FUZZER} ${_args} ${CORPUS}

@@ -42,6 +42,26 @@ namespace detail {
 inline float ef_finite_or_zero(float v) noexcept {
   return (std::bit_cast<std::uint32_t>(v) & 0x7f800000u) == 0x7f800000u ? 0.0f : v;
 }
+// Loads a wrapper's inner codec state (error feedback, DGC memory) into a copy first, so
+// that a rejected state leaves the inner codec as it was. An inner codec that is itself
+// sized (nested feedback) must cover the wrapper's n elements, or the next encode would
+// fail on a state this load accepted.
+template <class Inner>
+void load_inner_state(Inner& inner, std::span<const std::byte> bytes, bool sized, std::uint64_t n,
+                      const char* call) {
+  Inner loaded = inner;
+  loaded.load_state(bytes);
+  if constexpr (requires(const Inner& c) {
+                  { c.sized() } -> std::convertible_to<bool>;
+                  { c.size() } -> std::convertible_to<std::size_t>;
+                }) {
+    if (sized && loaded.sized() && loaded.size() != n) {
+      throw decode_error(call, "inner state sized for " + std::to_string(loaded.size()) +
+                                   " elements, the outer state has " + std::to_string(n));
+    }
+  }
+  inner = std::move(loaded);
+}
 }  // namespace detail
 
 /// The first four bytes of a saved error_feedback state: "GCEF" read as a little-endian u32.
@@ -236,8 +256,8 @@ class error_feedback {
 
   /// Replaces the state (residual, its size, Inner's state) by one that save_state wrote.
   /// Throws decode_error naming the defect for malformed bytes (truncated, trailing bytes,
-  /// bad magic or version, another codec's state, unknown flags, a non-finite residual);
-  /// then nothing has changed, except where Inner's own load_state throws part-way.
+  /// bad magic or version, another codec's state, unknown flags, a non-finite residual, an
+  /// inner state of another size); then nothing has changed.
   /// Allocates at most what `bytes` can hold.
   void load_state(std::span<const std::byte> bytes) {
     static constexpr const char* call = "error_feedback::load_state";
@@ -299,21 +319,7 @@ class error_feedback {
       }
     }
     if constexpr (Inner::traits.stateful) {
-      // Into a copy: a rejected state leaves the inner codec as it was too.
-      Inner loaded = inner_;
-      loaded.load_state(r.take(inner_bytes));
-      // An inner codec that is itself sized (nested feedback) must cover the same elements,
-      // or the next encode would fail on a state this call accepted.
-      if constexpr (requires(const Inner& c) {
-                      { c.sized() } -> std::convertible_to<bool>;
-                      { c.size() } -> std::convertible_to<std::size_t>;
-                    }) {
-        if (sized && loaded.sized() && loaded.size() != n) {
-          throw decode_error(call, "inner state sized for " + std::to_string(loaded.size()) +
-                                       " elements, the residual has " + std::to_string(n));
-        }
-      }
-      inner_ = std::move(loaded);
+      detail::load_inner_state(inner_, r.take(inner_bytes), sized, n, call);
     }
     residual_ = std::move(e);
     scratch_.resize(residual_.size());

@@ -1430,8 +1430,8 @@ class dgc_memory {
 
   /// Replaces the state by one that save_state wrote. Throws decode_error naming the
   /// defect (truncated, trailing bytes, bad magic or version, another codec's state,
-  /// unknown flags, a nonfinite value); nothing changes then (except where Inner's own
-  /// load_state throws part-way). Allocates at most what `bytes` can hold.
+  /// unknown flags, a nonfinite value, an inner state of another size); nothing changes
+  /// then. Allocates at most what `bytes` can hold.
   void load_state(std::span<const std::byte> bytes) {
     static constexpr const char* call = "dgc_memory::load_state";
     wire_reader r(bytes, call);
@@ -1495,7 +1495,9 @@ class dgc_memory {
                                      " at index " + std::to_string(i));
       }
     }
-    if constexpr (Inner::traits.stateful) inner_.load_state(r.take(inner_bytes));
+    if constexpr (Inner::traits.stateful) {
+      detail::load_inner_state(inner_, r.take(inner_bytes), sized, n, call);
+    }
     u_ = std::move(u);
     v_ = std::move(v);
     a_.resize(u_.size());

@@ -23,10 +23,13 @@ build=${BUILD_DIR:-build}
 jobs=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 
 # What the build, the tests and the examples use, by Debian package name.
-# libeigen3-dev makes gradcomm::eigen (PowerSGD). clang and libclang-rt-14-dev (libFuzzer,
-# ASan, UBSan; clang only recommends it) build the fuzz tests.
+# libeigen3-dev makes gradcomm::eigen (PowerSGD, the example's model). clang and
+# libclang-rt-14-dev (libFuzzer, ASan, UBSan; clang only recommends it) build the fuzz
+# tests. The example reads Fashion-MNIST (dataset-fashion-mnist) with zlib and parses
+# its options with CLI11.
 packages="g++ cmake ninja-build libgtest-dev libgmock-dev libbenchmark-dev \
-libopenmpi-dev openmpi-bin libeigen3-dev clang-format clang libclang-rt-14-dev"
+libopenmpi-dev openmpi-bin libeigen3-dev clang-format clang libclang-rt-14-dev \
+dataset-fashion-mnist zlib1g-dev libcli11-dev"
 
 missing=""
 for p in $packages; do

@@ -33,6 +33,8 @@ class identity_codec {
   static constexpr codec_traits traits{.linear = true, .fixed_size = true, .stateful = false};
   static constexpr codec_id id = codec_id::none;
   static constexpr dtype wire_dtype = dtype::f32;
+  /// D(C(x)) == x bit for bit: gossip with it keeps no public copies (comm/gossip.hpp).
+  static constexpr bool lossless = true;
 
   std::size_t max_encoded_bytes(std::size_t n) const noexcept {
     return wire_header_bytes + n * sizeof(float);

@@ -88,7 +88,7 @@ struct bucket_stats {
   bool compressed = true;           ///< false for a bucket of small tensors
   std::uint64_t rounds = 0;         ///< completed reductions
   std::uint64_t wire_bytes = 0;     ///< bytes this rank sent, as its transport counts them
-  std::uint64_t payload_bytes = 0;  ///< bytes this rank's encodings produced
+  std::uint64_t payload_bytes = 0;  ///< bytes of this rank's encodings of the bucket
   double ratio = 1.0;               ///< f32 bytes / payload bytes: the format's compression
   std::int64_t encode_ns = 0;
   std::int64_t decode_ns = 0;
@@ -322,7 +322,6 @@ class bucket_engine {
       reduced = reduced_codec_[0].encode(host_view<const float>(acc_.data(), acc_.size()),
                                          std::span<std::byte>(packed_));
     }
-    st.payload_extra += reduced;
     if (reduced != mine_size)
       throw error(make_error_code(errc::internal), "allreduce", rank_,
                   "codec " + std::string(codec_name(C::id)) +
@@ -407,7 +406,6 @@ class bucket_engine {
 // Per-round tallies the engines add to (the communication thread's own).
 struct round_tally {
   std::atomic<std::int64_t> encode_ns{0}, decode_ns{0};
-  std::uint64_t payload_extra = 0;
   std::uint64_t dense_rounds = 0;
 };
 
@@ -839,7 +837,7 @@ class allreduce {
       bk.wait_ns += d.wait_ns;
       if (!failure) {
         bk.rounds += 1;
-        bk.payload_bytes += bk.pending_payload + tally.payload_extra;
+        bk.payload_bytes += bk.pending_payload;
         bk.residual_norm = residual;
         dense_rounds_ += tally.dense_rounds;
       }

@@ -1,0 +1,20 @@
+# Combinations that cannot work must not compile, and must say why (ctest label
+# compile_fail): each tests/compile_fail/<name>.cpp is compiled with -fsyntax-only and
+# the test passes when the compiler's output holds the expected sentence.
+set(_gc_cf_dir ${CMAKE_CURRENT_SOURCE_DIR}/compile_fail)
+set(_gc_cf_cases
+  "allreduce_not_a_codec|C must model gradcomm::Codec"
+  "allreduce_not_a_transport|T must model gradcomm::Transport"
+  "gossip_error_feedback|GossipCodec")
+foreach(_case IN LISTS _gc_cf_cases)
+  string(REPLACE "|" ";" _parts "${_case}")
+  list(GET _parts 0 _name)
+  list(GET _parts 1 _expect)
+  add_test(NAME compile_fail.${_name}
+           COMMAND ${CMAKE_CXX_COMPILER} -std=c++20 -fsyntax-only
+                   -I${gradcomm_SOURCE_DIR}/include ${_gc_cf_dir}/${_name}.cpp)
+  # With a pass expression ctest ignores the exit code: the sentence is the check
+  # (and a successful compile prints none).
+  set_tests_properties(compile_fail.${_name} PROPERTIES
+    LABELS compile_fail PASS_REGULAR_EXPRESSION "${_expect}")
+endforeach()

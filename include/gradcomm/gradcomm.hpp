@@ -24,6 +24,7 @@
 #include <gradcomm/codec/codec.hpp>
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/fp8_block.hpp>
+#include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/powersgd.hpp>  // a stub without gradcomm::eigen
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
@@ -31,10 +32,15 @@
 #include <gradcomm/codec/vector_quant.hpp>
 
 #include <gradcomm/transport/local.hpp>
+#include <gradcomm/transport/mpi.hpp>  // a stub without gradcomm::mpi
 #include <gradcomm/transport/transport.hpp>
 
 #include <gradcomm/comm/allgather_reduce.hpp>
+#include <gradcomm/comm/allreduce.hpp>
 #include <gradcomm/comm/communicator.hpp>
+#include <gradcomm/comm/gossip.hpp>
+#include <gradcomm/comm/optimizer.hpp>
+#include <gradcomm/comm/topology.hpp>
 
 #if GRADCOMM_CUDA_COMPILER
 #include <gradcomm/core/cuda/error.cuh>

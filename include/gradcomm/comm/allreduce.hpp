@@ -496,6 +496,12 @@ class allreduce {
           "buckets of " + std::to_string(opt_.bucket_bytes) + " bytes: at least 1024 are needed");
   }
 
+  /// A default codec and options.
+  ///
+  ///   gradcomm::allreduce<gradcomm::bf16_codec, gradcomm::local_transport> comm(t);
+  explicit allreduce(T& transport) requires std::default_initializable<C>
+      : allreduce(transport, C{}) {}
+
   allreduce(const allreduce&) = delete;
   allreduce& operator=(const allreduce&) = delete;
 

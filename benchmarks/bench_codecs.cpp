@@ -3,6 +3,7 @@
 //
 //   build/benchmarks/bench_codecs                       # Google Benchmark output + table
 //   build/benchmarks/bench_codecs --benchmark_filter=cast
+//   GRADCOMM_CPU_ISA=avx2 build/benchmarks/bench_codecs  # the AVX2 paths on an AVX-512 CPU
 //
 // Each row reports GB/s of f32 input, the compression ratio (f32 bytes / payload
 // bytes) and the relative L2 error ‖x − D(C(x))‖ / ‖x‖ on Gaussian data. After the
@@ -211,7 +212,14 @@ class table_reporter : public benchmark::ConsoleReporter {
     const double memcpy_rate =
         m != rates_.end() ? m->second : (m2 != rates_.end() ? m2->second : 0.0);
     if (memcpy_rate <= 0) return;
-    std::printf("\nmemcpy: %.2f GB/s (64 MiB, one thread)\n\n", memcpy_rate / 1e9);
+    const auto isa = gc::detail::cpu_best_isa();
+    std::printf(
+        "\nmemcpy: %.2f GB/s (64 MiB, one thread); codec loops: %s (GRADCOMM_CPU_ISA caps "
+        "them)\n\n",
+        memcpy_rate / 1e9,
+        isa == gc::detail::cpu_isa::avx512 ? "AVX-512"
+        : isa == gc::detail::cpu_isa::avx2 ? "AVX2"
+                                           : "portable");
     std::printf(
         "| codec | ratio | rel. L2 error | encode GB/s | encode / memcpy (target) "
         "| decode_add GB/s | decode_add / memcpy (target) |\n");

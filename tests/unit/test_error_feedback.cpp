@@ -567,3 +567,88 @@ TEST(ErrorFeedbackState, NestedStatesOfDifferentSizesAreRejected) {
   std::vector<std::byte> out(target.max_encoded_bytes(7));
   EXPECT_NO_THROW(target.encode(g, out));  // unchanged by the rejected load
 }
+
+static_assert(!gc::ResidualCodec<gc::bf16_codec>);
+static_assert(!gc::ResidualCodec<toy_sign_codec>);
+
+#if __has_include(<gradcomm/codec/sign.hpp>)
+static_assert(gc::ResidualCodec<gc::sign_codec>);
+
+namespace {
+// sign_codec without its fused step: error_feedback takes the unfused path around it.
+struct unfused_sign {
+  using value_type = float;
+  static constexpr gc::codec_traits traits = gc::sign_codec::traits;
+  static constexpr gc::codec_id id = gc::sign_codec::id;
+  gc::sign_codec c;
+  std::size_t max_encoded_bytes(std::size_t n) const noexcept { return c.max_encoded_bytes(n); }
+  std::size_t encode(gc::host_view<const float> in, std::span<std::byte> out) const {
+    return c.encode(in, out);
+  }
+  void decode(std::span<const std::byte> p, gc::host_view<float> out) const { c.decode(p, out); }
+  void decode_add(std::span<const std::byte> p, gc::host_view<float> acc) const {
+    c.decode_add(p, acc);
+  }
+};
+static_assert(gc::Codec<unfused_sign> && !gc::ResidualCodec<unfused_sign>);
+
+bool same_bits(std::span<const float> a, std::span<const float> b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;
+}
+}  // namespace
+
+TEST(ErrorFeedbackFused, SignGivesTheUnfusedBytesAndResidualStepAfterStep) {
+  for (std::size_t n : {1u, 9u, 100u, 1001u, 4096u}) {
+    for (std::uint32_t block : {5u, 64u, 256u}) {
+      for (auto policy : {gc::nonfinite_policy::reject, gc::nonfinite_policy::zero}) {
+        gc::error_feedback<gc::sign_codec> fused(gc::sign_codec(block, policy));
+        gc::error_feedback<unfused_sign> plain(unfused_sign{gc::sign_codec(block, policy)});
+        for (unsigned step = 0; step < 5; ++step) {
+          auto g = random_vector(n, 1000 * step + static_cast<unsigned>(n + block), 2.0f);
+          if (policy == gc::nonfinite_policy::zero && n > 9 && step % 2 == 1) {
+            g[n / 2] = std::numeric_limits<float>::infinity();
+            g[n / 5] = std::nanf("");
+          }
+          ASSERT_EQ(encode_one(fused, g), encode_one(plain, g))
+              << "n " << n << " block " << block << " step " << step;
+          ASSERT_TRUE(same_bits(fused.residual(), plain.residual()))
+              << "n " << n << " block " << block << " step " << step;
+        }
+        EXPECT_EQ(saved(fused).size(), saved(plain).size());
+      }
+    }
+  }
+}
+
+TEST(ErrorFeedbackFused, FailedEncodeLeavesTheResidual) {
+  gc::error_feedback<gc::sign_codec> ef(gc::sign_codec(16));
+  const auto g = random_vector(100, 3);
+  encode_one(ef, g);
+  const auto before = saved(ef);
+  // A non-finite value in a late block: earlier blocks were already done when it is found.
+  auto bad = g;
+  bad[90] = -std::numeric_limits<float>::infinity();
+  std::vector<std::byte> wire(ef.max_encoded_bytes(100));
+  EXPECT_THROW(ef.encode(bad, wire), gc::error);
+  EXPECT_EQ(saved(ef), before);
+  std::vector<std::byte> small(wire.size() - 1);
+  EXPECT_THROW(ef.encode(g, small), gc::error);
+  EXPECT_EQ(saved(ef), before);
+  // A first encode that fails leaves the codec unsized.
+  gc::error_feedback<gc::sign_codec> fresh;
+  EXPECT_THROW(fresh.encode(bad, wire), gc::error);
+  EXPECT_FALSE(fresh.sized());
+  EXPECT_NO_THROW(encode_one(fresh, g));
+  EXPECT_EQ(fresh.size(), 100u);
+}
+
+TEST(ErrorFeedbackFused, NoAllocationAfterTheFirstCall) {
+  gc::error_feedback<gc::sign_codec> ef;
+  const auto g = random_vector(4096, 8);
+  std::vector<std::byte> wire(ef.max_encoded_bytes(g.size()));
+  ef.encode(g, wire);
+  const long before = g_allocations.load();
+  for (int s = 0; s < 10; ++s) ef.encode(g, wire);
+  EXPECT_EQ(g_allocations.load(), before);
+}
+#endif

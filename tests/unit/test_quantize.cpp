@@ -506,6 +506,118 @@ TEST(ScalarQuant, EveryCpuPathWritesTheSameBytes) {
   }
 }
 
+TEST(ScalarQuant, StochasticPathsAgreeOnOddSizesAndBlocks) {
+  // The AVX2 path makes the Philox words inside its loop, 32 values (8 blocks) at a time,
+  // 128 where it can; runs that start or end inside such a chunk take a partial one. Every
+  // size and block here leaves some partial chunk, every path must write the portable bytes.
+  using gc::detail::cpu_isa;
+  for (std::size_t n : {1u, 7u, 31u, 32u, 33u, 100u, 127u, 128u, 129u, 1000u, 4099u}) {
+    auto in = normal_values(n, static_cast<unsigned>(n) + 17);
+    if (n > 50) in[n / 2] = std::nanf("");  // policy zero: the sanitizing loops too
+    for (std::uint32_t block : {1u, 3u, 7u, 31u, 32u, 33u, 100u, 128u, 256u, 300u}) {
+      const std::size_t blocks = (n + block - 1) / block;
+      for (unsigned bits : {1u, 2u, 3u, 5u, 8u}) {
+        for (auto rule :
+             {gc::detail::block_scale_rule::max_abs, gc::detail::block_scale_rule::l2_norm}) {
+          const std::size_t size = 4 * blocks + gc::packed_bytes(n, bits);
+          bytes ref;
+          for (cpu_isa isa : {cpu_isa::portable, cpu_isa::avx2, cpu_isa::avx512}) {
+            if (!gc::detail::cpu_isa_available(isa)) continue;
+            bytes body(size + 32, std::byte{0xee});
+            const gc::detail::quant_encode_job job{in.data(),
+                                                   n,
+                                                   block,
+                                                   rule,
+                                                   gc::nonfinite_policy::zero,
+                                                   gc::philox_stream(9, 8, 7, 6),
+                                                   body.data(),
+                                                   body.data() + 4 * blocks,
+                                                   "test",
+                                                   isa};
+            gc::detail::quant_encode(job, bits, true);
+            for (std::size_t k = size; k < body.size(); ++k) {
+              ASSERT_EQ(body[k], std::byte{0xee}) << "wrote past the body";
+            }
+            body.resize(size);
+            if (ref.empty()) {
+              ref = body;
+            } else {
+              ASSERT_EQ(body, ref) << "isa " << static_cast<int>(isa) << " n " << n << " block "
+                                   << block << " bits " << bits;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(ScalarQuant, StochasticTiesDoNotRoundUp) {
+  // u == frac exactly: the value stays at the lower level (u < frac is false). Values made
+  // from the stream's own words: with step 1 (a block whose max is qmax), t = x and x = u
+  // gives frac = u; one bit, with step 1, x = 2u − 1 gives p = u.
+  using gc::detail::cpu_isa;
+  const gc::philox_stream rng(31, 4, 1, 5);
+  const std::size_t n = 3000;
+  for (unsigned bits : {1u, 4u, 8u}) {
+    const float top = static_cast<float>(gc::scalar_quant_qmax(bits));
+    std::vector<float> in(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const float u = gc::philox_uniform(rng.at(i));
+      in[i] = i % 64 == 0 ? top : bits == 1 ? 2 * u - 1 : (i % 2 ? u : -u);
+    }
+    const std::size_t blocks = (n + 63) / 64, size = 4 * blocks + gc::packed_bytes(n, bits);
+    for (cpu_isa isa : {cpu_isa::portable, cpu_isa::avx2, cpu_isa::avx512}) {
+      if (!gc::detail::cpu_isa_available(isa)) continue;
+      bytes body(size);
+      const gc::detail::quant_encode_job job{in.data(),
+                                             n,
+                                             64,
+                                             gc::detail::block_scale_rule::max_abs,
+                                             gc::nonfinite_policy::reject,
+                                             rng,
+                                             body.data(),
+                                             body.data() + 4 * blocks,
+                                             "test",
+                                             isa};
+      gc::detail::quant_encode(job, bits, true);
+      std::vector<std::uint8_t> codes(n);
+      gc::unpack_bits(std::span<const std::byte>(body).subspan(4 * blocks), bits, codes);
+      for (std::size_t i = 0; i < n; ++i) {
+        if (i % 64 == 0) continue;
+        const unsigned want = bits == 1 ? 0u : static_cast<unsigned>(gc::scalar_quant_qmax(bits));
+        ASSERT_EQ(codes[i], want) << "isa " << static_cast<int>(isa) << " bits " << bits << " i "
+                                  << i << " x " << in[i];
+      }
+    }
+  }
+}
+
+#if GRADCOMM_X86_DISPATCH
+TEST(ScalarQuant, AvxPhiloxRunsMatchTheStreamUpToItsEnd) {
+  // The fused AVX2 loop draws words by element index; near the end of a stream (index 2^34)
+  // the 32-bit block counter wraps. Runs there, and at odd offsets, against the portable
+  // loop fed philox_stream::at.
+  if (!gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx2)) GTEST_SKIP() << "no AVX2";
+  const gc::philox_stream rng(0x123456789abcdefull, 3, 1, 4);
+  const auto x = normal_values(300, 5);
+  for (std::uint64_t first : {std::uint64_t{0}, std::uint64_t{5}, std::uint64_t{1} << 20,
+                              (std::uint64_t{1} << 34) - 300, (std::uint64_t{1} << 34) - 129}) {
+    for (std::size_t m : {1u, 31u, 32u, 100u, 128u, 129u, 300u}) {
+      if (first + m > (std::uint64_t{1} << 34)) continue;
+      std::vector<std::uint32_t> words(m);
+      for (std::size_t k = 0; k < m; ++k) words[k] = rng.at(first + k);
+      std::vector<std::uint8_t> want(m), got(m, 0xee);
+      const float step = gc::scalar_quant_step(2.5f, 4);
+      gc::detail::quantize_run<4, true, false>(x.data(), m, step, words.data(), want.data());
+      gc::detail::quantize_run_philox_avx2<4, false>(x.data(), static_cast<std::size_t>(first), m,
+                                                     step, rng, got.data());
+      ASSERT_EQ(got, want) << "first " << first << " m " << m;
+    }
+  }
+}
+#endif
+
 TEST(ScalarQuant, DecodeAddAddsTheDecodedValues) {
   const auto in = normal_values(777, 37);
   for (unsigned bits = 1; bits <= 8; ++bits) {

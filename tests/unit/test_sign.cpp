@@ -441,3 +441,126 @@ TYPED_TEST(SignFamily, MalformedPayloadsAreRejected) {
     }
   }
 }
+
+namespace {
+
+// What error feedback's unfused step gives: encode(g + e), then g + e − decode, non-finite
+// elements 0.
+struct ef_step {
+  bytes wire;
+  std::vector<float> next;
+};
+ef_step unfused_step(const gc::sign_codec& c, const std::vector<float>& g,
+                     const std::vector<float>& e) {
+  std::vector<float> s(g.size());
+  for (std::size_t i = 0; i < g.size(); ++i) s[i] = g[i] + e[i];
+  ef_step r{encode(c, s), std::vector<float>(g.size())};
+  c.decode(r.wire, r.next);
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const float d = s[i] - r.next[i];
+    r.next[i] = std::isfinite(d) ? d : 0.0f;
+  }
+  return r;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), 4 * a.size()) == 0;
+}
+
+}  // namespace
+
+TEST(SignCodec, EncodeWithResidualIsEncodeDecodeAndSubtract) {
+  // Every size and block leaves partial code bytes somewhere (blocks not a multiple of 8,
+  // tails); every path (portable, AVX2) must give the unfused step's bytes and bits.
+  using gc::detail::cpu_isa;
+  for (std::size_t n : {0u, 1u, 7u, 8u, 9u, 31u, 33u, 100u, 257u, 1000u, 4099u}) {
+    for (std::uint32_t block : {1u, 3u, 8u, 13u, 32u, 64u, 256u, 1000u}) {
+      for (auto policy : {gc::nonfinite_policy::reject, gc::nonfinite_policy::zero}) {
+        const gc::sign_codec c(block, policy);
+        auto g = normal_values(n, static_cast<unsigned>(n + block));
+        for (auto& v : g) v *= 3.0f;
+        const auto e = normal_values(n, static_cast<unsigned>(n * block + 1));
+        if (policy == gc::nonfinite_policy::zero && n > 5) {
+          g[n / 2] = inf;
+          g[n / 3] = std::nanf("");
+          g[n - 1] = -inf;
+        }
+        const ef_step want = unfused_step(c, g, e);
+        // The public call (the widest path), with `next` its own buffer and with `next`
+        // the residual itself.
+        std::vector<float> next(n, -9.0f);
+        bytes w(c.max_encoded_bytes(n), std::byte{0x5a});
+        ASSERT_EQ(c.encode_with_residual(g, e, w, next), w.size());
+        ASSERT_EQ(w, want.wire) << "n " << n << " block " << block;
+        ASSERT_TRUE(same_bits(next, want.next)) << "n " << n << " block " << block;
+        auto inplace = e;
+        bytes w2(w.size());
+        c.encode_with_residual(g, inplace, w2, inplace);
+        ASSERT_EQ(w2, want.wire);
+        ASSERT_TRUE(same_bits(inplace, want.next));
+        // Each path on its own.
+        for (cpu_isa isa : {cpu_isa::portable, cpu_isa::avx2}) {
+          if (!gc::detail::cpu_isa_available(isa)) continue;
+          bytes body(w.size() - 28 + 16, std::byte{0xee});
+          std::vector<float> nx(n, -9.0f);
+          const gc::detail::sign_ef_job j{
+              g.data(),
+              e.data(),
+              nx.data(),
+              n,
+              block,
+              policy,
+              body.data(),
+              reinterpret_cast<std::uint8_t*>(body.data()) + 4 * ((n + block - 1) / block),
+              "test"};
+          gc::detail::sign_ef_encode_isa(j, isa);
+          for (std::size_t k = w.size() - 28; k < body.size(); ++k) {
+            ASSERT_EQ(body[k], std::byte{0xee}) << "wrote past the body";
+          }
+          ASSERT_TRUE(std::equal(body.begin(),
+                                 body.begin() + static_cast<std::ptrdiff_t>(w.size() - 28),
+                                 want.wire.begin() + 28))
+              << "isa " << static_cast<int>(isa) << " n " << n << " block " << block;
+          ASSERT_TRUE(same_bits(nx, want.next))
+              << "isa " << static_cast<int>(isa) << " n " << n << " block " << block;
+        }
+      }
+    }
+  }
+}
+
+TEST(SignCodec, EncodeWithResidualRejectsWhatEncodeRejects) {
+  const gc::sign_codec c(8);
+  std::vector<float> g(40, 0.5f), e(40, 0.25f), next(40, 7.0f);
+  bytes w(c.max_encoded_bytes(40));
+  // Sizes that differ.
+  std::vector<float> short_e(39);
+  EXPECT_THROW(c.encode_with_residual(g, short_e, w, next), gc::error);
+  std::vector<float> short_next(39);
+  EXPECT_THROW(c.encode_with_residual(g, e, w, short_next), gc::error);
+  // A small buffer, before anything is written.
+  bytes small(w.size() - 1);
+  try {
+    c.encode_with_residual(g, e, small, next);
+    FAIL() << "no throw";
+  } catch (const gc::error& err) {
+    EXPECT_EQ(err.code(), gc::errc::buffer_too_small);
+  }
+  for (float v : next) EXPECT_EQ(v, 7.0f);
+  // A non-finite g + e, named by its index; the residual is only read.
+  g[21] = -inf;
+  const auto e_before = e;
+  try {
+    c.encode_with_residual(g, e, w, next);
+    FAIL() << "no throw";
+  } catch (const gc::error& err) {
+    EXPECT_EQ(err.code(), gc::errc::invalid_argument);
+    EXPECT_NE(std::string(err.what()).find("index 21"), std::string::npos) << err.what();
+  }
+  EXPECT_EQ(e, e_before);
+  // Finite g and e whose sum overflows count as non-finite too.
+  std::vector<float> big(16, fltmax);
+  std::vector<float> n16(16);
+  bytes w16(c.max_encoded_bytes(16));
+  EXPECT_THROW(c.encode_with_residual(big, big, w16, n16), gc::error);
+}

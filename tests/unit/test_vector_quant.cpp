@@ -13,6 +13,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace gc = gradcomm;
@@ -213,21 +214,81 @@ TEST_P(VectorQuant, EveryPathPicksTheSameCodes) {
   in[200] = 1e6f;
   const auto wire = encode(codec, in);
   EXPECT_EQ(wire, encode_portable(codec, in));
-  // The scalar search against the AVX2 ones, group by group.
+  // The scalar search against the AVX2 and AVX-512 ones, group by group, one or several
+  // registers of groups at a time.
   if (gc::detail::cpu_has_avx2_fma()) {
     const auto& t = gc::detail::vq_gaussian_tables(d);
     const auto y = gaussian(8 * 4096, 9, 2.0f);
+    const bool avx512 = gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx512);
     gc::detail::with_vq_dim(d, [&]<int D>() {
-      for (std::size_t g = 0; g + 8 <= y.size() / D; g += 8) {
-        std::uint8_t eight[8];
-        gc::detail::vq_encode8_avx2_call<D>(&y[g * D], 1.0f, t, eight);
-        for (unsigned l = 0; l < 8; ++l) {
+      for (std::size_t g = 0; g + 64 <= y.size() / D; g += 64) {
+        std::uint8_t want[64], got[64];
+        for (unsigned l = 0; l < 64; ++l) {
           const float* p = &y[(g + l) * D];
-          ASSERT_EQ(eight[l], gc::vq_nearest<D>(p, t)) << g + l;
-          ASSERT_EQ(gc::detail::vq_nearest_avx2_call<D>(p, t), gc::vq_nearest<D>(p, t)) << g + l;
+          want[l] = gc::vq_nearest<D>(p, t);
+          ASSERT_EQ(gc::detail::vq_nearest_avx2_call<D>(p, t), want[l]) << g + l;
+        }
+        gc::detail::vq_encode8_avx2_call<D>(&y[g * D], 1.0f, t, got);
+        gc::detail::vq_encode8_avx2_call<D, 2>(&y[(g + 8) * D], 1.0f, t, got + 8);
+        ASSERT_TRUE(std::equal(got, got + 24, want)) << "avx2, groups from " << g;
+        if (avx512) {
+          gc::detail::vq_encode16_avx512_call<D>(&y[g * D], 1.0f, t, got);
+          gc::detail::vq_encode16_avx512_call<D, 2>(&y[(g + 16) * D], 1.0f, t, got + 16);
+          ASSERT_TRUE(std::equal(got, got + 48, want)) << "avx512, groups from " << g;
+          gc::detail::vq_encode16_avx512_call<D, 4>(&y[g * D], 1.0f, t, got);
+          ASSERT_TRUE(std::equal(got, got + 64, want)) << "avx512 x4, groups from " << g;
         }
       }
     });
+  }
+}
+
+TEST_P(VectorQuant, EveryBlockLoopWritesThePortableBytes) {
+  // The AVX2 and AVX-512 block loops take groups 64, 32, 16 and 8 at a time, then one by
+  // one, and the last partial group; blocks and sizes here leave every kind of remainder,
+  // blocks whose RMS is outside f32's normal range (normalized in double, one by one), and a
+  // non-finite block where the loops stop.
+  const unsigned d = GetParam();
+  auto in = gaussian(20000 + 5, 21);
+  for (std::size_t i = 3000; i < 3100; ++i) in[i] *= 1e-40f;                 // RMS subnormal
+  for (std::size_t i = 5000; i < 5400; ++i) in[i] = i % 3 ? 3e38f : -2e38f;  // RMS above 2^126
+  in[15000] = std::numeric_limits<float>::infinity();
+  for (std::uint32_t block : {8u, 24u, 64u, 136u, 256u, 1000u, 4096u}) {
+    if (block % d != 0) continue;
+    for (std::size_t n :
+         {std::size_t{7}, std::size_t{block}, std::size_t{block} * 3 + d + 1, in.size()}) {
+      const std::size_t nb = (n + block - 1) / block;
+      const auto& t = gc::detail::vq_gaussian_tables(d);
+      gc::detail::with_vq_dim(d, [&]<int D>() {
+        // Blocks up to the first non-finite one (left unwritten), then the rest.
+        const auto run = [&](auto loop) {
+          std::vector<std::byte> scales(4 * nb);
+          std::vector<std::uint8_t> codes((n + D - 1) / D);
+          const std::size_t stop = loop(0, scales.data(), codes.data());
+          if (stop < nb) {
+            EXPECT_EQ(loop(stop + 1, scales.data(), codes.data()), nb);
+          }
+          return std::make_pair(scales, codes);
+        };
+        const auto want = run([&](std::size_t first, std::byte* sc, std::uint8_t* co) {
+          return gc::detail::vq_encode_blocks<D>(in.data(), n, block, first, t, sc, co);
+        });
+        if (!gc::detail::cpu_has_avx2_fma()) return;
+        EXPECT_EQ(run([&](std::size_t first, std::byte* sc, std::uint8_t* co) {
+                    return gc::detail::vq_encode_blocks_avx2<D>(in.data(), n, block, first, t, sc,
+                                                                co);
+                  }),
+                  want)
+            << "avx2, block " << block << " n " << n;
+        if (!gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx512)) return;
+        EXPECT_EQ(run([&](std::size_t first, std::byte* sc, std::uint8_t* co) {
+                    return gc::detail::vq_encode_blocks_avx512<D>(in.data(), n, block, first, t, sc,
+                                                                  co);
+                  }),
+                  want)
+            << "avx512, block " << block << " n " << n;
+      });
+    }
   }
 }
 

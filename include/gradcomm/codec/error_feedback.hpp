@@ -64,6 +64,24 @@ void load_inner_state(Inner& inner, std::span<const std::byte> bytes, bool sized
 }
 }  // namespace detail
 
+/// ResidualCodec<C>: a Codec that offers error feedback's step fused into one pass,
+///   `c.encode_with_residual(in, residual, out, next) -> size_t`:
+///  1. with s[i] = in[i] + residual[i] (one f32 addition), it writes into `out` the payload
+///     that `c.encode(s, out)` writes and returns its size;
+///  2. it writes into `next` s − D(that payload), each non-finite element 0: bit for bit
+///     what encode, decode and the subtraction give (error_feedback's unfused step);
+///  3. it reads `residual` and nothing else of the caller's but `in`; it throws what encode
+///     throws (and for sizes that differ), after which `out` and `next` hold anything.
+/// error_feedback takes this path where the inner codec has it (sign_codec does): one pass
+/// over g and e instead of several over the whole tensor.
+///
+///   static_assert(gradcomm::ResidualCodec<gradcomm::sign_codec>);
+template <class C>
+concept ResidualCodec = Codec<C> &&
+    requires(C& c, host_view<const float> in, std::span<std::byte> out, host_view<float> next) {
+  { c.encode_with_residual(in, in, out, next) } -> std::same_as<std::size_t>;
+};
+
 /// The first four bytes of a saved error_feedback state: "GCEF" read as a little-endian u32.
 inline constexpr std::uint32_t error_feedback_state_magic = 0x46454347u;
 /// The state format version this build writes and reads.
@@ -73,7 +91,8 @@ inline constexpr std::size_t error_feedback_state_header_bytes = 24;
 
 /// Error feedback around the codec `Inner`: encode sends C(g + e) and keeps the residual
 /// e <- g + e - D(C(g + e)), where D decodes exactly the bytes just produced, so that
-/// residual + decoded == g + e up to one f32 rounding per element.
+/// residual + decoded == g + e up to one f32 rounding per element. Where Inner is a
+/// ResidualCodec, encode is its fused encode_with_residual (the same bytes and residual).
 ///
 /// It is a Codec with Inner's payload and id (decode and decode_add forward to Inner),
 /// Inner's `linear` and `fixed_size`, and `stateful` set. The residual holds one f32 per
@@ -124,6 +143,8 @@ class error_feedback {
   /// Elements of the residual (0 while unsized).
   std::size_t size() const noexcept { return residual_.size(); }
   /// The residual e: what has been dropped so far and will be added to the next input.
+  /// The span is valid until the next call that changes the codec (encode among them: with
+  /// a ResidualCodec inner, encode moves the residual to another buffer).
   std::span<const float> residual() const noexcept { return residual_; }
 
   /// Sets the residual to n zeros, discarding the old one (whatever its size).
@@ -180,6 +201,20 @@ class error_feedback {
                                      "input has " + std::to_string(n) + " elements, the residual " +
                                          std::to_string(residual_.size()) +
                                          "; call reset() or resize() to change the size");
+    }
+    if constexpr (ResidualCodec<Inner>) {
+      // One pass: the next residual goes to the scratch buffer, which becomes the residual
+      // once the call has succeeded (a throw leaves the residual as it was).
+      std::size_t bytes = 0;
+      try {
+        bytes = inner_.encode_with_residual(in, host_view<const float>(residual_), out,
+                                            host_view<float>(scratch_));
+      } catch (...) {
+        if (first) reset();
+        throw;
+      }
+      residual_.swap(scratch_);
+      return bytes;
     }
     const float* g = in.data();
     float* t = scratch_.data();
@@ -329,7 +364,7 @@ class error_feedback {
  private:
   Inner inner_{};
   std::vector<float> residual_;
-  std::vector<float> scratch_;  // g + e, reused across calls
+  std::vector<float> scratch_;  // g + e, or the next residual (ResidualCodec), reused
   bool sized_ = false;
 };
 

@@ -30,7 +30,8 @@ namespace detail {
 /// Vector instruction sets with a path, narrowest first.
 enum class cpu_isa : unsigned char { portable, avx2, avx512 };
 
-/// True where this CPU (and its OS) runs `isa`'s path.
+/// True where this CPU (and its OS) runs `isa`'s path (whatever GRADCOMM_CPU_ISA says:
+/// tests compare every path the CPU has).
 inline bool cpu_isa_available(cpu_isa isa) noexcept {
 #if GRADCOMM_X86_DISPATCH
   __builtin_cpu_init();
@@ -48,11 +49,15 @@ inline bool cpu_isa_available(cpu_isa isa) noexcept {
 #endif
 }
 
-/// The widest path this CPU runs (asked once).
+/// The widest path this CPU runs (asked once), within GRADCOMM_CPU_ISA's cap
+/// (cpu_dispatch.hpp): the path the codecs take.
 inline cpu_isa cpu_best_isa() noexcept {
-  static const cpu_isa best = cpu_isa_available(cpu_isa::avx512) ? cpu_isa::avx512
-                              : cpu_isa_available(cpu_isa::avx2) ? cpu_isa::avx2
-                                                                 : cpu_isa::portable;
+  static const cpu_isa best = [] {
+    const unsigned cap = cpu_isa_cap_level();
+    if (cap >= 2 && cpu_isa_available(cpu_isa::avx512)) return cpu_isa::avx512;
+    if (cap >= 1 && cpu_isa_available(cpu_isa::avx2)) return cpu_isa::avx2;
+    return cpu_isa::portable;
+  }();
   return best;
 }
 

@@ -130,9 +130,28 @@ inline constexpr std::uint64_t powersgd_max_state_elements = std::uint64_t{1} <<
 
 namespace detail {
 
-// Columns a pass handles at a time: a tile of one row of g + e stays in L1 while every
-// rank's factor column runs over it.
+// Columns the decoder and the residual for r > 4 handle at a time: a tile of P̂ Qᵀ stays in
+// L1 while every rank's factor column runs over it.
 inline constexpr std::size_t psgd_tile = 256;
+
+// Floats that a streaming loop over one row reads ahead of itself (3 KiB), and the four-row
+// Q pass (1.5 KiB a row: eight streams). The passes stream g and e from memory while the
+// factors (r·cols floats a row) come from L2; left to the hardware prefetchers alone, the
+// loads of g and e wait (measured at 4096 × 4096, rank 4, on an AMD EPYC: the P pass took
+// 1.7× as long; the distances are the best of 256 to 1024).
+inline constexpr std::size_t psgd_prefetch_ahead = 768;
+inline constexpr std::size_t psgd_q_prefetch_ahead = 384;
+
+// A read hint for the cache line at float i of p. A prefetch never faults; the address is
+// formed as an integer, so that one past the end of the array is no pointer arithmetic.
+[[gnu::always_inline]] inline void psgd_prefetch(const float* p, std::size_t i) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + 4 * i));
+#else
+  (void)p;
+  (void)i;
+#endif
+}
 
 inline float psgd_load(const float* p, std::size_t i) noexcept { return p[i]; }
 inline float psgd_load(const std::byte* p, std::size_t i) noexcept {
@@ -160,37 +179,36 @@ struct psgd_pass {
   const float* p = nullptr;      // Q pass and finish: P̂
   float* p_acc = nullptr;        // P pass: P out
   float* q_acc = nullptr;        // Q pass: Q out
-  float* row = nullptr;          // P pass: room for one row of M (cols floats)
   float* out = nullptr;          // finish: the output (may be g)
 };
 
 inline const float* psgd_at(const float* p, std::size_t i) noexcept { return p + i; }
 inline const std::byte* psgd_at(const std::byte* p, std::size_t i) noexcept { return p + 4 * i; }
 
-// Row i of M, columns [j0, j0 + len): g (+ e), non-finite values zeroed under `zero` (g's
-// before the sum, so that the residual's debt survives a bad gradient, and the sum's
-// after it, for an overflow). Built in `mt`, or g itself where there is nothing to add.
-[[gnu::always_inline]] inline const float* psgd_row_tile(const psgd_pass& a, std::size_t i,
-                                                         std::size_t j0, std::size_t len,
-                                                         float* __restrict mt) noexcept {
-  const float* __restrict g = a.g + i * a.cols + j0;
-  const float* __restrict e = a.e != nullptr ? a.e + i * a.cols + j0 : nullptr;
-  if (!a.zero) {
-    if (a.e == nullptr) return g;
-    for (std::size_t j = 0; j < len; ++j) mt[j] = g[j] + e[j];
-  } else if (a.e == nullptr) {
-    for (std::size_t j = 0; j < len; ++j) mt[j] = psgd_finite_or_zero(g[j]);
-  } else {
-    for (std::size_t j = 0; j < len; ++j) {
-      mt[j] = psgd_finite_or_zero(psgd_finite_or_zero(g[j]) + e[j]);
+// Element j of a row of M: g (+ e), non-finite values zeroed under Zero (g's before the
+// sum, so that the residual's debt survives a bad gradient, and the sum's after it, for an
+// overflow). Computed where it is used: no pass writes M.
+template <bool HasE, bool Zero>
+[[gnu::always_inline]] inline float psgd_m(const float* __restrict g, const float* __restrict e,
+                                           std::size_t j) noexcept {
+  if constexpr (Zero) {
+    const float v = psgd_finite_or_zero(g[j]);
+    if constexpr (HasE) {
+      return psgd_finite_or_zero(v + e[j]);
+    } else {
+      return v;
     }
+  } else if constexpr (HasE) {
+    return g[j] + e[j];
+  } else {
+    return g[j];
   }
-  return mt;
 }
 
 // at[j] = Σ_k P(i, k) · Q(j0 + j, k), k = 0, 1, ..., r−1 added left to right. Ranks go
 // four at a time through one loop (a load and a store of `at` per four). Decode and the
-// encoder's residual call it alike, so that they agree to the bit.
+// encoder's residual compute it alike (psgd_finish_rows for r ≤ 4 too), so that they agree
+// to the bit.
 template <class Src>
 [[gnu::always_inline]] inline void psgd_lowrank_tile(const Src* p, std::size_t rows, std::size_t i,
                                                      const Src* q, std::size_t cols, std::size_t r,
@@ -223,105 +241,222 @@ template <class Src>
   }
 }
 
-// One dot product Σ_j m[j]·q[j]: lane v sums the terms j ≡ v (mod 32) in order, then a
-// fixed tree adds the lanes. 32 lanes are four independent sums of eight (AVX2) or eight
-// of four (SSE2), enough to hide the adder's latency; the order is the code's, not the
-// vector width's, so both give the same bits.
-[[gnu::always_inline]] inline float psgd_dot(const float* __restrict m, const float* __restrict q,
-                                             std::size_t len) noexcept {
-  constexpr std::size_t lanes = 32;
-  float l[lanes] = {};
-  const std::size_t full = len & ~(lanes - 1);
-  for (std::size_t j = 0; j < full; j += lanes) {
-    for (std::size_t v = 0; v < lanes; ++v) l[v] += m[j + v] * q[j + v];
-  }
-  for (std::size_t j = full; j < len; ++j) l[j & (lanes - 1)] += m[j] * q[j];
+// Lanes of the P pass's dot products: lane v sums the terms j ≡ v (mod 16) in order, then a
+// fixed tree adds the lanes. Four ranks × 16 lanes are eight AVX2 registers (sixteen SSE2
+// ones), independent sums enough to hide the adder's latency; the order is the code's, not
+// the vector width's, so both give the same bits.
+inline constexpr std::size_t psgd_lanes = 16;
+
+[[gnu::always_inline]] inline float psgd_lane_sum(const float (&l)[psgd_lanes]) noexcept {
   float s[8];
-  for (std::size_t v = 0; v < 8; ++v) s[v] = (l[v] + l[v + 8]) + (l[v + 16] + l[v + 24]);
+  for (std::size_t v = 0; v < 8; ++v) s[v] = l[v] + l[v + 8];
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-// P = M Q: a row of M at a time (built whole in `row` where e or `zero` apply), one dot
-// product a rank. Returns the largest |m| as bits (≥ 0x7f800000: a non-finite value).
-[[gnu::always_inline]] inline std::int32_t psgd_p_pass_impl(const psgd_pass& a) noexcept {
-  std::int32_t largest = 0;
-  for (std::size_t i = 0; i < a.rows; ++i) {
-    const float* m = a.g + i * a.cols;
-    if (a.e != nullptr || a.zero) {
-      for (std::size_t j0 = 0; j0 < a.cols; j0 += psgd_tile) {
-        const std::size_t len = std::min(psgd_tile, a.cols - j0);
-        psgd_row_tile(a, i, j0, len, a.row + j0);
-      }
-      m = a.row;
-    }
-    for (std::size_t j = 0; j < a.cols; ++j) {
-      const std::int32_t b = std::bit_cast<std::int32_t>(m[j]) & 0x7fffffff;
-      largest = b > largest ? b : largest;
-    }
-    for (std::size_t k = 0; k < a.r; ++k) {
-      a.p_acc[k * a.rows + i] = psgd_dot(m, a.q + k * a.cols, a.cols);
-    }
-  }
-  return largest;
+// One element of the P pass: m into the four ranks' lanes.
+template <bool HasE, bool Zero>
+[[gnu::always_inline]] inline void psgd_p_term(
+    const float* __restrict g, const float* __restrict e, const float* __restrict q0,
+    const float* __restrict q1, const float* __restrict q2, const float* __restrict q3,
+    std::size_t j, std::size_t v, float* __restrict l0, float* __restrict l1, float* __restrict l2,
+    float* __restrict l3) noexcept {
+  const float m = psgd_m<HasE, Zero>(g, e, j);
+  l0[v] += m * q0[j];
+  l1[v] += m * q1[j];
+  l2[v] += m * q2[j];
+  l3[v] += m * q3[j];
 }
 
-// Q = Mᵀ P̂, four rows at a time so that each Q element is loaded and stored once per four
-// rows; the missing rows of a last block count as zeros.
-[[gnu::always_inline]] inline void psgd_q_pass_impl(const psgd_pass& a) noexcept {
-  alignas(32) float mt[4][psgd_tile];
-  alignas(32) static constexpr float zeros[psgd_tile] = {};
-  const std::size_t r = a.r;
-  std::fill(a.q_acc, a.q_acc + r * a.cols, 0.0f);
-  for (std::size_t i0 = 0; i0 < a.rows; i0 += 4) {
-    const std::size_t nb = std::min<std::size_t>(4, a.rows - i0);
-    for (std::size_t j0 = 0; j0 < a.cols; j0 += psgd_tile) {
-      const std::size_t len = std::min(psgd_tile, a.cols - j0);
-      const float* m[4];
-      for (std::size_t b = 0; b < 4; ++b) {
-        m[b] = b < nb ? psgd_row_tile(a, i0 + b, j0, len, mt[b]) : zeros;
+// P = M Q, a row at a time: one loop over the row reads each m once for four ranks (the
+// ranks missing from a last group read column k0 again and are dropped). A non-finite m
+// makes its row's P non-finite (∞·q and NaN·q stay so through the sums), which is how the
+// caller finds one: the loop does not look at m.
+template <bool HasE, bool Zero>
+[[gnu::always_inline]] inline void psgd_p_rows(const psgd_pass& a) noexcept {
+  constexpr std::size_t lanes = psgd_lanes;
+  const std::size_t rows = a.rows, cols = a.cols, full = cols & ~(lanes - 1);
+  for (std::size_t i = 0; i < rows; ++i) {
+    const float* __restrict g = a.g + i * cols;
+    const float* __restrict e = HasE ? a.e + i * cols : nullptr;
+    for (std::size_t k0 = 0; k0 < a.r; k0 += 4) {
+      const std::size_t nk = std::min<std::size_t>(4, a.r - k0);
+      const float* __restrict q0 = a.q + k0 * cols;
+      const float* __restrict q1 = nk > 1 ? q0 + cols : q0;
+      const float* __restrict q2 = nk > 2 ? q0 + 2 * cols : q0;
+      const float* __restrict q3 = nk > 3 ? q0 + 3 * cols : q0;
+      float l0[lanes] = {}, l1[lanes] = {}, l2[lanes] = {}, l3[lanes] = {};
+      for (std::size_t j = 0; j < full; j += lanes) {
+        psgd_prefetch(g, j + psgd_prefetch_ahead);
+        if constexpr (HasE) psgd_prefetch(e, j + psgd_prefetch_ahead);
+        for (std::size_t v = 0; v < lanes; ++v) {
+          psgd_p_term<HasE, Zero>(g, e, q0, q1, q2, q3, j + v, v, l0, l1, l2, l3);
+        }
       }
-      const float* __restrict m0 = m[0];
-      const float* __restrict m1 = m[1];
-      const float* __restrict m2 = m[2];
-      const float* __restrict m3 = m[3];
-      for (std::size_t k = 0; k < r; ++k) {
-        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (std::size_t b = 0; b < nb; ++b) c[b] = a.p[k * a.rows + i0 + b];
-        float* __restrict qk = a.q_acc + k * a.cols + j0;
-        for (std::size_t j = 0; j < len; ++j) {
-          qk[j] += (m0[j] * c[0] + m1[j] * c[1]) + (m2[j] * c[2] + m3[j] * c[3]);
+      for (std::size_t j = full; j < cols; ++j) {
+        psgd_p_term<HasE, Zero>(g, e, q0, q1, q2, q3, j, j - full, l0, l1, l2, l3);
+      }
+      float* p = a.p_acc + k0 * rows + i;
+      p[0] = psgd_lane_sum(l0);
+      if (nk > 1) p[rows] = psgd_lane_sum(l1);
+      if (nk > 2) p[2 * rows] = psgd_lane_sum(l2);
+      if (nk > 3) p[3 * rows] = psgd_lane_sum(l3);
+    }
+  }
+}
+
+[[gnu::always_inline]] inline void psgd_p_pass_impl(const psgd_pass& a) noexcept {
+  if (a.e != nullptr) return a.zero ? psgd_p_rows<true, true>(a) : psgd_p_rows<true, false>(a);
+  a.zero ? psgd_p_rows<false, true>(a) : psgd_p_rows<false, false>(a);
+}
+
+// Columns [j0, j1) of ranks k0 .. k0 + G − 1 of Q (q: column k0) over the four rows of M at
+// g + off[b] (and e + off[b]):
+//   Q(j, k0 + k) += (m0·c[4k] + m1·c[4k + 1]) + (m2·c[4k + 2] + m3·c[4k + 3]),
+// m_b = M(row b, j) and c[4k + b] row b's P̂(·, k0 + k). Its own function, with restrict
+// parameters and ivdep: otherwise GCC wants run-time overlap checks between Q and every
+// row, more than it will make, and leaves the loop scalar.
+template <bool HasE, bool Zero, std::size_t G>
+[[gnu::always_inline]] inline void psgd_q_span(const float* __restrict g, const float* __restrict e,
+                                               const std::size_t* __restrict off,
+                                               const float* __restrict c, float* __restrict q,
+                                               std::size_t cols, std::size_t j0,
+                                               std::size_t j1) noexcept {
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC ivdep
+#endif
+  for (std::size_t j = j0; j < j1; ++j) {
+    float m[4];
+    for (std::size_t b = 0; b < 4; ++b) {
+      m[b] = psgd_m<HasE, Zero>(g + off[b], HasE ? e + off[b] : nullptr, j);
+    }
+    for (std::size_t k = 0; k < G; ++k) {
+      const float* ck = c + 4 * k;
+      q[k * cols + j] += (m[0] * ck[0] + m[1] * ck[1]) + (m[2] * ck[2] + m[3] * ck[3]);
+    }
+  }
+}
+
+// Ranks k0 .. k0 + G − 1 of Q over the four rows from i0 (c as psgd_q_span's): one loop over
+// the rows reads each m once for G ranks, and each Q element is loaded and stored once per
+// four rows. Rows missing from a last block read row i0 again with coefficient 0: that adds
+// ±0 where m is finite, and where it is not, row i0's own term has made Q non-finite
+// already. A span of 64 columns at a time, the lines 384 columns ahead prefetched first (in
+// the first group: later groups find the rows in cache).
+template <bool HasE, bool Zero, std::size_t G>
+[[gnu::always_inline]] inline void psgd_q_group(const psgd_pass& a, std::size_t i0, std::size_t k0,
+                                                const float* c) noexcept {
+  constexpr std::size_t span = 64;
+  const std::size_t cols = a.cols, nb = std::min<std::size_t>(4, a.rows - i0);
+  const float* g = a.g + i0 * cols;
+  const float* e = HasE ? a.e + i0 * cols : nullptr;
+  std::size_t off[4];
+  for (std::size_t b = 0; b < 4; ++b) off[b] = b < nb ? b * cols : 0;
+  float* q = a.q_acc + k0 * cols;
+  for (std::size_t j = 0; j < cols; j += span) {
+    if (k0 == 0) {
+      for (std::size_t x = j + psgd_q_prefetch_ahead; x < j + psgd_q_prefetch_ahead + span;
+           x += psgd_lanes) {
+        for (std::size_t b = 0; b < nb; ++b) {
+          psgd_prefetch(g + off[b], x);
+          if constexpr (HasE) psgd_prefetch(e + off[b], x);
         }
       }
     }
+    psgd_q_span<HasE, Zero, G>(g, e, off, c, q, cols, j, std::min(j + span, cols));
   }
+}
+
+// Q = Mᵀ P̂, four rows at a time, four ranks at a time.
+template <bool HasE, bool Zero>
+[[gnu::always_inline]] inline void psgd_q_rows(const psgd_pass& a) noexcept {
+  const std::size_t r = a.r, rows = a.rows;
+  std::fill(a.q_acc, a.q_acc + r * a.cols, 0.0f);
+  for (std::size_t i0 = 0; i0 < rows; i0 += 4) {
+    const std::size_t nb = std::min<std::size_t>(4, rows - i0);
+    for (std::size_t k0 = 0; k0 < r; k0 += 4) {
+      const std::size_t nk = std::min<std::size_t>(4, r - k0);
+      float c[16] = {};
+      for (std::size_t k = 0; k < nk; ++k) {
+        for (std::size_t b = 0; b < nb; ++b) c[4 * k + b] = a.p[(k0 + k) * rows + i0 + b];
+      }
+      switch (nk) {
+        case 1: psgd_q_group<HasE, Zero, 1>(a, i0, k0, c); break;
+        case 2: psgd_q_group<HasE, Zero, 2>(a, i0, k0, c); break;
+        case 3: psgd_q_group<HasE, Zero, 3>(a, i0, k0, c); break;
+        default: psgd_q_group<HasE, Zero, 4>(a, i0, k0, c); break;
+      }
+    }
+  }
+}
+
+[[gnu::always_inline]] inline void psgd_q_pass_impl(const psgd_pass& a) noexcept {
+  if (a.e != nullptr) return a.zero ? psgd_q_rows<true, true>(a) : psgd_q_rows<true, false>(a);
+  a.zero ? psgd_q_rows<false, true>(a) : psgd_q_rows<false, false>(a);
+}
+
+// One element of the residual for r ≤ 4: e <- m − Σ_k P̂(i, k) Q(j, k), the sum exactly as
+// psgd_lowrank_tile's first group (missing ranks: column 0 with coefficient 0).
+template <bool Zero>
+[[gnu::always_inline]] inline void psgd_residual_term(
+    const float* __restrict g, float* __restrict e, const float* __restrict q0,
+    const float* __restrict q1, const float* __restrict q2, const float* __restrict q3,
+    const float (&c)[4], std::size_t j) noexcept {
+  const float at = ((c[0] * q0[j] + c[1] * q1[j]) + c[2] * q2[j]) + c[3] * q3[j];
+  e[j] = psgd_finite_or_zero(psgd_m<true, Zero>(g, e, j) - at);
 }
 
 // The step's last pass: e <- m − P̂ Qᵀ (this worker's Q) where there is error feedback, and
-// out = P̂ Q_outᵀ (the summed Q) where there is an output. out may be g: a tile is read
-// whole before any of it is written.
-[[gnu::always_inline]] inline void psgd_finish_pass_impl(const psgd_pass& a) noexcept {
-  alignas(32) float mt[psgd_tile];
+// out = P̂ Q_outᵀ (the summed Q) where there is an output. For r ≤ 4 the residual is one
+// loop over each row; for more ranks a tile at a time through P̂ Qᵀ in L1. out may be g: a
+// row's residual is done before its output is written.
+template <bool Zero>
+[[gnu::always_inline]] inline void psgd_finish_rows(const psgd_pass& a) noexcept {
   alignas(32) float at[psgd_tile];
-  for (std::size_t i = 0; i < a.rows; ++i) {
-    for (std::size_t j0 = 0; j0 < a.cols; j0 += psgd_tile) {
-      const std::size_t len = std::min(psgd_tile, a.cols - j0);
-      if (a.e != nullptr) {
-        psgd_lowrank_tile(a.p, a.rows, i, a.q, a.cols, a.r, j0, len, at);
-        float* e = a.e + i * a.cols + j0;
-        if (a.zero) {
-          const float* __restrict m = psgd_row_tile(a, i, j0, len, mt);
-          for (std::size_t j = 0; j < len; ++j) e[j] = psgd_finite_or_zero(m[j] - at[j]);
-        } else {  // as psgd_row_tile's sum, in one loop
-          const float* __restrict g = a.g + i * a.cols + j0;
-          for (std::size_t j = 0; j < len; ++j) e[j] = psgd_finite_or_zero((g[j] + e[j]) - at[j]);
+  const std::size_t rows = a.rows, cols = a.cols, r = a.r;
+  const std::size_t full = cols & ~(psgd_lanes - 1);
+  for (std::size_t i = 0; i < rows; ++i) {
+    const float* g = a.g + i * cols;  // not restrict: out may be g
+    if (a.e != nullptr && r <= 4) {
+      float* __restrict e = a.e + i * cols;
+      const float c[4] = {a.p[i], r > 1 ? a.p[rows + i] : 0.0f, r > 2 ? a.p[2 * rows + i] : 0.0f,
+                          r > 3 ? a.p[3 * rows + i] : 0.0f};
+      const float* __restrict q0 = a.q;
+      const float* __restrict q1 = r > 1 ? q0 + cols : q0;
+      const float* __restrict q2 = r > 2 ? q0 + 2 * cols : q0;
+      const float* __restrict q3 = r > 3 ? q0 + 3 * cols : q0;
+      for (std::size_t j = 0; j < full; j += psgd_lanes) {
+        psgd_prefetch(g, j + psgd_prefetch_ahead);
+        psgd_prefetch(e, j + psgd_prefetch_ahead);
+        for (std::size_t v = 0; v < psgd_lanes; ++v) {
+          psgd_residual_term<Zero>(g, e, q0, q1, q2, q3, c, j + v);
         }
       }
-      if (a.out != nullptr) {
-        psgd_lowrank_tile(a.p, a.rows, i, a.q_out, a.cols, a.r, j0, len, at);
-        std::memcpy(a.out + i * a.cols + j0, at, 4 * len);
+      for (std::size_t j = full; j < cols; ++j) {
+        psgd_residual_term<Zero>(g, e, q0, q1, q2, q3, c, j);
+      }
+    } else if (a.e != nullptr) {
+      for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
+        const std::size_t len = std::min(psgd_tile, cols - j0);
+        psgd_lowrank_tile(a.p, rows, i, a.q, cols, r, j0, len, at);
+        const float* __restrict gt = g + j0;
+        float* __restrict et = a.e + i * cols + j0;
+        for (std::size_t j = 0; j < len; ++j) {
+          et[j] = psgd_finite_or_zero(psgd_m<true, Zero>(gt, et, j) - at[j]);
+        }
+      }
+    }
+    if (a.out != nullptr) {
+      for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
+        const std::size_t len = std::min(psgd_tile, cols - j0);
+        psgd_lowrank_tile(a.p, rows, i, a.q_out, cols, r, j0, len, at);
+        std::memcpy(a.out + i * cols + j0, at, 4 * len);
       }
     }
   }
+}
+
+[[gnu::always_inline]] inline void psgd_finish_pass_impl(const psgd_pass& a) noexcept {
+  a.zero ? psgd_finish_rows<true>(a) : psgd_finish_rows<false>(a);
 }
 
 // out = P Qᵀ (or out += P Qᵀ) from a payload's factors.
@@ -346,9 +481,7 @@ template <bool Add>
 
 // The portable passes and their AVX2 clones (detail/cpu_dispatch.hpp). No FMA: the output
 // must be bitwise the same on every worker, whichever CPU it runs on.
-inline std::int32_t psgd_p_pass_portable(const psgd_pass& a) noexcept {
-  return psgd_p_pass_impl(a);
-}
+inline void psgd_p_pass_portable(const psgd_pass& a) noexcept { psgd_p_pass_impl(a); }
 inline void psgd_q_pass_portable(const psgd_pass& a) noexcept { psgd_q_pass_impl(a); }
 inline void psgd_finish_pass_portable(const psgd_pass& a) noexcept { psgd_finish_pass_impl(a); }
 template <bool Add>
@@ -357,8 +490,8 @@ inline void psgd_decode_portable(const std::byte* p, const std::byte* q, std::si
   psgd_decode_impl<Add>(p, q, rows, cols, r, out);
 }
 #if GRADCOMM_X86_DISPATCH
-[[gnu::target("avx2")]] inline std::int32_t psgd_p_pass_avx2(const psgd_pass& a) noexcept {
-  return psgd_p_pass_impl(a);
+[[gnu::target("avx2")]] inline void psgd_p_pass_avx2(const psgd_pass& a) noexcept {
+  psgd_p_pass_impl(a);
 }
 [[gnu::target("avx2")]] inline void psgd_q_pass_avx2(const psgd_pass& a) noexcept {
   psgd_q_pass_impl(a);
@@ -374,11 +507,11 @@ template <bool Add>
 }
 #endif
 
-inline std::int32_t psgd_p_pass(const psgd_pass& a) noexcept {
+inline void psgd_p_pass(const psgd_pass& a) noexcept {
 #if GRADCOMM_X86_DISPATCH
   if (cpu_has_avx2()) return psgd_p_pass_avx2(a);
 #endif
-  return psgd_p_pass_portable(a);
+  psgd_p_pass_portable(a);
 }
 inline void psgd_q_pass(const psgd_pass& a) noexcept {
 #if GRADCOMM_X86_DISPATCH
@@ -568,7 +701,6 @@ class powersgd_codec {
     const std::size_t r = params_.rank;
     // Everything is allocated before anything changes.
     std::vector<float> q(low_rank ? s.cols * r : 0), q_local(q.size());
-    std::vector<float> row(low_rank ? s.cols : 0);
     std::vector<float> p(low_rank ? s.rows * r : 0), e(params_.error_feedback ? n : 0, 0.0f);
     Eigen::HouseholderQR<Eigen::MatrixXf> qr;
     Eigen::Matrix<float, 1, Eigen::Dynamic> ws;
@@ -583,7 +715,6 @@ class powersgd_codec {
     low_rank_ = low_rank;
     q_ = std::move(q);
     q_local_ = std::move(q_local);
-    row_ = std::move(row);
     p_ = std::move(p);
     residual_ = std::move(e);
     qr_ = std::move(qr);
@@ -600,7 +731,6 @@ class powersgd_codec {
     low_rank_ = false;
     q_.clear();
     q_local_.clear();
-    row_.clear();
     p_.clear();
     residual_.clear();
     steps_ = 0;
@@ -969,10 +1099,15 @@ class powersgd_codec {
     return a;
   }
 
-  [[noreturn]] void reject_nonfinite(const float* g, const char* call) const {
+  // The first index where g + e is not finite, or n_.
+  std::size_t first_nonfinite_input(const float* g) const noexcept {
     const float* e = params_.error_feedback ? residual_.data() : nullptr;
     std::size_t i = 0;
-    while (i + 1 < n_ && std::isfinite(g[i] + (e ? e[i] : 0.0f))) ++i;
+    while (i < n_ && std::isfinite(g[i] + (e ? e[i] : 0.0f))) ++i;
+    return i;
+  }
+  [[noreturn]] void reject_nonfinite(const float* g, const char* call) const {
+    const std::size_t i = std::min(first_nonfinite_input(g), n_ - 1);
     const std::string what = std::isfinite(g[i])
                                  ? "input plus residual overflows f32 at index "
                                  : "non-finite value " + std::to_string(g[i]) + " at index ";
@@ -984,11 +1119,11 @@ class powersgd_codec {
     detail::psgd_pass a = pass_for(g);
     a.q = q_.data();
     a.p_acc = p;
-    a.row = row_.data();
-    const std::int32_t largest = detail::psgd_p_pass(a);
-    if (largest >= 0x7f800000 && !a.zero) reject_nonfinite(g, call);
+    detail::psgd_p_pass(a);
     const std::size_t m = rows_ * params_.rank;
     if (detail::psgd_first_nonfinite(p, m) < m) {
+      // A non-finite input makes P non-finite: look for one only now (never under `zero`).
+      if (!a.zero && first_nonfinite_input(g) < n_) reject_nonfinite(g, call);
       detail::throw_invalid_argument(call, "the factor P = (g + e) Q overflows f32");
     }
   }
@@ -1188,7 +1323,6 @@ class powersgd_codec {
   std::uint64_t steps_ = 0;
   std::vector<float> q_;         // warm start, cols × r
   std::vector<float> q_local_;   // this worker's last Q, cols × r
-  std::vector<float> row_;       // P pass: one row of M, cols
   std::vector<float> p_;         // encode's P, rows × r
   std::vector<float> residual_;  // error feedback, n
   Eigen::HouseholderQR<Eigen::MatrixXf> qr_;

@@ -454,6 +454,15 @@ TEST(MpiTransport, SizesAboveIntMaxAreRejectedNotTruncated) {
 
 // ---- collectives -------------------------------------------------------------------------
 
+namespace {
+
+// All-reduces of at least this many bytes on more than one rank take the transport's
+// ring (reduce-scatter then all-gather, in messages of at most 512 KiB).
+constexpr std::size_t ring_min_bytes = std::size_t{64} << 10;
+constexpr std::size_t ring_segment_bytes = std::size_t{512} << 10;
+
+}  // namespace
+
 template <class E>
 class MpiAllreduce : public ::testing::Test {};
 using native_types = ::testing::Types<float, double, std::int32_t, std::int64_t>;
@@ -493,6 +502,43 @@ TYPED_TEST(MpiAllreduce, MatchesTheElementwiseReductionForEveryOpAndSize) {
   }
 }
 
+// Around the ring's threshold, counts not divisible by the ranks, and chunks of several
+// messages (a step's chunk is split into 512 KiB messages).
+TYPED_TEST(MpiAllreduce, RingSizesMatchTheElementwiseReduction) {
+  using E = TypeParam;
+  auto t = make();
+  const int n = t.size(), me = t.rank();
+  const auto un = static_cast<std::size_t>(n);
+  const std::size_t at = ring_min_bytes / sizeof(E);
+  const std::size_t several = un * (2 * ring_segment_bytes / sizeof(E) + 1) + 1;
+  auto value = [](int r, std::size_t i) {
+    return static_cast<E>(static_cast<long long>((r * 5 + static_cast<int>(i % 997) * 3) % 19) - 9);
+  };
+  for (gc::reduce_op op : {gc::reduce_op::sum, gc::reduce_op::max, gc::reduce_op::min}) {
+    for (std::size_t size : {at - 1, at, at + 1, at * 3 + un + 1, several}) {
+      if (size == several && op != gc::reduce_op::sum) continue;  // time: one op is enough
+      SCOPED_TRACE("op " + std::to_string(static_cast<int>(op)) + ", size " + std::to_string(size));
+      std::vector<E> in(size), expected(size);
+      for (std::size_t i = 0; i < size; ++i) {
+        in[i] = value(me, i);
+        E acc = value(0, i);
+        for (int r = 1; r < n; ++r) {
+          const E x = value(r, i);
+          acc = op == gc::reduce_op::sum   ? static_cast<E>(acc + x)
+                : op == gc::reduce_op::max ? std::max(acc, x)
+                                           : std::min(acc, x);
+        }
+        expected[i] = acc;
+      }
+      std::vector<E> out(size, E{99});
+      t.template allreduce<E>(in, out, op);
+      EXPECT_EQ(out, expected);
+      t.template allreduce<E>(in, in, op);  // in place
+      EXPECT_EQ(in, expected);
+    }
+  }
+}
+
 TYPED_TEST(MpiAllreduce, EveryRankEndsWithTheSameBits) {
   using E = TypeParam;
   auto t = make();
@@ -507,6 +553,43 @@ TYPED_TEST(MpiAllreduce, EveryRankEndsWithTheSameBits) {
   }
   t.template allreduce<E>(v, v, gc::reduce_op::sum);
   EXPECT_TRUE(same_on_all_ranks(std::as_bytes(std::span(v))));
+  // On the ring with chunks of several messages, out of place.
+  std::vector<E> w(static_cast<std::size_t>(t.size()) * (ring_segment_bytes / sizeof(E)) * 2 + 5);
+  std::vector<E> r(w.size());
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    const auto h = splitmix(static_cast<std::uint64_t>(me) * 7919u + i);
+    if constexpr (std::is_floating_point_v<E>)
+      w[i] = static_cast<E>(static_cast<double>(h % 2000001) / 997.0 - 1000.0);
+    else
+      w[i] = static_cast<E>(h % 100000) - 50000;
+  }
+  t.template allreduce<E>(w, r, gc::reduce_op::sum);
+  EXPECT_TRUE(same_on_all_ranks(std::as_bytes(std::span(r))));
+}
+
+// The ring's messages travel on a communicator of their own: receives a user posted
+// under the tags the ring uses, and messages sent to them, are untouched by it.
+TEST(MpiTransport, RingAllreduceNeverMeetsUserMessages) {
+  auto t = make();
+  const int n = t.size(), me = t.rank();
+  const int next = (me + 1) % n, prev = (me + n - 1) % n;
+  std::vector<std::byte> a(300), b(70000);
+  const gc::recv_op r[] = {{prev, 0, a}, {prev, 1, b}};
+  auto req = t.post({}, r);
+  std::vector<float> v(100003, 1.0f);
+  t.allreduce<float>(v, v, gc::reduce_op::sum);
+  for (float x : v) ASSERT_EQ(x, static_cast<float>(n));
+  const auto ma = message(me, 300, 1), mb = message(me, 70000, 2);
+  const gc::send_op s[] = {{next, 0, ma}, {next, 1, mb}};
+  auto sreq = t.post(s, {});
+  t.allreduce<float>(v, v, gc::reduce_op::sum);  // while the user's messages are in flight
+  t.wait(req);
+  t.wait(sreq);
+  EXPECT_EQ(req.received(0), 300u);
+  EXPECT_EQ(req.received(1), 70000u);
+  EXPECT_EQ(first_mismatch(a, prev, 1), std::string::npos);
+  EXPECT_EQ(first_mismatch(b, prev, 2), std::string::npos);
+  for (float x : v) ASSERT_EQ(x, static_cast<float>(n) * static_cast<float>(n));
 }
 
 TEST(MpiTransport, Allgather) {
@@ -679,6 +762,19 @@ TEST(MpiTransport, CollectiveCountersFollowTheLocalTransport) {
     EXPECT_GT(d.wait_ns, 0);
     for (float x : v) EXPECT_EQ(x, static_cast<float>(n));
   }
+  // The ring counts the same way (not its own messages).
+  {
+    const std::size_t m = 100003;
+    std::vector<float> v(m, 1.0f);
+    const auto before = t.counters().snapshot();
+    t.allreduce<float>(v, v, gc::reduce_op::sum);
+    const auto d = t.counters().snapshot() - before;
+    const std::uint64_t own = m / un + (static_cast<std::uint64_t>(me) < m % un ? 1 : 0);
+    EXPECT_EQ(d.bytes_sent, ((un - 1) * own + (m - own)) * sizeof(float));
+    EXPECT_EQ(d.bytes_received, d.bytes_sent);
+    EXPECT_EQ(d.messages_sent, 2 * (un - 1));
+    for (float x : v) ASSERT_EQ(x, static_cast<float>(n));
+  }
 }
 
 // ---- f16 and bf16 sums -------------------------------------------------------------------
@@ -744,8 +840,11 @@ TYPED_TEST(MpiHalfSum, IsTheFloatSumRoundedAtEveryCombineAndTheSameOnEveryRank) 
   using H = TypeParam;
   auto t = make();
   const int n = t.size(), me = t.rank();
-  for (std::size_t size :
-       {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{100003}}) {
+  // 100003 and up take the ring; the last has chunks of several messages.
+  const std::size_t several =
+      static_cast<std::size_t>(n) * (ring_segment_bytes / sizeof(H) + 3) + 1;
+  for (std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1000},
+                           ring_min_bytes / sizeof(H) - 1, std::size_t{100003}, several}) {
     SCOPED_TRACE("size " + std::to_string(size));
     std::vector<H> in(size), out(size);
     for (std::size_t i = 0; i < size; ++i) in[i] = half_value<H>(me, i);
@@ -890,12 +989,16 @@ TEST(MpiTransportDeadline, RecvAnyWithNoSenderTimesOutAndIsWithdrawn) {
   t.barrier();
 }
 
-TEST(MpiTransportDeadline, ACollectiveASilentRankSkipsTimesOutNamingIt) {
+namespace {
+
+// The last rank skips an all-reduce of `elements` floats (`g`, which must outlive the
+// transport: the abandoned all-reduce stays MPI's); the others name it, collectives
+// stop, point-to-point goes on, and a fresh transport works.
+void a_silent_rank_skips_an_allreduce(std::vector<float>& g, std::size_t elements,
+                                      const char* what) {
   auto t = make(short_timeout);
   const int n = t.size(), me = t.rank(), last = n - 1;
-  // The abandoned all-reduce stays MPI's: its buffer must outlive the transport.
-  static std::vector<float> g;
-  g.assign(1000, 1.0f);
+  g.assign(elements, 1.0f);
   double elapsed = -1;
   t.barrier();  // collective #1, in step; the all-reduce below is #2
   if (me != last) {
@@ -920,7 +1023,7 @@ TEST(MpiTransportDeadline, ACollectiveASilentRankSkipsTimesOutNamingIt) {
       EXPECT_TRUE(contains(e.what(), "stopped")) << e.what();
     }
   }
-  report_elapsed("collective timeout", elapsed);
+  report_elapsed(what, elapsed);
   const int next = (me + 1) % n, prev = (me + n - 1) % n;
   const auto mine = message(me, 100000);
   std::vector<std::byte> theirs(100000);
@@ -931,10 +1034,25 @@ TEST(MpiTransportDeadline, ACollectiveASilentRankSkipsTimesOutNamingIt) {
   EXPECT_EQ(first_mismatch(theirs, prev), std::string::npos);
   // Every rank carries on with a new transport on a fresh communicator.
   auto fresh = make();
-  std::vector<float> v(1000, 1.0f);
+  std::vector<float> v(elements, 1.0f);
   fresh.allreduce<float>(v, v, gc::reduce_op::sum);
-  EXPECT_EQ(v[999], static_cast<float>(n));
+  EXPECT_EQ(v.front(), static_cast<float>(n));
+  EXPECT_EQ(v.back(), static_cast<float>(n));
   fresh.barrier();
+}
+
+}  // namespace
+
+TEST(MpiTransportDeadline, ACollectiveASilentRankSkipsTimesOutNamingIt) {
+  static std::vector<float> g;
+  a_silent_rank_skips_an_allreduce(g, 1000, "collective timeout");
+}
+
+// The same on the ring (each rank waits on its neighbour, yet every rank names the
+// silent one, not a neighbour stuck behind it).
+TEST(MpiTransportDeadline, ARingAllreduceASilentRankSkipsTimesOutNamingIt) {
+  static std::vector<float> g;
+  a_silent_rank_skips_an_allreduce(g, 300007, "ring all-reduce timeout");
 }
 
 // ---- main: MPI up, only rank 0 reports, any rank's failure fails every rank ----------------

@@ -34,6 +34,13 @@
 //    MPI_Ialltoall(v), MPI_Ibcast, MPI_Ibarrier) waited on with the same deadline. f16
 //    and bf16 sums use an MPI_Op of this transport on a 2-byte type: each combine
 //    widens to float, adds and rounds back to nearest even (codec/cast.hpp).
+//  - All-reduces of 64 KiB and more on two ranks or more are this transport's own ring
+//    (reduce-scatter, then all-gather: 2(N-1) steps, each a send to the next rank and
+//    a receive from the previous one, in messages of at most 512 KiB so that reducing
+//    one overlaps receiving the next), on the point-to-point machinery above and a third
+//    private communicator, so its messages never meet the user's tags. Open MPI's
+//    MPI_Iallreduce (libnbc) does not use a bandwidth-optimal algorithm for large
+//    messages, nor does it for user-defined ops such as the f16/bf16 sums.
 //  - When a collective times out, the rank asks the others which collective they are
 //    in, over a second private communicator (a few bytes, only on this path): ranks
 //    inside any call of their transport answer at once, so the ranks that did not
@@ -146,6 +153,8 @@ struct mpi_op {
   int peer = 0;
   int tag = 0;
   bool is_send = false;
+  bool collective = false;        // part of a ring all-reduce: counted by the collective
+  MPI_Comm comm = MPI_COMM_NULL;  // the communicator it travels on
   status st = status::done;
   const std::byte* src = nullptr;     // send: the message
   std::byte* dst = nullptr;           // receive: the buffer
@@ -203,12 +212,14 @@ struct mpi_state {
     if (f16_sum != MPI_OP_NULL) MPI_Op_free(&f16_sum);
     if (bf16_sum != MPI_OP_NULL) MPI_Op_free(&bf16_sum);
     if (half != MPI_DATATYPE_NULL) MPI_Type_free(&half);
+    if (ring != MPI_COMM_NULL) MPI_Comm_free(&ring);
     if (ctrl != MPI_COMM_NULL) MPI_Comm_free(&ctrl);
     if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
   }
 
   MPI_Comm comm = MPI_COMM_NULL;  // ours: user messages and collectives
   MPI_Comm ctrl = MPI_COMM_NULL;  // ours: "which collective are you in?"
+  MPI_Comm ring = MPI_COMM_NULL;  // ours: the ring all-reduce's messages (no user tag meets them)
   MPI_Datatype half = MPI_DATATYPE_NULL;
   MPI_Op f16_sum = MPI_OP_NULL;
   MPI_Op bf16_sum = MPI_OP_NULL;
@@ -234,6 +245,9 @@ struct mpi_state {
   std::vector<MPI_Status> statuses;
   std::unique_ptr<int[]> arrays;
   std::size_t arrays_len = 0;
+  // The ring all-reduce's receive buffer for one chunk (kept between calls).
+  std::unique_ptr<std::byte[]> ring_buf;
+  std::size_t ring_buf_len = 0;
 
   int* int_arrays(std::size_t n) {
     if (arrays_len < n) {
@@ -242,10 +256,31 @@ struct mpi_state {
     }
     return arrays.get();
   }
+
+  std::byte* ring_buffer(std::size_t bytes) {
+    if (ring_buf_len < bytes) {
+      ring_buf.reset();  // free first: the old and the new one need not coexist
+      ring_buf_len = 0;
+      ring_buf.reset(new std::byte[bytes]);
+      ring_buf_len = bytes;
+    }
+    return ring_buf.get();
+  }
 };
 
 inline constexpr int mpi_tag_query = 1;
 inline constexpr int mpi_tag_answer = 2;
+// Tags on the ring communicator: the reduce-scatter's and the all-gather's messages.
+inline constexpr int mpi_tag_ring_reduce = 0;
+inline constexpr int mpi_tag_ring_gather = 1;
+
+// All-reduces of at least this many bytes on more than one rank go around the ring
+// (below it MPI_Iallreduce's latency-bound algorithms win). Every rank decides alike,
+// from the element count and the world size.
+inline constexpr std::size_t mpi_ring_min_bytes = std::size_t{64} << 10;
+// A ring step's chunk travels in messages of at most this many bytes, so that the
+// reduction of one overlaps the transfer of the next (and no message reaches INT_MAX).
+inline constexpr std::size_t mpi_ring_segment_bytes = std::size_t{512} << 10;
 
 enum class mpi_coll : unsigned char {
   barrier,
@@ -311,17 +346,53 @@ inline const char* mpi_reduce_op_name(reduce_op op) noexcept {
 // result becomes the one quiet NaN, so that the combine is commutative to the bit
 // (x86 keeps the first operand's NaN payload) and every rank ends with the same bits.
 template <class H>
+inline H mpi_half_add(H a, H b) noexcept {
+  constexpr std::uint16_t quiet_nan = std::is_same_v<H, f16> ? 0x7e00 : 0x7fc0;
+  const float s = to_float(a) + to_float(b);
+  if constexpr (std::is_same_v<H, f16>)
+    return s != s ? f16{quiet_nan} : to_f16(s);
+  else
+    return s != s ? bf16{quiet_nan} : to_bf16(s);
+}
+
+template <class H>
 void mpi_half_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   const H* a = static_cast<const H*>(in);
   H* b = static_cast<H*>(inout);
-  constexpr std::uint16_t quiet_nan = std::is_same_v<H, f16> ? 0x7e00 : 0x7fc0;
   const std::size_t n = static_cast<std::size_t>(*len);
+  for (std::size_t i = 0; i < n; ++i) b[i] = mpi_half_add(a[i], b[i]);
+}
+
+// One combine of the ring: out[i] = mine[i] op got[i] (`out` may be `mine`). Integer
+// sums wrap instead of overflowing (as local_transport's); max and min as MPI_MAX and
+// MPI_MIN. Each element is combined once on its chain, so the result is the same bits
+// everywhere whatever the operand order (the f16/bf16 add is commutative to the bit).
+template <class E, reduce_op Op>
+void mpi_ring_combine_op(E* out, const E* mine, const E* got, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
-    const float s = to_float(a[i]) + to_float(b[i]);
-    if constexpr (std::is_same_v<H, f16>)
-      b[i] = s != s ? f16{quiet_nan} : to_f16(s);
-    else
-      b[i] = s != s ? bf16{quiet_nan} : to_bf16(s);
+    if constexpr (mpi_half_type<E>) {
+      out[i] = mpi_half_add(mine[i], got[i]);
+    } else if constexpr (Op == reduce_op::sum) {
+      if constexpr (std::is_integral_v<E>) {
+        using U = std::make_unsigned_t<E>;
+        out[i] = static_cast<E>(static_cast<U>(mine[i]) + static_cast<U>(got[i]));
+      } else {
+        out[i] = mine[i] + got[i];
+      }
+    } else if constexpr (Op == reduce_op::max) {
+      out[i] = mine[i] < got[i] ? got[i] : mine[i];
+    } else {
+      out[i] = got[i] < mine[i] ? got[i] : mine[i];
+    }
+  }
+}
+
+template <class E>
+void mpi_ring_combine(E* out, const E* mine, const E* got, std::size_t n, reduce_op op) noexcept {
+  switch (op) {
+    case reduce_op::sum: mpi_ring_combine_op<E, reduce_op::sum>(out, mine, got, n); break;
+    case reduce_op::max: mpi_ring_combine_op<E, reduce_op::max>(out, mine, got, n); break;
+    case reduce_op::min: mpi_ring_combine_op<E, reduce_op::min>(out, mine, got, n); break;
   }
 }
 
@@ -330,6 +401,12 @@ void mpi_half_sum(void* in, void* inout, int* len, MPI_Datatype*) {
 inline std::size_t mpi_slice_len(std::size_t count, int n, int r) noexcept {
   const auto un = static_cast<std::size_t>(n), ur = static_cast<std::size_t>(r);
   return count / un + (ur < count % un ? 1 : 0);
+}
+
+// Where rank r's slice starts (the ring's chunk r).
+inline std::size_t mpi_slice_lo(std::size_t count, int n, int r) noexcept {
+  const auto un = static_cast<std::size_t>(n), ur = static_cast<std::size_t>(r);
+  return count / un * ur + std::min(ur, count % un);
 }
 
 inline bool mpi_overlap(const void* a, std::size_t na, const void* b, std::size_t nb) noexcept {
@@ -442,10 +519,13 @@ class mpi_environment {
 ///    throw, received() of a withdrawn receive throws.
 ///  - collectives: MPI can neither cancel nor free a collective's request, so the
 ///    timed-out collective stays posted and its buffers must stay valid (MPI writes
-///    into them if the missing rank arrives). The ranks no longer agree on the order
-///    of collectives, so every later collective on this transport throws timeout_error
-///    at once. Point-to-point goes on. To carry on with collectives, every rank
-///    constructs a new mpi_transport (a fresh MPI_Comm_dup).
+///    into them if the missing rank arrives). The ring all-reduce behaves alike: its
+///    sends that no receive matched stay with MPI and read `in` or `out` until the job
+///    ends, and a rank arriving late finds its neighbours gone and times out in turn.
+///    The ranks no longer agree on the order of collectives, so every later collective
+///    on this transport throws timeout_error at once. Point-to-point goes on. To carry
+///    on with collectives, every rank constructs a new mpi_transport (a fresh
+///    MPI_Comm_dup).
 ///
 /// Sizes: MPI counts are int, so a message, a chunk or a collective's total above
 /// INT_MAX bytes (elements, for allreduce) is rejected with invalid_argument, never
@@ -595,6 +675,7 @@ class mpi_transport {
     detail::mpi_check(MPI_Comm_size(st->comm, &st->size), call, "MPI_Comm_size", st->rank);
     const int me = st->rank;
     detail::mpi_check(MPI_Comm_dup(st->comm, &st->ctrl), call, "MPI_Comm_dup", me);
+    detail::mpi_check(MPI_Comm_dup(st->comm, &st->ring), call, "MPI_Comm_dup", me);
     void* ub = nullptr;
     int has_ub = 0;
     detail::mpi_check(MPI_Comm_get_attr(st->comm, MPI_TAG_UB, &ub, &has_ub), call,
@@ -631,15 +712,16 @@ class mpi_transport {
   ///   std::vector<float> all(t.size() * n);
   int size() const noexcept { return state_->size; }
   /// The longest any wait lasts before it throws timeout_error (a collective's:
-  /// about 1.5 × that, see the header).
+  /// about 1.5 × that, see the header; the ring all-reduce waits that long for each
+  /// of its messages, not for the whole call).
   ///
   ///   auto d = t.timeout();
   std::chrono::milliseconds timeout() const noexcept { return state_->timeout; }
   /// This rank's traffic, counted as local_transport counts it: message bytes for
   /// point-to-point; for collectives the bytes this rank contributes to and receives
   /// from the other ranks' buffers (2(N-1)/N × the input each way for an all-reduce,
-  /// what a ring sends), whatever algorithm MPI chose. Time blocked in waits goes
-  /// to wait_ns.
+  /// what a ring sends), whatever algorithm ran (the ring's own messages are not
+  /// counted one by one). Time blocked in waits goes to wait_ns.
   ///
   ///   auto before = t.counters().snapshot();
   ///   t.allreduce<float>(g, g, gradcomm::reduce_op::sum);
@@ -671,44 +753,7 @@ class mpi_transport {
             st.rank);
     }
     for (const auto& r : recvs) check_peer_tag(call, "receive from", r.peer, r.tag, true);
-    request req;
-    req.owner_ = st.rank;
-    const std::size_t n = sends.size() + recvs.size();
-    if (n == 0) return req;
-    req.state_ = state_;
-    req.ops_ = std::make_unique<detail::mpi_op[]>(n);
-    req.reqs_ = std::make_unique<MPI_Request[]>(n);
-    for (std::size_t i = 0; i < n; ++i) req.reqs_[i] = MPI_REQUEST_NULL;
-    // From here on a failure withdraws, through req's destructor, what was posted.
-    req.n_sends_ = sends.size();
-    req.n_recvs_ = recvs.size();
-    for (std::size_t i = 0; i < recvs.size(); ++i) {
-      auto& op = req.ops_[sends.size() + i];
-      op.peer = recvs[i].peer;
-      op.tag = recvs[i].tag;
-      op.dst = recvs[i].data.data();
-      op.size = recvs[i].data.size();
-    }
-    st.unmatched.reserve(st.unmatched.size() + recvs.size());
-    for (std::size_t i = 0; i < recvs.size(); ++i) {
-      req.ops_[sends.size() + i].st = detail::mpi_op::status::unmatched;
-      st.unmatched.push_back({&req.ops_[sends.size() + i], &req.reqs_[sends.size() + i]});
-    }
-    for (std::size_t i = 0; i < sends.size(); ++i) {
-      auto& op = req.ops_[i];
-      op.peer = sends[i].peer;
-      op.tag = sends[i].tag;
-      op.is_send = true;
-      op.src = sends[i].data.data();
-      op.size = sends[i].data.size();
-      // MPI's send buffer is not const in its C binding; it is only read.
-      detail::mpi_check(MPI_Isend(const_cast<std::byte*>(op.src), static_cast<int>(op.size),
-                                  MPI_BYTE, op.peer, op.tag, st.comm, &req.reqs_[i]),
-                        call, "MPI_Isend", st.rank);
-      op.st = detail::mpi_op::status::active;
-    }
-    progress(call);
-    return req;
+    return post_group(call, sends, recvs, st.comm, false);
   }
 
   /// Blocks until every operation of the group completed. Throws timeout_error naming
@@ -746,11 +791,17 @@ class mpi_transport {
     return {req.source(0), req.received(0)};
   }
 
-  /// Element-wise reduction over all ranks, with MPI_Iallreduce; every rank gets the
-  /// same bits. E is float, double, int32_t or int64_t (sum, max, min), or f16 or bf16
-  /// (sum only: each pairwise combine adds in float and rounds to nearest even, so the
-  /// result is the float sum rounded at every combine of MPI's reduction tree). `in`
+  /// Element-wise reduction over all ranks; every rank gets the same bits. E is float,
+  /// double, int32_t or int64_t (sum, max, min; integer sums wrap), or f16 or bf16 (sum
+  /// only: each pairwise combine adds in float and rounds to nearest even, so the
+  /// result is the float sum rounded at every combine of the reduction tree). `in`
   /// may be `out`; at most INT_MAX elements.
+  ///
+  /// Below 64 KiB, or on one rank: MPI_Iallreduce. From 64 KiB: a ring (reduce-scatter
+  /// then all-gather), where element i of rank c's slice (the slices of
+  /// local_transport) is combined along the chain of ranks c, c+1, ..., c-1 and then
+  /// copied to every rank. The ranks must pass the same element count (a rank whose
+  /// count differs gets buffer_too_small or timeout_error, and collectives stop).
   ///
   ///   t.allreduce<float>(g, g, gradcomm::reduce_op::sum);  // g: a std::vector<float>
   ///   t.allreduce<gradcomm::bf16>(h, h, gradcomm::reduce_op::sum);
@@ -780,13 +831,18 @@ class mpi_transport {
       type = detail::mpi_datatype<E>();
       mop = detail::mpi_builtin_op(op);
     }
-    const int count = static_cast<int>(in.size());
-    run_collective(call, detail::mpi_coll::allreduce, "MPI_Iallreduce", [&](MPI_Request* r) {
-      return MPI_Iallreduce(in_place ? MPI_IN_PLACE : static_cast<const void*>(in.data()),
-                            out.data(), count, type, mop, st.comm, r);
-    });
-    // As local_transport counts it: this rank's slice goes out to and comes back from
-    // N-1 ranks, every other rank's slice once each way.
+    if (st.size > 1 && in.size_bytes() >= detail::mpi_ring_min_bytes) {
+      ring_allreduce<E>(call, in, out, op);
+    } else {
+      const int count = static_cast<int>(in.size());
+      run_collective(call, detail::mpi_coll::allreduce, "MPI_Iallreduce", [&](MPI_Request* r) {
+        return MPI_Iallreduce(in_place ? MPI_IN_PLACE : static_cast<const void*>(in.data()),
+                              out.data(), count, type, mop, st.comm, r);
+      });
+    }
+    // As local_transport counts it, whichever path ran: this rank's slice goes out to
+    // and comes back from N-1 ranks, every other rank's slice once each way (the ring
+    // sends and receives 2(N-1) chunks, the same 2(N-1)/N × the input for even slices).
     const int n = st.size;
     const auto others = static_cast<std::uint64_t>(n - 1);
     const std::uint64_t own = detail::mpi_slice_len(in.size(), n, st.rank);
@@ -1042,6 +1098,170 @@ class mpi_transport {
                 "new one");
   }
 
+  // Posts a group on `comm` (the user's or the ring's); `collective`: a ring all-reduce's
+  // messages, which the all-reduce counts as a whole.
+  request post_group(const char* call, std::span<const send_op> sends,
+                     std::span<const recv_op> recvs, MPI_Comm comm, bool collective) {
+    auto& st = *state_;
+    request req;
+    req.owner_ = st.rank;
+    const std::size_t n = sends.size() + recvs.size();
+    if (n == 0) return req;
+    req.state_ = state_;
+    req.ops_ = std::make_unique<detail::mpi_op[]>(n);
+    req.reqs_ = std::make_unique<MPI_Request[]>(n);
+    for (std::size_t i = 0; i < n; ++i) req.reqs_[i] = MPI_REQUEST_NULL;
+    // From here on a failure withdraws, through req's destructor, what was posted.
+    req.n_sends_ = sends.size();
+    req.n_recvs_ = recvs.size();
+    for (std::size_t i = 0; i < recvs.size(); ++i) {
+      auto& op = req.ops_[sends.size() + i];
+      op.peer = recvs[i].peer;
+      op.tag = recvs[i].tag;
+      op.dst = recvs[i].data.data();
+      op.size = recvs[i].data.size();
+      op.comm = comm;
+      op.collective = collective;
+    }
+    st.unmatched.reserve(st.unmatched.size() + recvs.size());
+    for (std::size_t i = 0; i < recvs.size(); ++i) {
+      req.ops_[sends.size() + i].st = detail::mpi_op::status::unmatched;
+      st.unmatched.push_back({&req.ops_[sends.size() + i], &req.reqs_[sends.size() + i]});
+    }
+    for (std::size_t i = 0; i < sends.size(); ++i) {
+      auto& op = req.ops_[i];
+      op.peer = sends[i].peer;
+      op.tag = sends[i].tag;
+      op.is_send = true;
+      op.comm = comm;
+      op.collective = collective;
+      op.src = sends[i].data.data();
+      op.size = sends[i].data.size();
+      // MPI's send buffer is not const in its C binding; it is only read.
+      detail::mpi_check(MPI_Isend(const_cast<std::byte*>(op.src), static_cast<int>(op.size),
+                                  MPI_BYTE, op.peer, op.tag, comm, &req.reqs_[i]),
+                        call, "MPI_Isend", st.rank);
+      op.st = detail::mpi_op::status::active;
+    }
+    progress(call);
+    return req;
+  }
+
+  // ---- ring all-reduce --------------------------------------------------------------
+
+  // Reduce-scatter then all-gather around the ring, N-1 steps each, on the ring
+  // communicator: at every step rank r sends one chunk to r+1 and receives one from
+  // r-1 (chunk c is rank c's slice, as local_transport's). Chunk c is combined along
+  // the fixed chain c, c+1, ..., c-1 and then copied, so every rank ends with the
+  // same bits. Each wait is bounded by timeout(); when one expires the others are
+  // asked where they are, as for MPI's collectives, so the error names the rank that
+  // did not arrive rather than a neighbour stuck behind it.
+  template <class E>
+  void ring_allreduce(const char* call, std::span<const E> in, std::span<E> out, reduce_op op) {
+    auto& st = *state_;
+    check_collectives(call);
+    const std::uint64_t seq = ++st.coll_seq;
+    const int n = st.size, me = st.rank;
+    const int next = (me + 1) % n, prev = (me + n - 1) % n;
+    const std::size_t count = in.size();
+    const std::size_t seg = std::max<std::size_t>(1, detail::mpi_ring_segment_bytes / sizeof(E));
+    E* const got = reinterpret_cast<E*>(
+        st.ring_buffer(detail::mpi_slice_len(count, n, 0) * sizeof(E)));  // chunk 0 is longest
+    std::vector<send_op> sends;
+    std::vector<recv_op> recvs;
+    request req;  // the step in flight, here so that a failure sees what MPI still holds
+    try {
+      for (int s = 0; s < 2 * (n - 1); ++s) {
+        const bool reduce = s < n - 1;
+        const int k = reduce ? s : s - (n - 1);
+        // Reduce-scatter: send the chunk reduced last step (step 0: this rank's own
+        // input), receive the next one down. All-gather: pass on the finished chunks,
+        // starting with the one this rank finished (chunk r+1).
+        const int cs = ((reduce ? me - k : me + 1 - k) % n + n) % n;
+        const int cr = ((reduce ? me - k - 1 : me - k) % n + n) % n;
+        const std::size_t s_lo = detail::mpi_slice_lo(count, n, cs);
+        const std::size_t s_len = detail::mpi_slice_len(count, n, cs);
+        const std::size_t r_lo = detail::mpi_slice_lo(count, n, cr);
+        const std::size_t r_len = detail::mpi_slice_len(count, n, cr);
+        const E* src = (reduce && k == 0 ? in.data() : out.data()) + s_lo;
+        E* dst = reduce ? got : out.data() + r_lo;
+        const int tag = reduce ? detail::mpi_tag_ring_reduce : detail::mpi_tag_ring_gather;
+        sends.clear();
+        recvs.clear();
+        for (std::size_t o = 0; o < s_len; o += seg)
+          sends.push_back({next, tag, std::as_bytes(std::span(src + o, std::min(seg, s_len - o)))});
+        for (std::size_t o = 0; o < r_len; o += seg)
+          recvs.push_back(
+              {prev, tag, std::as_writable_bytes(std::span(dst + o, std::min(seg, r_len - o)))});
+        req = post_group(call, sends, recvs, st.ring, true);
+        // Messages from one rank under one tag arrive in order: segment j is message j.
+        for (std::size_t j = 0; j < recvs.size(); ++j) {
+          const detail::mpi_op& rop = req.ops_[sends.size() + j];
+          ring_wait(req, call, seq, [&] { return rop.st == detail::mpi_op::status::done; });
+          if (!rop.error.empty())
+            throw error(make_error_code(errc::buffer_too_small), call, st.rank,
+                        rop.error + " (the ranks passed different element counts)");
+          if (reduce) {
+            const std::size_t o = j * seg, len = std::min(seg, r_len - o);
+            detail::mpi_ring_combine<E>(out.data() + r_lo + o, in.data() + r_lo + o, got + o, len,
+                                        op);
+          }
+        }
+        // The sends too: the next step may write over what this one sends (in place).
+        ring_wait(req, call, seq, [] { return false; });  // until all completed
+        req = request();
+      }
+    } catch (const timeout_error& e) {
+      abandon_ring(req, e.reason(), e.peer());
+      throw;
+    } catch (const std::exception& e) {
+      abandon_ring(req, "collective #" + std::to_string(seq) + " (allreduce) failed: " + e.what(),
+                   -1);
+      throw;
+    }
+  }
+
+  // Waits, at most timeout(), until `done()` (tested after each poll of the group) or
+  // the whole group completed; then finds the missing ranks (see find_missing).
+  template <class Done>
+  void ring_wait(request& req, const char* call, std::uint64_t seq, Done&& done) {
+    if (!req.ops_) return;  // empty chunks: nothing was posted
+    auto& st = *state_;
+    scoped_timer timer(st.counters.wait_ns);
+    const auto deadline = detail::mpi_clock::now() + st.timeout;
+    detail::mpi_backoff backoff;
+    auto ready = [&] { return poll(req, call) || done(); };
+    for (;;) {
+      if (progress(call)) backoff.reset();
+      if (ready()) return;
+      if (detail::mpi_clock::now() >= deadline) {
+        (void)find_missing(call, detail::mpi_coll::allreduce, seq, ready);  // or throws
+        return;
+      }
+      backoff.pause();
+    }
+  }
+
+  // A failed ring stops this transport's collectives (see the class). The step's
+  // unmatched receives are withdrawn when `req` goes; a receive in transfer into the
+  // chunk buffer keeps it: MPI may still write there, so it is left to MPI.
+  void abandon_ring(request& req, const std::string& why, int peer) noexcept {
+    auto& st = *state_;
+    bool buffer_in_use = false;
+    for (std::size_t i = 0; req.ops_ && i < req.n_recvs_; ++i) {
+      const auto& op = req.ops_[req.n_sends_ + i];
+      if (op.st == detail::mpi_op::status::active &&
+          detail::mpi_overlap(op.dst, op.size, st.ring_buf.get(), st.ring_buf_len))
+        buffer_in_use = true;
+    }
+    if (buffer_in_use) {
+      (void)st.ring_buf.release();
+      st.ring_buf_len = 0;
+    }
+    MPI_Request none = MPI_REQUEST_NULL;
+    abandon_collective(none, 0, why, peer);
+  }
+
   // ---- progress -----------------------------------------------------------------
 
   // Everything a wait does besides testing its own requests: matches posted receives
@@ -1067,14 +1287,14 @@ class mpi_transport {
       MPI_Message msg = MPI_MESSAGE_NULL;
       MPI_Status status;
       detail::mpi_check(MPI_Improbe(want.peer == any_source ? MPI_ANY_SOURCE : want.peer, want.tag,
-                                    st.comm, &found, &msg, &status),
+                                    want.comm, &found, &msg, &status),
                         call, "MPI_Improbe", st.rank);
       if (!found) {
         ++i;
         continue;
       }
       std::size_t j = 0;
-      while (j < i && !(u[j].op->tag == status.MPI_TAG &&
+      while (j < i && !(u[j].op->comm == want.comm && u[j].op->tag == status.MPI_TAG &&
                         (u[j].op->peer == any_source || u[j].op->peer == status.MPI_SOURCE)))
         ++j;
       const detail::mpi_unmatched taker = u[j];
@@ -1189,6 +1409,8 @@ class mpi_transport {
                       std::to_string(op.is_send ? op.peer : op.source) + " (tag " +
                       std::to_string(op.tag) + ") failed: " + detail::mpi_error_text(err);
           }
+        } else if (op.collective) {
+          // counted by the all-reduce, as local_transport counts it
         } else if (op.is_send) {
           st.counters.add_sent(op.size);
         } else if (op.error.empty()) {
@@ -1264,10 +1486,7 @@ class mpi_transport {
   void run_collective(const char* call, detail::mpi_coll kind, const char* mpi_function,
                       Post&& post_it, std::size_t arrays = 0) {
     auto& st = *state_;
-    if (st.broken)
-      throw timeout_error(call, st.rank, st.broken_peer,
-                          "collectives on this transport stopped when " + st.broken_reason +
-                              "; every rank needs a new mpi_transport (a fresh communicator)");
+    check_collectives(call);
     MPI_Request r = MPI_REQUEST_NULL;
     detail::mpi_check(post_it(&r), call, mpi_function, st.rank);
     const std::uint64_t seq = ++st.coll_seq;
@@ -1281,7 +1500,11 @@ class mpi_transport {
         if (done) return;
         progress(call);
         if (detail::mpi_clock::now() >= deadline) {
-          if (find_missing(call, kind, seq, r)) return;  // it completed meanwhile
+          const bool completed = find_missing(call, kind, seq, [&] {
+            detail::mpi_check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), call, "MPI_Test", st.rank);
+            return done != 0;
+          });
+          if (completed) return;
         }
         backoff.pause();
       }
@@ -1295,6 +1518,15 @@ class mpi_transport {
                          -1);
       throw;
     }
+  }
+
+  // After a collective timed out the ranks no longer agree on the order of collectives.
+  void check_collectives(const char* call) const {
+    const auto& st = *state_;
+    if (st.broken)
+      throw timeout_error(call, st.rank, st.broken_peer,
+                          "collectives on this transport stopped when " + st.broken_reason +
+                              "; every rank needs a new mpi_transport (a fresh communicator)");
   }
 
   // The collective stays MPI's; the transport keeps its request and int arrays alive.
@@ -1325,8 +1557,10 @@ class mpi_transport {
   // After the deadline of collective #seq: asks the ranks not known to have reached it
   // where they are, waits up to the grace period for answers (a rank inside any call
   // of its transport answers at once), and throws timeout_error naming the ranks that
-  // did not reach it. Returns true if the collective completed meanwhile.
-  bool find_missing(const char* call, detail::mpi_coll kind, std::uint64_t seq, MPI_Request& r) {
+  // did not reach it. Returns true if the collective completed meanwhile (`done()`
+  // tests what it waits for).
+  template <class Done>
+  bool find_missing(const char* call, detail::mpi_coll kind, std::uint64_t seq, Done&& done) {
     auto& st = *state_;
     const auto n = static_cast<std::size_t>(st.size);
     const std::uint64_t id = ++st.query_id;
@@ -1342,9 +1576,7 @@ class mpi_transport {
     const auto until = detail::mpi_clock::now() + grace;
     detail::mpi_backoff backoff;
     for (;;) {
-      int done = 0;
-      detail::mpi_check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), call, "MPI_Test", st.rank);
-      if (done) return true;
+      if (done()) return true;
       progress(call);
       bool all = true;
       for (int q : asked) all &= st.answered[static_cast<std::size_t>(q)] >= id;

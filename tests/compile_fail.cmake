@@ -5,7 +5,8 @@ set(_gc_cf_dir ${CMAKE_CURRENT_SOURCE_DIR}/compile_fail)
 set(_gc_cf_cases
   "allreduce_not_a_codec|C must model gradcomm::Codec"
   "allreduce_not_a_transport|T must model gradcomm::Transport"
-  "gossip_error_feedback|GossipCodec")
+  "gossip_error_feedback|GossipCodec"
+  "parameter_server_without_recv_any|T must model gradcomm::AsyncTransport")
 foreach(_case IN LISTS _gc_cf_cases)
   string(REPLACE "|" ";" _parts "${_case}")
   list(GET _parts 0 _name)

@@ -40,6 +40,7 @@
 #include <gradcomm/comm/communicator.hpp>
 #include <gradcomm/comm/gossip.hpp>
 #include <gradcomm/comm/optimizer.hpp>
+#include <gradcomm/comm/parameter_server.hpp>
 #include <gradcomm/comm/topology.hpp>
 
 #if GRADCOMM_CUDA_COMPILER

@@ -1,0 +1,519 @@
+// gradcomm_data_parallel: trains a 784-1024-1024-10 MLP on Fashion-MNIST with N
+// data-parallel workers whose gradients travel through a gradcomm communicator, and
+// compares codecs side by side.
+//
+//   gradcomm_data_parallel                        # 4 threads, codecs none and int8
+//   gradcomm_data_parallel --codecs none,sign,topk,powersgd --epochs 5 --csv runs.csv
+//   mpirun -np 4 gradcomm_data_parallel --transport mpi --codec int8
+//
+// Codecs (--codec / --codecs): none (f32 as is), bf16, int8 (8 bits, blocks of 256, with
+// error feedback), sign (1 bit, blocks of 256, error feedback), topk (1 %, error feedback),
+// powersgd (rank 4, its own error feedback). Communicators (--comm): allreduce (every
+// codec); ps, the asynchronous parameter server (one server rank besides the workers:
+// --workers 4 runs 5 threads; rank 0 serves under MPI), with the worker's error feedback
+// on pushes and the change since the last pull, encoded with the server's, on pulls; gossip
+// over --topology ring|torus|exponential|random|complete, CHOCO-style for lossy codecs,
+// which then travel without their own error feedback (the public copies are the
+// feedback). PowerSGD needs the all-reduce's two reductions: allreduce only. Workers are
+// threads of this process (--workers) or the ranks of an MPI job (--transport mpi, where
+// gradcomm::mpi was built).
+//
+// Exit status: 0 done; 1 an error (a damaged data file, a configuration that failed — the
+// others still run and the table says why); 2 bad options or a backend this build does not
+// have; 77 the data set is not installed (nothing ran).
+#include "idx.hpp"
+#include "mlp.hpp"
+#include "train.hpp"
+
+#include <gradcomm/codec/cast.hpp>
+#include <gradcomm/codec/error_feedback.hpp>
+#include <gradcomm/codec/identity.hpp>
+#include <gradcomm/codec/powersgd.hpp>
+#include <gradcomm/codec/quantize.hpp>
+#include <gradcomm/codec/sign.hpp>
+#include <gradcomm/codec/sparse.hpp>
+#include <gradcomm/comm/allreduce.hpp>
+#include <gradcomm/comm/gossip.hpp>
+#include <gradcomm/comm/optimizer.hpp>
+#include <gradcomm/comm/parameter_server.hpp>
+#include <gradcomm/comm/topology.hpp>
+#include <gradcomm/core/error.hpp>
+#include <gradcomm/transport/local.hpp>
+
+#if GRADCOMM_HAS_MPI && __has_include(<gradcomm/transport/mpi.hpp>)
+#include <gradcomm/transport/mpi.hpp>
+
+#include <mpi.h>
+#define GRADCOMM_EXAMPLE_MPI 1
+#else
+#define GRADCOMM_EXAMPLE_MPI 0
+#endif
+
+#include <CLI/CLI.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+namespace dp = data_parallel;
+
+constexpr std::size_t input_units = 784, hidden_units = 1024, classes = 10;
+
+/// The communication backends: one line each.
+struct backend_info {
+  const char* name;
+  bool identical_params;  // every worker ends each step with the same parameters
+  int servers;            // ranks that serve rather than train
+};
+constexpr backend_info backends[] = {
+    {"allreduce", true, 0},
+    {"ps", false, 1},
+    {"gossip", false, 0},
+};
+
+const backend_info* find_backend(std::string_view name) {
+  for (const auto& b : backends)
+    if (name == b.name) return &b;
+  return nullptr;
+}
+
+constexpr const char* codec_names[] = {"none", "bf16", "int8", "sign", "topk", "powersgd"};
+
+/// Calls f with the codec prototype that `name` stands for: one line per codec.
+template <class F>
+void with_codec(std::string_view name, std::uint64_t seed, F&& f) {
+  namespace gc = gradcomm;
+  if (name == "none") return f(gc::identity_codec{});
+  if (name == "bf16") return f(gc::bf16_codec{});
+  if (name == "int8")
+    return f(gc::error_feedback<gc::scalar_quant_codec>(gc::scalar_quant_codec({.bits = 8})));
+  if (name == "sign") return f(gc::error_feedback<gc::sign_codec>(gc::sign_codec(256)));
+  if (name == "topk") return f(gc::error_feedback<gc::topk_codec>(gc::topk_codec({.ratio = 0.01})));
+  if (name == "powersgd") return f(gc::powersgd_codec({.rank = 4, .seed = seed}));
+  gc::detail::throw_invalid_argument("data_parallel", "unknown codec '" + std::string(name) + "'");
+}
+
+/// The all-reduce communicator for the model's gradient buffer. The tensors are
+/// registered largest first and a bucket holds exactly the largest one, so the buckets
+/// are [W2] (1024 × 1024), [W1; W3] (794 × 1024, weights stacked row on row) and the
+/// biases: every bucket is a weight matrix, which is what PowerSGD needs to see (it views
+/// a bucket as one matrix). Tensors under 4096 elements (the biases) travel as f32.
+template <class C, gradcomm::Transport T>
+auto make_allreduce(T& t, C codec, dp::worker& w, const dp::train_config& cfg) {
+  std::vector<dp::param_tensor> order = w.net.tensors();
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& a, const auto& b) { return a.size() > b.size(); });
+  gradcomm::allreduce_options o;
+  o.bucket_bytes = order.front().size() * sizeof(float);
+  o.small_tensor_elems = 4096;
+  o.seed = cfg.seed;
+  auto comm = std::make_unique<gradcomm::allreduce<C, T>>(
+      t, std::move(codec), o, gradcomm::sgd({.lr = cfg.lr, .momentum = 0.9f}));
+  for (const auto& p : order)
+    comm->add_tensor(gradcomm::host_view<float>(w.grads.data() + p.offset, p.size()), p.name);
+  return comm;
+}
+
+/// The asynchronous parameter server: rank 0 serves (SGD with momentum runs there), the
+/// others push their gradients and pull the parameters, without waiting for each other.
+/// The server steps on every push, N times as often as the all-reduce steps on the mean
+/// of N gradients: the rate is lr / N, the same step per gradient (at lr the run diverges).
+template <class C, gradcomm::AsyncTransport T>
+auto make_ps(T& t, C codec, const dp::train_config& cfg) {
+  gradcomm::ps_options o;
+  o.servers = 1;
+  o.staleness = gradcomm::unbounded_staleness;
+  o.seed = cfg.seed;
+  return std::make_unique<gradcomm::parameter_server<C, T>>(
+      t, std::move(codec), o,
+      gradcomm::sgd({.lr = cfg.lr / static_cast<float>(t.size() - o.servers), .momentum = 0.9f}));
+}
+
+/// Gossip keeps the codec's error feedback in its public copies: the codec travels bare.
+template <class C>
+auto bare(C codec) {
+  if constexpr (requires { typename C::inner_type; } && C::traits.stateful)
+    return codec.inner();
+  else
+    return codec;
+}
+
+/// Gossip over topology G: the local SGD step with momentum, then mixing with the
+/// neighbours.
+template <class G, class C, gradcomm::Transport T>
+auto make_gossip(T& t, C codec, const dp::train_config& cfg) {
+  using B = decltype(bare(std::move(codec)));
+  gradcomm::gossip_options o;
+  o.seed = cfg.seed;
+  return std::make_unique<gradcomm::gossip<B, T, G>>(
+      t, G{}, bare(std::move(codec)), gradcomm::sgd({.lr = cfg.lr, .momentum = 0.9f}), o);
+}
+
+[[noreturn]] void unsupported(int rank, const std::string& what) {
+  throw gradcomm::error(make_error_code(gradcomm::errc::unsupported), "data_parallel", rank, what);
+}
+
+/// Builds the communicator cfg.comm names and trains through it: one line per backend.
+template <class C, gradcomm::Transport T>
+std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
+                                          const dp::fashion_mnist& data,
+                                          const dp::train_config& cfg, dp::progress& bar) {
+  if (cfg.comm == "allreduce")
+    return dp::train(*make_allreduce(t, std::move(codec), w, cfg), t, w, data, cfg, bar);
+  if constexpr (C::traits.two_round) {
+    unsupported(t.rank(), cfg.codec + " needs the all-reduce's two reductions (--comm allreduce)");
+  } else {
+    if (cfg.comm == "ps") {
+      if constexpr (gradcomm::AsyncTransport<T>)
+        return dp::train(*make_ps(t, std::move(codec), cfg), t, w, data, cfg, bar);
+      else
+        unsupported(t.rank(), "the parameter server needs receive-from-any-source");
+    }
+    if (cfg.comm == "gossip") {
+      auto go = [&]<class G>(std::type_identity<G>) {
+        return dp::train(*make_gossip<G>(t, std::move(codec), cfg), t, w, data, cfg, bar);
+      };
+      if (cfg.topology == "ring") return go(std::type_identity<gradcomm::ring_topology>{});
+      if (cfg.topology == "torus") return go(std::type_identity<gradcomm::torus_topology>{});
+      if (cfg.topology == "exponential")
+        return go(std::type_identity<gradcomm::exponential_topology>{});
+      if (cfg.topology == "random")
+        return go(std::type_identity<gradcomm::random_matching_topology>{});
+      if (cfg.topology == "complete") return go(std::type_identity<gradcomm::complete_topology>{});
+      unsupported(t.rank(), "unknown topology " + cfg.topology);
+    }
+  }
+  unsupported(t.rank(), "unknown communicator " + cfg.comm);
+}
+
+/// One configuration on one rank: identical initial parameters, then training.
+template <gradcomm::Transport T>
+std::vector<dp::epoch_result> run_worker(T& t, const dp::fashion_mnist& data,
+                                         const dp::train_config& cfg, dp::progress& bar) {
+  dp::worker w(input_units, hidden_units, classes, cfg.batch);
+  w.net.init(w.params, cfg.seed);  // Philox-keyed: the same bits on every rank
+  std::vector<dp::epoch_result> rows;
+  with_codec(cfg.codec, cfg.seed,
+             [&](auto codec) { rows = run_backend(t, std::move(codec), w, data, cfg, bar); });
+  return rows;
+}
+
+struct options {
+  std::vector<std::string> codecs;
+  std::string comm = "allreduce";
+  std::string topology = "ring";
+  std::string transport = "local";
+  std::string data = dp::fashion_mnist_default_dir;
+  std::string csv;
+  int workers = 4;
+  int epochs = 2;
+  std::size_t batch = 64;
+  float lr = 0.02f;
+  std::uint64_t seed = 1;
+  std::size_t max_steps = 0;
+};
+
+/// One configuration's outcome: its epochs, or why it stopped.
+struct config_run {
+  std::string codec;
+  std::vector<dp::epoch_result> rows;
+  std::string failure;
+};
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024.0 && u < 4) {
+    b /= 1024.0;
+    ++u;
+  }
+  char s[32];
+  std::snprintf(s, sizeof s, "%.1f %s", b, units[u]);
+  return s;
+}
+
+// Totals of one configuration's epochs (accuracy and loss: the last epoch's).
+dp::epoch_result total(const std::vector<dp::epoch_result>& rows) {
+  dp::epoch_result t = rows.back();
+  t.steps = 0;
+  t.bytes_sent = t.compute_s = t.encode_s = t.decode_s = t.wait_s = t.wall_s = 0;
+  double reference = 0;
+  for (const auto& r : rows) {
+    t.steps += r.steps;
+    t.bytes_sent += r.bytes_sent;
+    reference += r.ratio * r.bytes_sent;
+    t.compute_s += r.compute_s;
+    t.encode_s += r.encode_s;
+    t.decode_s += r.decode_s;
+    t.wait_s += r.wait_s;
+    t.wall_s += r.wall_s;
+  }
+  t.ratio = t.bytes_sent > 0 ? reference / t.bytes_sent : 0;
+  return t;
+}
+
+void print_table(const std::vector<config_run>& runs, const std::string& comm) {
+  std::printf("\n%-9s %-9s %7s %6s %6s %8s %9s %12s %7s %9s %8s %8s %7s %7s %8s\n", "codec", "comm",
+              "workers", "epochs", "steps", "test acc", "test loss", "sent/worker", "ratio",
+              "compute s", "encode s", "decode s", "wait s", "wall s", "step ms");
+  for (const auto& run : runs) {
+    if (run.rows.empty()) {
+      std::printf("%-9s %-9s failed: %s\n", run.codec.c_str(), comm.c_str(),
+                  run.failure.empty() ? "no epoch finished" : run.failure.c_str());
+      continue;
+    }
+    const auto& rows = run.rows;
+    const dp::epoch_result t = total(rows);
+    char ratio[16] = "-";
+    if (t.ratio > 0) std::snprintf(ratio, sizeof ratio, "%.1fx", t.ratio);
+    std::printf(
+        "%-9s %-9s %7d %6d %6zu %6.2f %% %9.4f %12s %7s %9.2f %8.2f %8.2f %7.2f %7.1f %8.1f\n",
+        t.codec.c_str(), t.comm.c_str(), t.workers, rows.back().epoch, t.steps,
+        100 * t.test_accuracy, t.test_loss, human_bytes(t.bytes_sent).c_str(), ratio, t.compute_s,
+        t.encode_s, t.decode_s, t.wait_s, t.wall_s, 1e3 * t.wall_s / static_cast<double>(t.steps));
+  }
+  std::printf(
+      "ratio: bytes an uncompressed f32 ring all-reduce sends / bytes sent; times are means "
+      "over the workers, wall is rank 0's training time (evaluation excluded)\n");
+}
+
+bool write_csv(const std::string& path, const std::vector<config_run>& runs) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) {
+    std::fprintf(stderr, "gradcomm_data_parallel: cannot write %s: %s\n", path.c_str(),
+                 std::generic_category().message(errno).c_str());
+    return false;
+  }
+  std::fprintf(f,
+               "codec,comm,workers,epoch,steps,test_accuracy,test_loss,train_loss,"
+               "bytes_sent_per_worker,ratio,compute_s,encode_s,decode_s,wait_s,wall_s\n");
+  for (const auto& run : runs)
+    for (const auto& r : run.rows)
+      std::fprintf(f, "%s,%s,%d,%d,%zu,%.6f,%.6f,%.6f,%.0f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f\n",
+                   r.codec.c_str(), r.comm.c_str(), r.workers, r.epoch, r.steps, r.test_accuracy,
+                   r.test_loss, r.train_loss, r.bytes_sent, r.ratio, r.compute_s, r.encode_s,
+                   r.decode_s, r.wait_s, r.wall_s);
+  return std::fclose(f) == 0;
+}
+
+// Loads the data set; a missing file ends the program with 77 (nothing to run on).
+bool load(const options& o, dp::fashion_mnist& data, dp::train_config& base, bool talk) {
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    data = dp::load_fashion_mnist(o.data);
+  } catch (const gradcomm::decode_error&) {
+    throw;
+  } catch (const gradcomm::error& e) {
+    if (e.code() != std::errc::no_such_file_or_directory) throw;
+    if (talk) std::fprintf(stderr, "gradcomm_data_parallel: %s\n", e.what());
+    return false;
+  }
+  // Normalise the inputs with the training set's own mean and standard deviation.
+  double sum = 0, sq = 0;
+  for (std::uint8_t p : data.train.pixels) {
+    const double v = p / 255.0;
+    sum += v;
+    sq += v * v;
+  }
+  const double n = static_cast<double>(data.train.pixels.size());
+  base.input_mean = static_cast<float>(sum / n);
+  base.input_stddev =
+      static_cast<float>(std::sqrt(std::max(sq / n - (sum / n) * (sum / n), 1e-12)));
+  if (talk)
+    std::fprintf(stderr,
+                 "Fashion-MNIST from %s: %zu training and %zu test images (%.1f s; inputs "
+                 "normalised by mean %.4f, std %.4f)\n",
+                 o.data.c_str(), data.train.count, data.test.count, dp::detail::seconds_since(t0),
+                 base.input_mean, base.input_stddev);
+  return true;
+}
+
+int run(const options& o, int rank_hint, int world_size) {
+  dp::train_config base;
+  base.comm = o.comm;
+  base.topology = o.topology;
+  base.epochs = o.epochs;
+  base.batch = o.batch;
+  base.lr = o.lr;
+  base.seed = o.seed;
+  base.max_steps = o.max_steps;
+  base.identical_params = find_backend(o.comm)->identical_params;
+  const bool talk = rank_hint == 0;
+  dp::fashion_mnist data;
+  int loaded = load(o, data, base, talk) ? 1 : 0;
+#if GRADCOMM_EXAMPLE_MPI
+  // Every rank must see its data before any of them enters a collective.
+  if (o.transport == "mpi")
+    MPI_Allreduce(MPI_IN_PLACE, &loaded, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+#endif
+  if (!loaded) return 77;
+
+  dp::progress bar(talk && isatty(2));
+  std::vector<config_run> runs;
+  for (const std::string& codec : o.codecs) {
+    dp::train_config cfg = base;
+    cfg.codec = codec;
+    if (talk)
+      std::fprintf(stderr, "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g, momentum 0.9\n",
+                   codec.c_str(), o.comm.c_str(), world_size,
+                   find_backend(o.comm)->servers ? " and a server" : "", o.transport.c_str(),
+                   o.batch, static_cast<double>(o.lr));
+    config_run& run = runs.emplace_back(config_run{codec, {}, {}});
+    if (o.transport == "local") {
+      // A configuration that fails (diverges, say) is reported; the next one still runs.
+      try {
+        gradcomm::local_world world(o.workers + find_backend(o.comm)->servers,
+                                    std::chrono::minutes(2));
+        world.run([&](gradcomm::local_transport& t) {
+          auto mine = run_worker(t, data, cfg, bar);
+          if (t.rank() == 0) run.rows = std::move(mine);
+        });
+      } catch (const std::exception& e) {
+        bar.end();
+        run.failure = e.what();
+        // A codec meets NaN or Inf where the training diverged.
+        if (run.failure.find("non-finite") != std::string::npos)
+          run.failure += " (the training diverged: try a smaller --lr)";
+        std::fprintf(stderr, "%s/%s failed: %s\n", codec.c_str(), o.comm.c_str(),
+                     run.failure.c_str());
+      }
+    }
+#if GRADCOMM_EXAMPLE_MPI
+    else {
+      // A rank that fails here ends the job (main): the others cannot go on without it.
+      gradcomm::mpi_transport t(MPI_COMM_WORLD, std::chrono::minutes(2));
+      run.rows = run_worker(t, data, cfg, bar);
+    }
+#endif
+    if (talk && !o.csv.empty() && !write_csv(o.csv, runs)) return 1;
+  }
+  if (talk) print_table(runs, o.comm);
+  for (const auto& run : runs)
+    if (!run.failure.empty()) return 1;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  CLI::App app{
+      "Trains a 784-1024-1024-10 MLP on Fashion-MNIST with data-parallel workers whose "
+      "gradients travel through a gradcomm communicator, one configuration (codec) after "
+      "another, and prints a table comparing them."};
+  std::string codec;
+  std::vector<std::string> all_codecs(std::begin(codec_names), std::end(codec_names));
+  std::vector<std::string> all_backends;
+  for (const auto& b : backends) all_backends.push_back(b.name);
+  auto* one = app.add_option("--codec", codec, "the codec of a single configuration")
+                  ->check(CLI::IsMember(all_codecs));
+  app.add_option("--codecs", o.codecs,
+                 "configurations to run one after another, comma-separated (default none,int8)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(all_codecs))
+      ->excludes(one);
+  app.add_option("--comm", o.comm, "the communicator")
+      ->check(CLI::IsMember(all_backends))
+      ->capture_default_str();
+  app.add_option("--topology", o.topology, "gossip's topology")
+      ->check(CLI::IsMember({"ring", "torus", "exponential", "random", "complete"}))
+      ->capture_default_str();
+  app.add_option("--transport", o.transport,
+                 "local: threads of this process; mpi: the ranks of an MPI job (mpirun)")
+      ->check(CLI::IsMember({"local", "mpi"}))
+      ->capture_default_str();
+  app.add_option("--workers", o.workers, "workers (threads) with --transport local")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--epochs", o.epochs, "epochs per configuration")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--batch", o.batch, "examples per worker and step")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{60000}))
+      ->capture_default_str();
+  app.add_option("--lr", o.lr, "SGD's learning rate (momentum 0.9)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "seeds the initial parameters, the shuffles and the codecs")
+      ->capture_default_str();
+  app.add_option("--max-steps", o.max_steps,
+                 "stop each configuration after this many steps (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--data", o.data, "folder of the four gzipped IDX files")->capture_default_str();
+  app.add_option("--csv", o.csv, "write one row per epoch and configuration to this file");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints the help, or the error and a hint
+    return rc == 0 ? 0 : 2;
+  }
+  if (!codec.empty()) o.codecs = {codec};
+  if (o.codecs.empty()) o.codecs = {"none", "int8"};
+
+  if (o.topology != "ring" && o.comm != "gossip")
+    std::fprintf(stderr, "gradcomm_data_parallel: --topology only concerns --comm gossip\n");
+
+  if (o.transport == "mpi") {
+#if GRADCOMM_EXAMPLE_MPI
+    // Outside the try: MPI_Abort below must run before the environment finalizes MPI.
+    std::optional<gradcomm::mpi_environment> env;
+    try {
+      env.emplace(argc, argv);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "gradcomm_data_parallel: %s\n", e.what());
+      return 1;
+    }
+    int rank = 0, size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    o.workers = size - find_backend(o.comm)->servers;
+    if (o.workers < 1) {
+      if (rank == 0)
+        std::fprintf(stderr, "gradcomm_data_parallel: --comm %s needs more than %d ranks\n",
+                     o.comm.c_str(), size);
+      return 2;
+    }
+    try {
+      const auto t0 = std::chrono::steady_clock::now();
+      const int rc = run(o, rank, o.workers);
+      if (rc == 0 && rank == 0)
+        std::printf("total wall time %.1f s\n", dp::detail::seconds_since(t0));
+      return rc;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "gradcomm_data_parallel: rank %d: %s\n", rank, e.what());
+      MPI_Abort(MPI_COMM_WORLD, 1);  // the other ranks may be inside a collective
+      return 1;
+    }
+#else
+    std::fprintf(stderr,
+                 "not available in this build: --transport mpi (configure gradcomm with MPI: "
+                 "Debian packages libopenmpi-dev and openmpi-bin)\n");
+    return 2;
+#endif
+  }
+
+  try {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int rc = run(o, 0, o.workers);
+    if (rc == 0) std::printf("total wall time %.1f s\n", dp::detail::seconds_since(t0));
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gradcomm_data_parallel: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,46 +1,11 @@
 // Must not compile: the parameter server takes pushes from whichever worker sends first,
 // and a transport without a receive from any source (NCCL) cannot do that.
+#include "../unit/forwarding_transport.hpp"  // every Transport call, no recv_any
+
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/comm/parameter_server.hpp>
-#include <gradcomm/transport/local.hpp>
-
-#include <chrono>
-#include <cstddef>
-#include <span>
-
-// Every Transport call, forwarded to a local_transport; no recv_any.
-struct no_any_source {
-  gradcomm::local_transport* t;
-  using request = gradcomm::local_transport::request;
-  int rank() const { return t->rank(); }
-  int size() const { return t->size(); }
-  std::chrono::milliseconds timeout() const { return t->timeout(); }
-  const gradcomm::traffic_counters& counters() const { return t->counters(); }
-  request post(std::span<const gradcomm::send_op> s, std::span<const gradcomm::recv_op> r) {
-    return t->post(s, r);
-  }
-  void wait(request& q) { t->wait(q); }
-  bool test(request& q) { return t->test(q); }
-  template <class E>
-  void allreduce(std::span<const E> in, std::span<E> out, gradcomm::reduce_op op) {
-    t->allreduce<E>(in, out, op);
-  }
-  void allgather(std::span<const std::byte> in, std::span<std::byte> out) { t->allgather(in, out); }
-  void allgatherv(std::span<const std::byte> in, std::span<std::byte> out,
-                  std::span<const std::size_t> c) {
-    t->allgatherv(in, out, c);
-  }
-  void alltoall(std::span<const std::byte> in, std::span<std::byte> out) { t->alltoall(in, out); }
-  void alltoallv(std::span<const std::byte> in, std::span<const std::size_t> sc,
-                 std::span<std::byte> out, std::span<const std::size_t> rc) {
-    t->alltoallv(in, sc, out, rc);
-  }
-  void broadcast(std::span<std::byte> b, int root) { t->broadcast(b, root); }
-  void barrier() { t->barrier(); }
-};
-static_assert(gradcomm::Transport<no_any_source>);
 
 int main() {
-  using ps = gradcomm::parameter_server<gradcomm::identity_codec, no_any_source>;
+  using ps = gradcomm::parameter_server<gradcomm::identity_codec, forwarding_transport>;
   return sizeof(ps) > 0;
 }

@@ -4,6 +4,8 @@
 // the recorded versions; a worker that goes silent mid-run (what survives of a stopped
 // worker under Open MPI, which ends the job when a process exits) is reported by rank and
 // the others finish.
+#include "../unit/parameter_server_test_data.hpp"
+
 #include "mpi_gtest_main.hpp"
 
 #include <gradcomm/codec/error_feedback.hpp>
@@ -28,17 +30,8 @@ namespace {
 
 gc::mpi_transport* sync_transport = nullptr;
 
-float int_grad(int rank, std::uint64_t clock, std::size_t i) {
-  return static_cast<float>(
-             static_cast<int>((static_cast<std::size_t>(rank) * 131 + clock * 31 + i * 7) % 9)) -
-         4.0f;
-}
-
-std::vector<float> initial(std::size_t n) {
-  std::vector<float> w(n);
-  for (std::size_t i = 0; i < n; ++i) w[i] = static_cast<float>(static_cast<int>(i % 11) - 5);
-  return w;
-}
+using ps_test::initial;
+using ps_test::int_grad;
 
 struct silent_exit {};
 

@@ -5,6 +5,9 @@
 // goes silent is reported by rank while the others finish; compressed pulls stay within
 // the codec's bound of the server's values and equal the server's public copy bit for bit;
 // a checkpoint restored in a new world continues bit for bit; the concepts.
+#include "forwarding_transport.hpp"
+#include "parameter_server_test_data.hpp"
+
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/quantize.hpp>
@@ -44,19 +47,11 @@ static_assert(std::is_same_v<ps_f32::pull_codec_type, gc::identity_codec>);
 // A transport that models Transport but not AsyncTransport (no recv_any), as NCCL: the
 // compile-fail test tests/compile_fail/parameter_server_without_recv_any.cpp shows the
 // parameter server refuses it.
-static_assert(!gc::AsyncTransport<int>);
+static_assert(gc::Transport<forwarding_transport> && !gc::AsyncTransport<forwarding_transport>);
+static_assert(gc::AsyncTransport<gc::local_transport>);
 
-float int_grad(int rank, std::uint64_t clock, std::size_t i) {
-  return static_cast<float>(
-             static_cast<int>((static_cast<std::size_t>(rank) * 131 + clock * 31 + i * 7) % 9)) -
-         4.0f;
-}
-
-std::vector<float> initial(std::size_t n) {
-  std::vector<float> w(n);
-  for (std::size_t i = 0; i < n; ++i) w[i] = static_cast<float>(static_cast<int>(i % 11) - 5);
-  return w;
-}
+using ps_test::initial;
+using ps_test::int_grad;
 
 struct run_result {
   std::vector<float> final_params;    // assembled from the servers' shards

@@ -17,7 +17,8 @@
 # otherwise the plot is skipped with a note).
 #
 # Learning rates: the example's default 0.02 (SGD, momentum 0.9), except 1-bit sign, which
-# takes steps of the full mean magnitude on every coordinate and diverges early at 0.02: it
+# takes steps of the full mean magnitude on every coordinate: one epoch reached 79.0 % at
+# 0.02 against 82.9 % at 0.005 (gradcomm_data_parallel --codec sign --epochs 1 --lr ...); it
 # runs at 0.005 (set LR_SIGN to change it). The table says which rate each row used.
 set -eu
 
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     --workers) workers=$2; shift 2 ;;
     --comms) comms=$2; shift 2 ;;
     --topology) topology=$2; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "convergence.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done

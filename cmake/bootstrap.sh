@@ -60,7 +60,7 @@ case "$mode" in
   example)
     # The self-check (what the build found, one compressed all-reduce checked exactly),
     # then the library's main job: 4 workers train an MLP on Fashion-MNIST, uncompressed
-    # and 8-bit with error feedback side by side (about a minute on 2 cores).
+    # and 8-bit with error feedback side by side (about 30 s on 2 cores).
     "$build/examples/gradcomm_selfcheck"
     exec "$build/examples/gradcomm_data_parallel" ;;
   test) exec ctest --test-dir "$build" --output-on-failure -j "$jobs" ;;

@@ -5,6 +5,9 @@
 //   gradcomm_data_parallel                        # 4 threads, codecs none and int8
 //   gradcomm_data_parallel --codecs none,sign,topk,powersgd --epochs 5 --csv runs.csv
 //   mpirun -np 4 gradcomm_data_parallel --transport mpi --codec int8
+//   gradcomm_data_parallel --codecs none,int8 --evals-per-epoch 4 --target-accuracy 0.85
+//       # time to accuracy: each stops at the first evaluation reaching 85 %
+//       # (benchmarks/time_to_accuracy.sh runs it on the shaped network)
 //
 // Codecs (--codec / --codecs): none (f32 as is), bf16, int8 (8 bits, blocks of 256, with
 // error feedback), sign (1 bit, blocks of 256, error feedback), topk (1 %, error feedback),
@@ -226,6 +229,8 @@ struct options {
   float lr = 0.02f;
   std::uint64_t seed = 1;
   std::size_t max_steps = 0;
+  int evals_per_epoch = 1;
+  double target_accuracy = 0;  // a fraction (0.85), 0: none
 };
 
 /// One configuration's outcome: its epochs, or why it stopped.
@@ -267,7 +272,18 @@ dp::epoch_result total(const std::vector<dp::epoch_result>& rows) {
   return t;
 }
 
-void print_table(const std::vector<config_run>& runs, const std::string& comm) {
+// Rank 0's training time (evaluations excluded) until the first evaluation at or above
+// `target`, and the epochs trained then; a negative time where no evaluation reached it.
+std::pair<double, double> time_to(const std::vector<dp::epoch_result>& rows, double target) {
+  double s = 0;
+  for (const auto& r : rows) {
+    s += r.wall_s;
+    if (r.test_accuracy >= target) return {s, r.epochs_done};
+  }
+  return {-1.0, 0.0};
+}
+
+void print_table(const std::vector<config_run>& runs, const std::string& comm, double target) {
   std::printf("\n%-9s %-9s %7s %6s %6s %8s %9s %12s %7s %9s %8s %8s %7s %7s %8s\n", "codec", "comm",
               "workers", "epochs", "steps", "test acc", "test loss", "sent/worker", "ratio",
               "compute s", "encode s", "decode s", "wait s", "wall s", "step ms");
@@ -290,6 +306,27 @@ void print_table(const std::vector<config_run>& runs, const std::string& comm) {
   std::printf(
       "ratio: bytes an uncompressed f32 ring all-reduce sends / bytes sent; times are means "
       "over the workers, wall is rank 0's training time (evaluation excluded)\n");
+  if (target <= 0) return;
+  // Time to accuracy: rank 0's training time until the first evaluation at the target.
+  double base = -1;
+  for (const auto& run : runs)
+    if (run.codec == "none" && !run.rows.empty()) base = time_to(run.rows, target).first;
+  std::printf("\n%-9s %-9s %10s %8s %10s\n", "codec", "comm", "to target", "epochs", "vs none");
+  for (const auto& run : runs) {
+    const auto [secs, epochs] = time_to(run.rows, target);
+    if (secs < 0) {
+      std::printf("%-9s %-9s %10s\n", run.codec.c_str(), comm.c_str(), "not reached");
+      continue;
+    }
+    char vs[16] = "-";
+    if (base > 0) std::snprintf(vs, sizeof vs, "%.3f", secs / base);
+    std::printf("%-9s %-9s %8.1f s %8.2f %10s\n", run.codec.c_str(), comm.c_str(), secs, epochs,
+                vs);
+  }
+  std::printf(
+      "to target: training time (evaluations excluded) until the first evaluation at "
+      "%.2f %% test accuracy; vs none: its ratio to the uncompressed configuration's\n",
+      100 * target);
 }
 
 bool write_csv(const std::string& path, const std::vector<config_run>& runs) {
@@ -301,13 +338,19 @@ bool write_csv(const std::string& path, const std::vector<config_run>& runs) {
   }
   std::fprintf(f,
                "codec,comm,workers,epoch,steps,test_accuracy,test_loss,train_loss,"
-               "bytes_sent_per_worker,ratio,compute_s,encode_s,decode_s,wait_s,wall_s\n");
-  for (const auto& run : runs)
-    for (const auto& r : run.rows)
-      std::fprintf(f, "%s,%s,%d,%d,%zu,%.6f,%.6f,%.6f,%.0f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f\n",
+               "bytes_sent_per_worker,ratio,compute_s,encode_s,decode_s,wait_s,wall_s,"
+               "epochs_done,train_s\n");
+  for (const auto& run : runs) {
+    double train_s = 0;  // rank 0's training time so far
+    for (const auto& r : run.rows) {
+      train_s += r.wall_s;
+      std::fprintf(f,
+                   "%s,%s,%d,%d,%zu,%.6f,%.6f,%.6f,%.0f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f\n",
                    r.codec.c_str(), r.comm.c_str(), r.workers, r.epoch, r.steps, r.test_accuracy,
                    r.test_loss, r.train_loss, r.bytes_sent, r.ratio, r.compute_s, r.encode_s,
-                   r.decode_s, r.wait_s, r.wall_s);
+                   r.decode_s, r.wait_s, r.wall_s, r.epochs_done, train_s);
+    }
+  }
   return std::fclose(f) == 0;
 }
 
@@ -352,6 +395,8 @@ int run(const options& o, int rank_hint, int world_size) {
   base.lr = o.lr;
   base.seed = o.seed;
   base.max_steps = o.max_steps;
+  base.evals_per_epoch = o.evals_per_epoch;
+  base.target_accuracy = o.target_accuracy;
   base.identical_params = find_backend(o.comm)->identical_params;
   const bool talk = rank_hint == 0;
   dp::fashion_mnist data;
@@ -402,7 +447,7 @@ int run(const options& o, int rank_hint, int world_size) {
 #endif
     if (talk && !o.csv.empty() && !write_csv(o.csv, runs)) return 1;
   }
-  if (talk) print_table(runs, o.comm);
+  if (talk) print_table(runs, o.comm, o.target_accuracy);
   for (const auto& run : runs)
     if (!run.failure.empty()) return 1;
   return 0;
@@ -454,8 +499,19 @@ int main(int argc, char** argv) {
   app.add_option("--max-steps", o.max_steps,
                  "stop each configuration after this many steps (0: no limit)")
       ->capture_default_str();
+  app.add_option("--evals-per-epoch", o.evals_per_epoch,
+                 "evaluations on the test set an epoch (a row each), after equal parts of it")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  app.add_option("--target-accuracy", o.target_accuracy,
+                 "stop a configuration at the first evaluation reaching this test accuracy (a "
+                 "fraction, e.g. 0.85) and report the training time it took (0: train every "
+                 "epoch)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app.add_option("--data", o.data, "folder of the four gzipped IDX files")->capture_default_str();
-  app.add_option("--csv", o.csv, "write one row per epoch and configuration to this file");
+  app.add_option("--csv", o.csv,
+                 "write one row per evaluation (epoch, by default) and configuration to this file");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -3,7 +3,8 @@
 //
 //   data_parallel::worker w(net, data);            // this rank's model and buffers
 //   auto rows = data_parallel::train(comm, transport, w, data, cfg, progress);
-//   // rows (rank 0 only): one per epoch, with test accuracy, traffic and timings
+//   // rows (rank 0 only): one per evaluation (cfg.evals_per_epoch an epoch), with test
+//   // accuracy, traffic and timings
 //
 // Each of the N workers trains on its own shard: after a seeded shuffle of the training
 // set (the same permutation on every worker), shard r holds every N-th example from r.
@@ -11,7 +12,10 @@
 // grads): the communicator's business (average and apply SGD with momentum, for the
 // all-reduce). At the end of each epoch the workers compare a checksum of their parameters
 // where the backend keeps them identical, sum their traffic and timings, and rank 0
-// evaluates on the test set.
+// evaluates on the test set; with cfg.evals_per_epoch = K this happens K times an epoch,
+// after each K-th of its steps. With cfg.target_accuracy set, training stops at the first
+// evaluation that reaches it (rank 0 tells the others), which is how time to accuracy is
+// measured: the rows' wall times added up to that row.
 //
 // A communicator with server ranks (the parameter server: comm.servers() ranks from 0)
 // splits the work: the workers are the other ranks and take the shards; a server serves
@@ -59,6 +63,8 @@ struct train_config {
   float lr = 0.02f;
   std::uint64_t seed = 1;
   std::size_t max_steps = 0;     ///< steps in all (over the epochs) at most; 0: no limit
+  int evals_per_epoch = 1;       ///< evaluations (and rows) an epoch, after equal parts of it
+  double target_accuracy = 0;    ///< stop at the first evaluation reaching it; 0: never
   bool identical_params = true;  ///< check that every worker holds the same parameters
   float input_mean = 0.0f;       ///< inputs are (pixel / 255 − mean) / stddev
   float input_stddev = 1.0f;
@@ -71,7 +77,8 @@ struct train_config {
 struct epoch_result {
   std::string codec, comm;
   int workers = 0, epoch = 0;
-  std::size_t steps = 0;
+  double epochs_done = 0;  ///< epochs trained at this evaluation (e.g. 1.25)
+  std::size_t steps = 0;   ///< steps since the row before
   double test_accuracy = 0, test_loss = 0;
   double bytes_sent = 0;  ///< bytes a worker sent
   double ratio = 0;       ///< f32 ring all-reduce bytes / bytes_sent (0 with one worker)
@@ -106,6 +113,10 @@ class progress {
  public:
   explicit progress(bool terminal) : terminal_(terminal) {}
   void begin(const std::string& label, int epoch, int epochs, std::size_t steps) {
+    if (label_ != label || epoch_ != epoch)
+      step0_ = 0;
+    else
+      step0_ = step0_ + steps_;  // the next part of the same epoch
     label_ = label;
     epoch_ = epoch;
     epochs_ = epochs;
@@ -121,7 +132,7 @@ class progress {
     const int filled = steps_ ? static_cast<int>(width * step / steps_) : width;
     std::fprintf(stderr, "\r%-14s epoch %d/%d [%.*s%*s] %5zu/%zu  loss %.4f", label_.c_str(),
                  epoch_, epochs_, filled, "##############################", width - filled, "",
-                 step, steps_, loss);
+                 step0_ + step, step0_ + steps_, loss);
     std::fflush(stderr);
   }
   /// Clears the bar so that the epoch's line can take its place.
@@ -133,7 +144,7 @@ class progress {
   bool terminal_;
   std::string label_;
   int epoch_ = 0, epochs_ = 0;
-  std::size_t steps_ = 0;
+  std::size_t steps_ = 0, step0_ = 0;
   std::chrono::steady_clock::time_point last_{};
 };
 
@@ -249,95 +260,115 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
   std::vector<std::uint32_t> perm(set.count);
   std::vector<epoch_result> rows;
   std::size_t done = 0;
-  for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
-    std::size_t steps = steps_per_epoch;
-    if (cfg.max_steps) steps = std::min(steps, cfg.max_steps - done);
-    if (steps == 0) break;
+  const auto parts = static_cast<std::size_t>(std::max(cfg.evals_per_epoch, 1));
+  bool reached = false;
+  for (int epoch = 1; epoch <= cfg.epochs && !reached; ++epoch) {
+    std::size_t epoch_steps = steps_per_epoch;
+    if (cfg.max_steps) epoch_steps = std::min(epoch_steps, cfg.max_steps - done);
+    if (epoch_steps == 0) break;
     detail::shuffle(perm, cfg.seed, epoch);
-    if (rank == lead) bar.begin(cfg.codec + "/" + cfg.comm, epoch, cfg.epochs, steps);
+    // Part k of the epoch: its steps [first, last), evaluated after.
+    for (std::size_t k = 0; k < parts && !reached; ++k) {
+      const std::size_t first = epoch_steps * k / parts, last = epoch_steps * (k + 1) / parts;
+      const std::size_t steps = last - first;
+      if (steps == 0) continue;
+      if (rank == lead) bar.begin(cfg.codec + "/" + cfg.comm, epoch, cfg.epochs, steps);
 
-    const gradcomm::traffic_snapshot before = comm.counters().snapshot();
-    const auto t0 = std::chrono::steady_clock::now();
-    double compute_s = 0.0, loss_sum = 0.0;
-    if constexpr (requires(host_view_f p) {
-                    comm.serve(p, [] { return true; });
-                    { comm.version() } -> std::convertible_to<std::uint64_t>;
-                  }) {
-      if (serving) {
-        // Every worker pushes each shard once a step: this server's shard has seen the
-        // epoch when its version counts all of them.
-        const std::uint64_t target = static_cast<std::uint64_t>((done + steps) * n);
-        comm.serve(host_view_f(w.params.data(), w.params.size()),
-                   [&] { return comm.version() >= target; });
+      const gradcomm::traffic_snapshot before = comm.counters().snapshot();
+      const auto t0 = std::chrono::steady_clock::now();
+      double compute_s = 0.0, loss_sum = 0.0;
+      if constexpr (requires(host_view_f p) {
+                      comm.serve(p, [] { return true; });
+                      { comm.version() } -> std::convertible_to<std::uint64_t>;
+                    }) {
+        if (serving) {
+          // Every worker pushes each shard once a step: this server's shard has seen the
+          // part when its version counts all of them.
+          const std::uint64_t target = static_cast<std::uint64_t>((done + steps) * n);
+          comm.serve(host_view_f(w.params.data(), w.params.size()),
+                     [&] { return comm.version() >= target; });
+        }
+      }
+      for (std::size_t s = first; s < last && !serving; ++s) {
+        const auto c0 = std::chrono::steady_clock::now();
+        for (std::size_t i = 0; i < cfg.batch; ++i) {
+          const std::uint32_t e = perm[(s * cfg.batch + i) * n + r];  // shard r: every n-th
+          const std::uint8_t* src = set.pixels.data() + std::size_t{e} * pixels;
+          float* dst = w.x.data() + i * pixels;
+          for (std::size_t j = 0; j < pixels; ++j) dst[j] = table[src[j]];
+          w.labels[i] = set.labels[e];
+        }
+        loss_sum +=
+            w.net.forward_backward(w.params, w.x.data(), w.labels.data(), cfg.batch, w.grads);
+        compute_s += detail::seconds_since(c0);
+        comm.step(w.params, w.grads);
+        if (rank == lead) bar.update(s - first + 1, loss_sum / static_cast<double>(s - first + 1));
+      }
+      const double wall_s = detail::seconds_since(t0);
+      const gradcomm::traffic_snapshot d = comm.counters().snapshot() - before;
+      done += steps;
+      const double epochs_done =
+          epoch - 1 + static_cast<double>(last) / static_cast<double>(steps_per_epoch);
+
+      if (cfg.identical_params) {
+        // Cheap: 8 bytes a worker. All ranks see the same checksums, so all throw together.
+        const std::uint64_t mine = detail::checksum(w.params);
+        std::vector<std::uint64_t> all(static_cast<std::size_t>(ranks));
+        t.allgather(std::as_bytes(std::span<const std::uint64_t>(&mine, 1)),
+                    std::as_writable_bytes(std::span<std::uint64_t>(all)));
+        for (std::size_t q = 1; q < all.size(); ++q)
+          if (all[q] != all[0])
+            throw gradcomm::error(make_error_code(gradcomm::errc::internal), "data_parallel::train",
+                                  rank,
+                                  "after epoch " + std::to_string(epochs_done) +
+                                      " the parameters of rank " + std::to_string(q) +
+                                      " differ from rank 0's (the all-reduce should leave the same "
+                                      "bits on every rank)");
+      }
+      // Means over the workers of what each saw.
+      std::array<double, 6> sums{static_cast<double>(d.bytes_sent),
+                                 compute_s,
+                                 d.encode_seconds(),
+                                 d.decode_seconds(),
+                                 d.wait_seconds(),
+                                 loss_sum / static_cast<double>(steps)};
+      if (serving) sums.fill(0.0);  // means over the workers
+      t.allreduce(std::span<const double>(sums), std::span<double>(sums), gradcomm::reduce_op::sum);
+      double stop = 0.0;  // rank 0's verdict on the target, for everyone
+      if (rank == 0) {
+        bar.end();
+        epoch_result row;
+        row.codec = cfg.codec;
+        row.comm = cfg.comm;
+        row.workers = static_cast<int>(n);
+        row.epoch = epoch;
+        row.epochs_done = epochs_done;
+        row.steps = steps;
+        row.bytes_sent = sums[0] / static_cast<double>(n);
+        row.ratio = row.bytes_sent > 0
+                        ? ring_f32_bytes_per_step * static_cast<double>(steps) / row.bytes_sent
+                        : 0.0;
+        row.compute_s = sums[1] / static_cast<double>(n);
+        row.encode_s = sums[2] / static_cast<double>(n);
+        row.decode_s = sums[3] / static_cast<double>(n);
+        row.wait_s = sums[4] / static_cast<double>(n);
+        row.wall_s = wall_s;
+        row.train_loss = sums[5] / static_cast<double>(n);
+        std::tie(row.test_accuracy, row.test_loss) = evaluate(w, data.test, cfg);
+        std::fprintf(stderr,
+                     "%-14s epoch %.4g/%d: test accuracy %6.2f %%, test loss %.4f, train loss "
+                     "%.4f, %zu steps in %.1f s\n",
+                     (cfg.codec + "/" + cfg.comm).c_str(), epochs_done, cfg.epochs,
+                     100 * row.test_accuracy, row.test_loss, row.train_loss, steps, wall_s);
+        if (cfg.target_accuracy > 0 && row.test_accuracy >= cfg.target_accuracy) stop = 1.0;
+        rows.push_back(std::move(row));
+      }
+      if (cfg.target_accuracy > 0) {
+        t.allreduce(std::span<const double>(&stop, 1), std::span<double>(&stop, 1),
+                    gradcomm::reduce_op::sum);
+        reached = stop > 0.0;
       }
     }
-    for (std::size_t s = 0; s < steps && !serving; ++s) {
-      const auto c0 = std::chrono::steady_clock::now();
-      for (std::size_t i = 0; i < cfg.batch; ++i) {
-        const std::uint32_t e = perm[(s * cfg.batch + i) * n + r];  // shard r: every n-th
-        const std::uint8_t* src = set.pixels.data() + std::size_t{e} * pixels;
-        float* dst = w.x.data() + i * pixels;
-        for (std::size_t j = 0; j < pixels; ++j) dst[j] = table[src[j]];
-        w.labels[i] = set.labels[e];
-      }
-      loss_sum += w.net.forward_backward(w.params, w.x.data(), w.labels.data(), cfg.batch, w.grads);
-      compute_s += detail::seconds_since(c0);
-      comm.step(w.params, w.grads);
-      if (rank == lead) bar.update(s + 1, loss_sum / static_cast<double>(s + 1));
-    }
-    const double wall_s = detail::seconds_since(t0);
-    const gradcomm::traffic_snapshot d = comm.counters().snapshot() - before;
-    done += steps;
-
-    if (cfg.identical_params) {
-      // Cheap: 8 bytes a worker. All ranks see the same checksums, so all throw together.
-      const std::uint64_t mine = detail::checksum(w.params);
-      std::vector<std::uint64_t> all(static_cast<std::size_t>(ranks));
-      t.allgather(std::as_bytes(std::span<const std::uint64_t>(&mine, 1)),
-                  std::as_writable_bytes(std::span<std::uint64_t>(all)));
-      for (std::size_t q = 1; q < all.size(); ++q)
-        if (all[q] != all[0])
-          throw gradcomm::error(make_error_code(gradcomm::errc::internal), "data_parallel::train",
-                                rank,
-                                "after epoch " + std::to_string(epoch) +
-                                    " the parameters of rank " + std::to_string(q) +
-                                    " differ from rank 0's (the all-reduce should leave the same "
-                                    "bits on every rank)");
-    }
-    // Means over the workers of what each saw.
-    std::array<double, 6> sums{static_cast<double>(d.bytes_sent),
-                               compute_s,
-                               d.encode_seconds(),
-                               d.decode_seconds(),
-                               d.wait_seconds(),
-                               loss_sum / static_cast<double>(steps)};
-    if (serving) sums.fill(0.0);  // means over the workers
-    t.allreduce(std::span<const double>(sums), std::span<double>(sums), gradcomm::reduce_op::sum);
-    if (rank != 0) continue;
-    bar.end();
-    epoch_result row;
-    row.codec = cfg.codec;
-    row.comm = cfg.comm;
-    row.workers = static_cast<int>(n);
-    row.epoch = epoch;
-    row.steps = steps;
-    row.bytes_sent = sums[0] / static_cast<double>(n);
-    row.ratio = row.bytes_sent > 0
-                    ? ring_f32_bytes_per_step * static_cast<double>(steps) / row.bytes_sent
-                    : 0.0;
-    row.compute_s = sums[1] / static_cast<double>(n);
-    row.encode_s = sums[2] / static_cast<double>(n);
-    row.decode_s = sums[3] / static_cast<double>(n);
-    row.wait_s = sums[4] / static_cast<double>(n);
-    row.wall_s = wall_s;
-    row.train_loss = sums[5] / static_cast<double>(n);
-    std::tie(row.test_accuracy, row.test_loss) = evaluate(w, data.test, cfg);
-    std::fprintf(stderr,
-                 "%-14s epoch %d/%d: test accuracy %6.2f %%, test loss %.4f, train loss %.4f, "
-                 "%zu steps in %.1f s\n",
-                 (cfg.codec + "/" + cfg.comm).c_str(), epoch, cfg.epochs, 100 * row.test_accuracy,
-                 row.test_loss, row.train_loss, steps, wall_s);
-    rows.push_back(std::move(row));
   }
   // A server serves until every worker said it is done; a worker says so.
   if constexpr (requires(host_view_f p) {

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# benchmarks/time_to_accuracy.sh — time to accuracy on the shaped network: the example
+# data-parallel loop (examples/data_parallel) under MPI, one rank a simulated host
+# (benchmarks/shaped_network.sh: network namespaces, each host's link shaped both ways),
+# uncompressed and each codec through the all-reduce, each stopped at the first
+# evaluation reaching the target test accuracy. Reports rank 0's training time to the
+# target (evaluations excluded) and its ratio to the uncompressed run, as a Markdown table.
+# Root only (namespaces, tc), like shaped_network.sh.
+#
+#   sudo bash benchmarks/time_to_accuracy.sh                     # 4 hosts, 1gbit, 85 %
+#   sudo bash benchmarks/time_to_accuracy.sh --hosts 2 --target 0.84 --codecs none,int8
+#
+# Options: --hosts N (default 4), --rate R (default 1gbit), --target A (a fraction; default
+# 0.85), --codecs LIST (default none,bf16,int8,sign,topk,powersgd), --epochs E (the most
+# each may train; default 4), --evals-per-epoch K (default 4: the time is known to a
+# quarter of an epoch), --seed S (default 1), --build DIR (default build), --out DIR
+# (default time-to-accuracy). Learning rates as benchmarks/convergence.sh's (LR_DEFAULT,
+# LR_SIGN). Writes DIR/<codec>.csv and .log (the example's CSV: a row an evaluation, with
+# the training time so far) and DIR/time_to_accuracy.md. Each codec is one mpirun across
+# freshly built namespaces (its own learning rate); the first checks the set-up and
+# measures the link.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+hosts=4
+rate=1gbit
+target=0.85
+codecs=none,bf16,int8,sign,topk,powersgd
+epochs=4
+evals=4
+seed=1
+build=build
+out=time-to-accuracy
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --hosts) hosts=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --target) target=$2; shift 2 ;;
+    --codecs) codecs=$2; shift 2 ;;
+    --epochs) epochs=$2; shift 2 ;;
+    --evals-per-epoch) evals=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "time_to_accuracy.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+build=$(cd "$build" && pwd)
+prog=$build/examples/gradcomm_data_parallel
+if [ ! -x "$prog" ]; then
+  echo "time_to_accuracy.sh: $prog not found: build first (sh cmake/bootstrap.sh example)" >&2
+  exit 2
+fi
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+lr_default=${LR_DEFAULT:-0.02}
+lr_sign=${LR_SIGN:-0.005}
+lr_for() {
+  case "$1" in
+    sign) echo "$lr_sign" ;;
+    *) echo "$lr_default" ;;
+  esac
+}
+
+verify=()
+for codec in $(echo "$codecs" | tr ',' ' '); do
+  lr=$(lr_for "$codec")
+  echo "time_to_accuracy.sh: $codec (lr $lr) on $hosts hosts at $rate, to $target" >&2
+  if ! bash "$here/shaped_network.sh" --hosts "$hosts" --rate "$rate" --build "$build" \
+    "${verify[@]}" -- "$prog" --transport mpi --codec "$codec" --epochs "$epochs" \
+    --evals-per-epoch "$evals" --target-accuracy "$target" --seed "$seed" --lr "$lr" \
+    --csv "$out/$codec.csv" >"$out/$codec.log" 2>&1; then
+    echo "time_to_accuracy.sh: $codec failed (see $out/$codec.log)" >&2
+  fi
+  grep '^shaped_network.sh: link' "$out/$codec.log" >&2 || true
+  verify=(--no-verify)
+done
+
+# Columns of the example's CSV: codec,comm,workers,epoch,steps,test_accuracy,...,
+# bytes_sent_per_worker (9),...,wall_s (15),epochs_done (16),train_s (17).
+md=$out/time_to_accuracy.md
+{
+  printf '| codec | lr | reached %.0f %% after (epochs) | training time to it (s) | vs none | MiB sent per worker to it |\n' \
+    "$(awk -v t="$target" 'BEGIN { print 100 * t }')"
+  printf '|---|---:|---:|---:|---:|---:|\n'
+} >"$md"
+base=
+for codec in $(echo "$codecs" | tr ',' ' '); do
+  csv=$out/$codec.csv
+  row=$( [ -f "$csv" ] && awk -F, -v t="$target" 'NR > 1 { mib += $9 / 1048576 }
+    NR > 1 && $6 >= t { printf "%s %s %.1f", $16, $17, mib; exit }' "$csv" || true)
+  lr=$(lr_for "$codec")
+  if [ -z "$row" ]; then
+    printf '| %s | %s | not within %s epochs | - | - | - |\n' "$codec" "$lr" "$epochs" >>"$md"
+    continue
+  fi
+  set -- $row
+  if [ "$codec" = none ]; then base=$2; fi
+  vs=$( [ -n "$base" ] && awk -v a="$2" -v b="$base" 'BEGIN { printf "%.3f", a / b }' || echo -)
+  printf '| %s | %s | %.2f | %.1f | %s | %s |\n' "$codec" "$lr" "$1" "$2" "$vs" "$3" >>"$md"
+done
+cat "$md"

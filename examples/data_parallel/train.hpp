@@ -68,6 +68,9 @@ struct train_config {
   bool identical_params = true;  ///< check that every worker holds the same parameters
   float input_mean = 0.0f;       ///< inputs are (pixel / 255 − mean) / stddev
   float input_stddev = 1.0f;
+  /// > 0: each worker keeps its own momentum u <- m u + g and hands u to comm.step in
+  /// place of g (the communicator's optimizer then runs without momentum).
+  float worker_momentum = 0.0f;
 };
 
 /// One epoch of one configuration: a row of the CSV file. Traffic and timings are means
@@ -258,6 +261,7 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
                                          4.0 * static_cast<double>(w.params.size());
 
   std::vector<std::uint32_t> perm(set.count);
+  std::vector<float> u(cfg.worker_momentum > 0.0f ? w.grads.size() : 0);
   std::vector<epoch_result> rows;
   std::size_t done = 0;
   const auto parts = static_cast<std::size_t>(std::max(cfg.evals_per_epoch, 1));
@@ -300,6 +304,8 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
         }
         loss_sum +=
             w.net.forward_backward(w.params, w.x.data(), w.labels.data(), cfg.batch, w.grads);
+        for (std::size_t i = 0; i < u.size(); ++i)
+          w.grads[i] = u[i] = cfg.worker_momentum * u[i] + w.grads[i];
         compute_s += detail::seconds_since(c0);
         comm.step(w.params, w.grads);
         if (rank == lead) bar.update(s - first + 1, loss_sum / static_cast<double>(s - first + 1));

@@ -117,7 +117,8 @@ void with_codec(std::string_view name, std::uint64_t seed, F&& f) {
 
 /// Codecs whose all-reduce compresses momentum (1-bit sign): each worker keeps its own
 /// momentum u <- 0.9 u + g and sends u through the codec's error feedback, in one stage
-/// (one_stage), and the all-reduce applies the mean with SGD without momentum (DGC's
+/// (gradcomm::allgathered: no second 1-bit rounding of the sums, at N / 2 times the
+/// bytes), and the all-reduce applies the mean with SGD without momentum (DGC's
 /// momentum correction and 1-bit Adam's compressed momentum, without DGC's masking, which
 /// for a dense codec would zero all of u every step). Sign with error feedback on the raw
 /// gradient, momentum after the mean, and the partial sums encoded again (the fixed-size
@@ -132,18 +133,6 @@ bool compresses_momentum(std::string_view codec) {
   with_codec(codec, 0, [&]<class C>(const C&) { r = compresses_momentum_v<C>; });
   return r;
 }
-
-/// C as a codec whose payload size the all-reduce may not count on: it all-gathers every
-/// worker's payload and each worker decodes and sums them, where a fixed-size codec's
-/// scatter-reduce-allgather encodes the summed chunks a second time (for 1-bit sign a
-/// second 1-bit rounding, behind error feedback of its own: 2.5 points lost at one epoch, lr 0.01).
-/// The price: N / 2 times the bytes (14x smaller than f32 rather than 28x, 4 workers).
-template <class C>
-struct one_stage : C {
-  static constexpr gradcomm::codec_traits traits{
-      .linear = false, .fixed_size = false, .stateful = C::traits.stateful};
-  explicit one_stage(C c) : C(std::move(c)) {}
-};
 
 /// The all-reduce communicator for the model's gradient buffer. The tensors are
 /// registered largest first and a bucket holds exactly the largest one, so the buckets
@@ -217,8 +206,8 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
     if constexpr (compresses_momentum_v<C>) {
       dp::train_config c = cfg;
       c.worker_momentum = 0.9f;
-      return dp::train(*make_allreduce(t, one_stage<C>(std::move(codec)), w, c), t, w, data, c,
-                       bar);
+      return dp::train(*make_allreduce(t, gradcomm::allgathered<C>(std::move(codec)), w, c), t, w,
+                       data, c, bar);
     } else {
       return dp::train(*make_allreduce(t, std::move(codec), w, cfg), t, w, data, cfg, bar);
     }

@@ -45,6 +45,10 @@ static_assert(gc::allreduce<ef_sign, gc::local_transport>::algorithm ==
               gc::detail::ar_algorithm::scatter_reduce_allgather);
 static_assert(gc::allreduce<ef_topk, gc::local_transport>::algorithm ==
               gc::detail::ar_algorithm::allgather);
+// allgathered<C>: a fixed-size codec in one stage.
+static_assert(gc::allreduce<gc::allgathered<ef_sign>, gc::local_transport>::algorithm ==
+              gc::detail::ar_algorithm::allgather);
+static_assert(gc::Codec<gc::allgathered<gc::scalar_quant_codec>>);
 
 // Rank r's value i: small integers, so sums of up to 8 ranks are exact in f32.
 float integer_value(int rank, std::size_t tensor, std::size_t i) {
@@ -332,6 +336,46 @@ TEST(allreduce_bytes, scatter_reduce_allgather_sends_what_the_formula_says) {
         }
       }
     }
+  }
+}
+
+// allgathered<C>: every rank's payload travels once, whole, and every rank decodes all of
+// them: the mean of what each rank's codec made of its own gradient (one sign a value
+// and one rounding, not a second sign of the sums), the same bits on every rank, and
+// (N − 1) payloads (each after its 8-byte size) sent per rank.
+TEST(allreduce_allgathered, one_stage_mean_of_the_decoded_payloads_and_its_bytes) {
+  const std::size_t len = 10007;
+  const gc::sign_codec proto(256);
+  for (int n : {2, 3, 4, 7}) {
+    const results r =
+        run_tensors(n, {len}, gc::allgathered<gc::sign_codec>(proto), {}, 1, gaussian_value);
+    expect_identical_ranks(r);
+    std::vector<double> want(len, 0.0);
+    for (int q = 0; q < n; ++q) {
+      std::vector<float> g(len), d(len);
+      for (std::size_t i = 0; i < len; ++i) g[i] = gaussian_value(q, 0, i);
+      gc::sign_codec c(256);
+      std::vector<std::byte> wire(c.max_encoded_bytes(len));
+      wire.resize(c.encode(g, wire));
+      c.decode(wire, d);
+      for (std::size_t i = 0; i < len; ++i) want[i] += d[i] / static_cast<double>(n);
+    }
+    for (std::size_t i = 0; i < len; ++i)
+      ASSERT_NEAR(r[0][0][i], want[i], 1e-6 * (1.0 + std::fabs(want[i])))
+          << "n " << n << " i " << i;
+
+    gc::local_world world(n, 20s);
+    std::vector<std::uint64_t> sent(uz(n));
+    world.run([&](gc::local_transport& t) {
+      gc::allreduce<gc::allgathered<gc::sign_codec>, gc::local_transport> comm(
+          t, gc::allgathered<gc::sign_codec>(proto));
+      std::vector<float> g(len, 1.0f);
+      comm.average(g);
+      sent[uz(t.rank())] = comm.counters().snapshot().bytes_sent;
+    });
+    for (int q = 0; q < n; ++q)
+      EXPECT_EQ(sent[uz(q)], uz(n - 1) * (8 + proto.max_encoded_bytes(len)))  // size, payload
+          << "n " << n;
   }
 }
 

@@ -411,6 +411,34 @@ struct round_tally {
 
 }  // namespace detail
 
+/// C, reduced by the all-reduce in one stage: every rank's payload is all-gathered and
+/// each rank decodes and sums them all, where a fixed-size codec's scatter–reduce–
+/// allgather encodes the summed chunks a second time (with each rank's own error
+/// feedback). The second rounding is small for 8 bits; for a 1-bit code it is a second
+/// sign of a sum of signs, and it costs accuracy: the example's MLP on Fashion-MNIST lost
+/// 2.5 points after one epoch with it (examples/data_parallel, sign with error feedback on
+/// each worker's momentum). The price is bytes: a rank sends (N − 1) payloads of the whole
+/// tensor instead of 2(N − 1)/N, N/2 times as much. Everything but the traits (not linear,
+/// not fixed size: the all-reduce's choice) is C's: payloads, state, error feedback.
+///
+///   using sign1 = gradcomm::allgathered<gradcomm::error_feedback<gradcomm::sign_codec>>;
+///   gradcomm::allreduce<sign1, gradcomm::local_transport> comm(t, sign1({}));
+///   static_assert(decltype(comm)::algorithm == gradcomm::detail::ar_algorithm::allgather);
+template <Codec C>
+class allgathered : public C {
+  static_assert(C::traits.fixed_size && !TwoRoundCodec<C>,
+                "gradcomm::allgathered<C>: only a fixed-size codec has a second stage to "
+                "skip; others are all-gathered (or summed natively, or in two rounds) already");
+
+ public:
+  static constexpr codec_traits traits{
+      .linear = false, .fixed_size = false, .stateful = C::traits.stateful};
+  explicit allgathered(C c) : C(std::move(c)) {}
+  /// The codec itself.
+  const C& codec() const noexcept { return *this; }
+  C& codec() noexcept { return *this; }
+};
+
 /// The all-reduce backend. Models `Communicator`. `C` is the codec of the registered
 /// tensors (its traits pick the algorithm); tensors under
 /// `options.small_tensor_elems` travel as f32 or bf16. `O` is the optimizer step()

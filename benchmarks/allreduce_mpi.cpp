@@ -35,10 +35,11 @@
 #include <gradcomm/core/counters.hpp>
 #include <gradcomm/transport/mpi.hpp>
 
+#include "mpi_bench.hpp"
+
 #include <mpi.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -56,6 +57,11 @@ namespace gc = gradcomm;
 
 namespace {
 
+using mpi_bench::host_list;
+using mpi_bench::median;
+using mpi_bench::timed;
+using mpi_bench::usage_error;
+
 struct options {
   double mib = 64;       // f32 gradient bytes per rank, in MiB
   int reps = 5;          // timed calls per row
@@ -72,11 +78,6 @@ struct options {
 struct link_rates {
   double one_way_gbps = 0;
   double ring_gbps = 0;
-};
-
-// A bad command line: main prints it with the usage on rank 0 and exits with status 2.
-struct usage_error {
-  std::string why;
 };
 
 void print_usage(const char* why) {
@@ -126,37 +127,6 @@ options parse(int argc, char** argv) {
     throw usage_error{"--mib and --link-mib in (0, 8000], --reps and --warmup >= 1"};
   }
   return o;
-}
-
-bool wanted(const options& o, std::string_view name) {
-  if (o.only.empty()) return true;
-  std::string_view rest = o.only;
-  while (!rest.empty()) {
-    const auto comma = rest.find(',');
-    if (rest.substr(0, comma) == name) return true;
-    if (comma == std::string_view::npos) break;
-    rest.remove_prefix(comma + 1);
-  }
-  return false;
-}
-
-using clock_type = std::chrono::steady_clock;
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
-
-// Seconds of op() on the slowest rank, every rank starting after a barrier.
-template <class Op>
-double timed(Op&& op) {
-  MPI_Barrier(MPI_COMM_WORLD);
-  const auto t0 = clock_type::now();
-  op();
-  double local = std::chrono::duration<double>(clock_type::now() - t0).count(), slowest = 0;
-  MPI_Allreduce(&local, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return slowest;
 }
 
 // What every row needs: the input, a buffer for the result, the exact mean.
@@ -454,23 +424,6 @@ void report(const std::vector<row>& rows, const baseline_log& log, const options
   std::fclose(f);
 }
 
-// "h0 h1 ..." from every rank's processor name, in rank order.
-std::string host_list(int rank, int size) {
-  char name[MPI_MAX_PROCESSOR_NAME] = {};
-  int len = 0;
-  MPI_Get_processor_name(name, &len);
-  std::vector<char> all(static_cast<std::size_t>(size) * MPI_MAX_PROCESSOR_NAME);
-  MPI_Gather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR,
-             0, MPI_COMM_WORLD);
-  std::string out;
-  if (rank != 0) return out;
-  for (int r = 0; r < size; ++r) {
-    if (r) out += ' ';
-    out += all.data() + static_cast<std::size_t>(r) * MPI_MAX_PROCESSOR_NAME;
-  }
-  return out;
-}
-
 // Link rates in Gbit/s: rank 0 → 1 alone, then every rank → (rank + 1) mod N at once.
 // Every chunk is posted at once (nonblocking), as a pipelined collective would: a loop
 // of blocking 1 MiB exchanges measures the handshakes of MPI's rendezvous protocol
@@ -557,31 +510,31 @@ int main(int argc, char** argv) {
     workload w = make_workload(o, rank, size);
     std::vector<row> rows;
     baseline_log log;
-    if (wanted(o, "mpi_allreduce_f32")) {
+    if (mpi_bench::wanted(o.only, "mpi_allreduce_f32")) {
       for (row& r : run_baselines(w, o, log)) rows.push_back(std::move(r));
     }
-    if (wanted(o, "identity_f32")) {
+    if (mpi_bench::wanted(o.only, "identity_f32")) {
       rows.push_back(run_codec(w, o, log, "identity_f32", 0, gc::identity_codec{}));
     }
-    if (wanted(o, "bf16")) {
+    if (mpi_bench::wanted(o.only, "bf16")) {
       rows.push_back(run_codec(w, o, log, "bf16", 0.60, gc::bf16_codec{}));
     }
-    if (wanted(o, "scalar_8bit_ef")) {
+    if (mpi_bench::wanted(o.only, "scalar_8bit_ef")) {
       rows.push_back(run_codec(
           w, o, log, "scalar_8bit_ef", 0.36,
           gc::error_feedback<gc::scalar_quant_codec>(gc::scalar_quant_codec({.bits = 8}))));
     }
-    if (wanted(o, "sign_ef")) {
+    if (mpi_bench::wanted(o.only, "sign_ef")) {
       rows.push_back(run_codec(w, o, log, "sign_ef", 0.15,
                                gc::error_feedback<gc::sign_codec>(gc::sign_codec{})));
     }
-    if (wanted(o, "topk_1pct_ef")) {
+    if (mpi_bench::wanted(o.only, "topk_1pct_ef")) {
       rows.push_back(
           run_codec(w, o, log, "topk_1pct_ef", 0.15,
                     gc::error_feedback<gc::topk_codec>(gc::topk_codec({.ratio = 0.01}))));
     }
 #if defined(GRADCOMM_HAS_EIGEN)
-    if (wanted(o, "powersgd_r4")) {
+    if (mpi_bench::wanted(o.only, "powersgd_r4")) {
       rows.push_back(run_codec(w, o, log, "powersgd_r4", 0.15, gc::powersgd_codec({.rank = 4})));
     }
 #endif

@@ -25,6 +25,8 @@
 #include <gradcomm/comm/parameter_server.hpp>
 #include <gradcomm/transport/local.hpp>
 
+#include "ps_gradient.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -56,25 +58,6 @@ double rss_mib() {
   std::uint64_t size = 0, resident = 0;
   f >> size >> resident;
   return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / 1048576.0;
-}
-
-std::uint64_t mix(std::uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdull;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ull;
-  return x ^ (x >> 33);
-}
-
-// Integers in [-127, 127], ±127 at the start of every block of 256, random signs: the
-// server's sums walk at random and stay far below 2^24 (exact in f32).
-void gradient(int rank, std::uint64_t clock, std::vector<float>& g) {
-  const std::uint64_t key = mix(static_cast<std::uint64_t>(rank) << 40 ^ clock);
-  for (std::size_t i = 0; i < g.size(); ++i) {
-    const std::uint64_t h = mix(key + i);
-    const int mag = i % 256 == 0 ? 127 : static_cast<int>(h % 128);
-    g[i] = static_cast<float>((h >> 32) & 1 ? mag : -mag);
-  }
 }
 
 struct row {
@@ -127,7 +110,7 @@ row run(const char* name, const settings& s, C codec, P pull) {
     std::vector<float> g(n);
     std::vector<std::int64_t> mine(n, 0);
     while (clock_type::now() < stop_at) {
-      gradient(t.rank(), ps.clock_count(), g);
+      ps_gradient::fill(t.rank(), ps.clock_count(), g);
       ps.step(w, g);
       for (std::size_t i = 0; i < n; ++i) mine[i] += static_cast<std::int64_t>(g[i]);
     }

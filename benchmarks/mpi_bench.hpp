@@ -1,0 +1,73 @@
+// benchmarks/mpi_bench.hpp — what the MPI benchmark programs (allreduce_mpi.cpp,
+// backends_mpi.cpp) share: --only row selection, the median, the slowest rank's time of a
+// call, and the list of hosts for the table's header.
+//
+//   if (mpi_bench::wanted(o.only, "identity_f32")) t.push_back(mpi_bench::timed([&] { f(); }));
+#pragma once
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mpi_bench {
+
+// A bad command line: main prints it with the usage on rank 0 and exits with status 2.
+struct usage_error {
+  std::string why;
+};
+
+// Whether row `name` is in the comma-separated list `only` (empty: every row is).
+inline bool wanted(std::string_view only, std::string_view name) {
+  if (only.empty()) return true;
+  while (!only.empty()) {
+    const auto comma = only.find(',');
+    if (only.substr(0, comma) == name) return true;
+    if (comma == std::string_view::npos) break;
+    only.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+using clock_type = std::chrono::steady_clock;
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+// Seconds of op() on the slowest rank, every rank starting after a barrier.
+template <class Op>
+double timed(Op&& op) {
+  MPI_Barrier(MPI_COMM_WORLD);
+  const auto t0 = clock_type::now();
+  op();
+  double local = std::chrono::duration<double>(clock_type::now() - t0).count(), slowest = 0;
+  MPI_Allreduce(&local, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return slowest;
+}
+
+// "h0 h1 ..." from every rank's processor name, in rank order (on rank 0; empty elsewhere).
+inline std::string host_list(int rank, int size) {
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  MPI_Get_processor_name(name, &len);
+  std::vector<char> all(static_cast<std::size_t>(size) * MPI_MAX_PROCESSOR_NAME);
+  MPI_Gather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR,
+             0, MPI_COMM_WORLD);
+  std::string out;
+  if (rank != 0) return out;
+  for (int r = 0; r < size; ++r) {
+    if (r) out += ' ';
+    out += all.data() + static_cast<std::size_t>(r) * MPI_MAX_PROCESSOR_NAME;
+  }
+  return out;
+}
+
+}  // namespace mpi_bench

@@ -13,12 +13,11 @@
 # Options: --hosts N (default 4), --rate R (default 1gbit), --target A (a fraction; default
 # 0.85), --codecs LIST (default none,bf16,int8,sign,topk,powersgd), --epochs E (the most
 # each may train; default 4), --evals-per-epoch K (default 4: the time is known to a
-# quarter of an epoch), --seed S (default 1), --build DIR (default build), --out DIR
-# (default time-to-accuracy). Learning rates as benchmarks/convergence.sh's (LR_DEFAULT,
-# LR_SIGN). Writes DIR/<codec>.csv and .log (the example's CSV: a row an evaluation, with
-# the training time so far) and DIR/time_to_accuracy.md. Each codec is one mpirun across
-# freshly built namespaces (its own learning rate); the first checks the set-up and
-# measures the link.
+# quarter of an epoch), --seed S (default 1), --lr L (default 0.02, the example's, for
+# every codec), --build DIR (default build), --out DIR (default time-to-accuracy). Writes
+# DIR/runs.csv and DIR/run.log (the example's CSV: a row an evaluation, with the training
+# time so far) and DIR/time_to_accuracy.md. One mpirun runs every codec, one after another,
+# on the same namespaces (shaped_network.sh first checks the set-up and measures the link).
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +28,7 @@ codecs=none,bf16,int8,sign,topk,powersgd
 epochs=4
 evals=4
 seed=1
+lr=0.02
 build=build
 out=time-to-accuracy
 while [ $# -gt 0 ]; do
@@ -40,6 +40,7 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --evals-per-epoch) evals=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --lr) lr=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
@@ -55,50 +56,36 @@ if [ ! -x "$prog" ]; then
 fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-lr_default=${LR_DEFAULT:-0.02}
-lr_sign=${LR_SIGN:-0.005}
-lr_for() {
-  case "$1" in
-    sign) echo "$lr_sign" ;;
-    *) echo "$lr_default" ;;
-  esac
-}
-
-verify=()
-for codec in $(echo "$codecs" | tr ',' ' '); do
-  lr=$(lr_for "$codec")
-  echo "time_to_accuracy.sh: $codec (lr $lr) on $hosts hosts at $rate, to $target" >&2
-  if ! bash "$here/shaped_network.sh" --hosts "$hosts" --rate "$rate" --build "$build" \
-    "${verify[@]}" -- "$prog" --transport mpi --codec "$codec" --epochs "$epochs" \
-    --evals-per-epoch "$evals" --target-accuracy "$target" --seed "$seed" --lr "$lr" \
-    --csv "$out/$codec.csv" >"$out/$codec.log" 2>&1; then
-    echo "time_to_accuracy.sh: $codec failed (see $out/$codec.log)" >&2
-  fi
-  grep '^shaped_network.sh: link' "$out/$codec.log" >&2 || true
-  verify=(--no-verify)
-done
+echo "time_to_accuracy.sh: $codecs (lr $lr) on $hosts hosts at $rate, each to $target" >&2
+if ! bash "$here/shaped_network.sh" --hosts "$hosts" --rate "$rate" --build "$build" \
+  -- "$prog" --transport mpi --codecs "$codecs" --epochs "$epochs" \
+  --evals-per-epoch "$evals" --target-accuracy "$target" --seed "$seed" --lr "$lr" \
+  --csv "$out/runs.csv" >"$out/run.log" 2>&1; then
+  echo "time_to_accuracy.sh: the run failed (see $out/run.log)" >&2
+fi
+grep '^shaped_network.sh: link' "$out/run.log" >&2 || true
 
 # Columns of the example's CSV: codec,comm,workers,epoch,steps,test_accuracy,...,
 # bytes_sent_per_worker (9),...,wall_s (15),epochs_done (16),train_s (17).
 md=$out/time_to_accuracy.md
 {
-  printf '| codec | lr | reached %.0f %% after (epochs) | training time to it (s) | vs none | MiB sent per worker to it |\n' \
+  printf '| codec | reached %.0f %% after (epochs) | training time to it (s) | vs none | MiB sent per worker to it |\n' \
     "$(awk -v t="$target" 'BEGIN { print 100 * t }')"
-  printf '|---|---:|---:|---:|---:|---:|\n'
+  printf '|---|---:|---:|---:|---:|\n'
 } >"$md"
 base=
 for codec in $(echo "$codecs" | tr ',' ' '); do
-  csv=$out/$codec.csv
-  row=$( [ -f "$csv" ] && awk -F, -v t="$target" 'NR > 1 { mib += $9 / 1048576 }
-    NR > 1 && $6 >= t { printf "%s %s %.1f", $16, $17, mib; exit }' "$csv" || true)
-  lr=$(lr_for "$codec")
+  row=$( [ -f "$out/runs.csv" ] && awk -F, -v c="$codec" -v t="$target" '
+    NR > 1 && $1 == c { mib += $9 / 1048576 }
+    NR > 1 && $1 == c && $6 >= t { printf "%s %s %.1f", $16, $17, mib; exit }' "$out/runs.csv" || true)
   if [ -z "$row" ]; then
-    printf '| %s | %s | not within %s epochs | - | - | - |\n' "$codec" "$lr" "$epochs" >>"$md"
+    printf '| %s | not within %s epochs | - | - | - |\n' "$codec" "$epochs" >>"$md"
     continue
   fi
   set -- $row
   if [ "$codec" = none ]; then base=$2; fi
   vs=$( [ -n "$base" ] && awk -v a="$2" -v b="$base" 'BEGIN { printf "%.3f", a / b }' || echo -)
-  printf '| %s | %s | %.2f | %.1f | %s | %s |\n' "$codec" "$lr" "$1" "$2" "$vs" "$3" >>"$md"
+  printf '| %s | %.2f | %.1f | %s | %s |\n' "$codec" "$1" "$2" "$vs" "$3" >>"$md"
 done
+echo "learning rate $lr, seed $seed, $hosts hosts at $rate, evaluations $evals an epoch" >>"$md"
 cat "$md"

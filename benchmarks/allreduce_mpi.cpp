@@ -8,18 +8,18 @@
 // MPI_Allreduce in double). Random data has no low-rank or sparse structure: the errors
 // of top-k and PowerSGD here are their worst case, not what a model's gradients show.
 //
-// Each codec row builds a gradcomm::allreduce<Codec, mpi_transport> (default options:
-// 4 MiB buckets, mean), makes one untimed call on fresh state (its error is the "first
-// call" error), then times --reps calls of average(), each right after one call of each
-// baseline — MPI_Allreduce of f32 over the whole buffer, then over 4 MiB pieces, each
-// followed by the division by the world size — so that drift on a shared machine shows
-// in all three alike. A call's time is the slowest rank's, from a barrier to its return.
-// Rank 0 prints a Markdown table (and a CSV file with --csv): the median time, its ratio
-// to the median of the baseline calls interleaved with it (the targets apply to the
-// whole-buffer one), bytes sent per rank and call as the transport counts them, the
-// codec's compression ratio and the relative L2 error ‖x − mean‖ / ‖mean‖ after the first
-// and the last call (error feedback carries state from call to call; the input is the
-// same every call). --no-targets prints the targets without judging them (unshaped runs).
+// Each codec row builds a gradcomm::allreduce<Codec, mpi_transport> (default options,
+// mean, buckets of --bucket-mib MiB: the library's default 4), makes one untimed call on fresh
+// state (its error is the "first call" error), then times --reps calls of average(), each right
+// after one call of each baseline — MPI_Allreduce of f32 over the whole buffer, then over pieces of
+// the bucket size, each followed by the division by the world size — so that drift on a shared
+// machine shows in all three alike. A call's time is the slowest rank's, from a barrier to its
+// return. Rank 0 prints a Markdown table (and a CSV file with --csv): the median time, its ratio to
+// the median of the baseline calls interleaved with it (the targets apply to the whole-buffer one),
+// bytes sent per rank and call as the transport counts them, the codec's compression ratio and the
+// relative L2 error ‖x − mean‖ / ‖mean‖ after the first and the last call (error feedback carries
+// state from call to call; the input is the same every call). --no-targets prints the targets
+// without judging them (unshaped runs).
 //
 // The link is measured first — rank 0 → 1 alone, then every rank → its successor at once
 // (what a ring all-reduce needs of each host's link), in Gbit/s — and with it the time a
@@ -72,6 +72,7 @@ struct options {
   bool targets = true;   // judge the ratios against the targets (shaped links only)
   bool link = false;     // measure the link instead
   double link_mib = 16;  // bytes per link measurement, in MiB
+  double bucket_mib = static_cast<double>(gc::allreduce_options{}.bucket_bytes) / (1 << 20);
 };
 
 // Gbit/s of rank 0 → 1 alone and of every rank → its successor at once (per rank).
@@ -81,14 +82,15 @@ struct link_rates {
 };
 
 void print_usage(const char* why) {
-  std::fprintf(stderr,
-               "bench_allreduce_mpi: %s\n"
-               "usage: bench_allreduce_mpi [--mib M] [--reps K] [--warmup W] [--csv FILE]\n"
-               "                           [--only row,row,...] [--label TEXT] [--no-targets]\n"
-               "       bench_allreduce_mpi --link [--link-mib M]\n"
-               "rows: mpi_allreduce_f32 (both baselines) identity_f32 bf16 scalar_8bit_ef "
-               "sign_ef topk_1pct_ef powersgd_r4\n",
-               why);
+  std::fprintf(
+      stderr,
+      "bench_allreduce_mpi: %s\n"
+      "usage: bench_allreduce_mpi [--mib M] [--bucket-mib B] [--reps K] [--warmup W] [--csv FILE]\n"
+      "                           [--only row,row,...] [--label TEXT] [--no-targets]\n"
+      "       bench_allreduce_mpi --link [--link-mib M]\n"
+      "rows: mpi_allreduce_f32 (both baselines) identity_f32 bf16 scalar_8bit_ef "
+      "sign_ef topk_1pct_ef powersgd_r4\n",
+      why);
 }
 
 options parse(int argc, char** argv) {
@@ -115,6 +117,8 @@ options parse(int argc, char** argv) {
       o.targets = false;
     } else if (a == "--link") {
       o.link = true;
+    } else if (a == "--bucket-mib") {
+      o.bucket_mib = std::atof(value());
     } else if (a == "--link-mib") {
       o.link_mib = std::atof(value());
     } else {
@@ -122,6 +126,7 @@ options parse(int argc, char** argv) {
     }
   }
   // MPI counts are ints: keep the element count below 2^31.
+  if (!(o.bucket_mib >= 1 && o.bucket_mib <= 1024)) throw usage_error{"--bucket-mib in [1, 1024]"};
   if (!(o.mib > 0 && o.mib <= 8000) || o.reps < 1 || o.warmup < 1 ||
       !(o.link_mib > 0 && o.link_mib <= 8000)) {
     throw usage_error{"--mib and --link-mib in (0, 8000], --reps and --warmup >= 1"};
@@ -137,12 +142,14 @@ struct workload {
   std::vector<float> work;    // the buffer each call averages in place
   std::vector<double> exact;  // the mean over ranks, in double
   double exact_norm = 0;
+  std::size_t bucket_bytes = gc::allreduce_options{}.bucket_bytes;  // --bucket-mib
 };
 
 workload make_workload(const options& o, int rank, int size) {
   workload w;
   w.rank = rank;
   w.size = size;
+  w.bucket_bytes = static_cast<std::size_t>(o.bucket_mib * (1 << 20));
   const auto n = static_cast<std::size_t>(o.mib * (1 << 20) / sizeof(float));
   w.grad.resize(n);
   w.work.resize(n);
@@ -210,7 +217,7 @@ void mpi_average(workload& w) {
 // communicator gains over the first baseline is bucketing, not compression; the ratio
 // to this one separates the two.
 void mpi_average_bucketed(workload& w) {
-  const std::size_t piece = gc::allreduce_options{}.bucket_bytes / sizeof(float);
+  const std::size_t piece = w.bucket_bytes / sizeof(float);
   const float inv = 1.0f / static_cast<float>(w.size);
   for (std::size_t off = 0; off < w.work.size(); off += piece) {
     const std::size_t len = std::min(piece, w.work.size() - off);
@@ -297,7 +304,8 @@ row run_codec(workload& w, const options& o, baseline_log& log, std::string name
               C prototype) {
   row r{.name = std::move(name), .target = target};
   gc::mpi_transport transport(MPI_COMM_WORLD);
-  gc::allreduce<C, gc::mpi_transport> ar(transport, std::move(prototype));
+  gc::allreduce<C, gc::mpi_transport> ar(transport, std::move(prototype),
+                                         {.bucket_bytes = w.bucket_bytes});
   for (int i = 0; i < o.warmup; ++i) {
     reload(w);
     ar.average(w.work);
@@ -377,7 +385,7 @@ void report(const std::vector<row>& rows, const baseline_log& log, const options
   std::printf(
       "# all %zu calls of each baseline, median (min–max): MPI_Allreduce %s; "
       "bucketed (%zu MiB pieces) %s\n\n",
-      log.plain.size(), spread(log.plain).c_str(), gc::allreduce_options{}.bucket_bytes >> 20,
+      log.plain.size(), spread(log.plain).c_str(), w.bucket_bytes >> 20,
       spread(log.bucketed).c_str());
   std::printf(
       "| codec | median ms | MPI_Allreduce ms | ratio | target | bucketed MPI ms | ratio "

@@ -39,11 +39,11 @@ TEST(MpiGossip, RandomMatchingsNeverDeadlock) {
 
 // The last rank mixes `leave_after` rounds and then stops talking (a process cannot exit
 // under Open MPI without ending the job: it waits for the check instead); the others mix
-// `rounds` rounds with a 300 ms deadline. Checked on every rank, over a second transport
-// with a long deadline: Σ of the stayers' numerators = Σ of the starts − what the leaver
-// held when it left (nothing lost or made by skipping it), the weights still sum to the
-// ranks, and every stayer that had the leaver as a peer after it left names it, timed out
-// (not failed), once a round.
+// `rounds` rounds with a 500 ms deadline (a loaded CI machine must not make a live rank
+// miss it). Checked on every rank, over a second transport with a long deadline: Σ of the
+// stayers' numerators = Σ of the starts − what the leaver held when it left (nothing lost
+// or made by skipping it), the weights still sum to the ranks, and every stayer that had
+// the leaver as a peer after it left names it, timed out (not failed), once a round.
 template <class C, gc::Topology G>
 void silent_peer_body(const G& topo, C codec, int leave_after, int rounds,
                       gc::gossip_options o = {}) {
@@ -58,7 +58,7 @@ void silent_peer_body(const G& topo, C codec, int leave_after, int rounds,
   // Both transports live to the end: the sends to the leaver that it never received stay
   // on the gossip's communicator.
   gc::mpi_transport check(MPI_COMM_WORLD, 60s);
-  gc::mpi_transport t(MPI_COMM_WORLD, 300ms);
+  gc::mpi_transport t(MPI_COMM_WORLD, 500ms);
   {
     gc::gossip<C, gc::mpi_transport, G> g(t, topo, codec, {}, o);
     std::vector<float> z = start_values(rank, d, 9);

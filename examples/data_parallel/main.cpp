@@ -134,6 +134,15 @@ bool compresses_momentum(std::string_view codec) {
   return r;
 }
 
+/// SGD's momentum, in every configuration.
+constexpr float momentum = 0.9f;
+
+/// The communicator's SGD at rate lr: with the momentum, unless the workers keep it
+/// (cfg.worker_momentum).
+gradcomm::sgd sgd_for(const dp::train_config& cfg, float lr) {
+  return gradcomm::sgd({.lr = lr, .momentum = cfg.worker_momentum > 0.0f ? 0.0f : momentum});
+}
+
 /// The all-reduce communicator for the model's gradient buffer. The tensors are
 /// registered largest first and a bucket holds exactly the largest one, so the buckets
 /// are [W2] (1024 × 1024), [W1; W3] (794 × 1024, weights stacked row on row) and the
@@ -150,9 +159,8 @@ auto make_allreduce(T& t, C codec, dp::worker& w, const dp::train_config& cfg) {
   o.bucket_bytes = order.front().size() * sizeof(float);
   o.small_tensor_elems = 4096;
   o.seed = cfg.seed;
-  auto comm = std::make_unique<gradcomm::allreduce<C, T>>(
-      t, std::move(codec), o,
-      gradcomm::sgd({.lr = cfg.lr, .momentum = cfg.worker_momentum > 0.0f ? 0.0f : 0.9f}));
+  auto comm =
+      std::make_unique<gradcomm::allreduce<C, T>>(t, std::move(codec), o, sgd_for(cfg, cfg.lr));
   for (const auto& p : order)
     comm->add_tensor(gradcomm::host_view<float>(w.grads.data() + p.offset, p.size()), p.name);
   return comm;
@@ -173,9 +181,7 @@ auto make_ps(T& t, C codec, const dp::train_config& cfg) {
   o.staleness = gradcomm::unbounded_staleness;
   o.seed = cfg.seed;
   return std::make_unique<gradcomm::parameter_server<C, T>>(
-      t, std::move(codec), o,
-      gradcomm::sgd({.lr = cfg.lr / static_cast<float>(t.size() - o.servers),
-                     .momentum = cfg.worker_momentum > 0.0f ? 0.0f : 0.9f}));
+      t, std::move(codec), o, sgd_for(cfg, cfg.lr / static_cast<float>(t.size() - o.servers)));
 }
 
 /// Gossip keeps the codec's error feedback in its public copies: the codec travels bare.
@@ -194,8 +200,8 @@ auto make_gossip(T& t, C codec, const dp::train_config& cfg) {
   using B = decltype(bare(std::move(codec)));
   gradcomm::gossip_options o;
   o.seed = cfg.seed;
-  return std::make_unique<gradcomm::gossip<B, T, G>>(
-      t, G{}, bare(std::move(codec)), gradcomm::sgd({.lr = cfg.lr, .momentum = 0.9f}), o);
+  return std::make_unique<gradcomm::gossip<B, T, G>>(t, G{}, bare(std::move(codec)),
+                                                     sgd_for(cfg, cfg.lr), o);
 }
 
 [[noreturn]] void unsupported(int rank, const std::string& what) {
@@ -210,7 +216,7 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
   if (cfg.comm == "allreduce") {
     if constexpr (compresses_momentum_v<C>) {
       dp::train_config c = cfg;
-      c.worker_momentum = 0.9f;
+      c.worker_momentum = momentum;
       return dp::train(*make_allreduce(t, gradcomm::allgathered<C>(std::move(codec)), w, c), t, w,
                        data, c, bar);
     } else {
@@ -223,7 +229,7 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
     if (cfg.comm == "ps") {
       if constexpr (gradcomm::AsyncTransport<T>) {
         dp::train_config c = cfg;
-        c.worker_momentum = 0.9f;  // see make_ps
+        c.worker_momentum = momentum;  // see make_ps
         return dp::train(*make_ps(t, std::move(codec), c), t, w, data, c, bar);
       } else
         unsupported(t.rank(), "the parameter server needs receive-from-any-source");
@@ -259,19 +265,11 @@ std::vector<dp::epoch_result> run_worker(T& t, const dp::fashion_mnist& data,
 
 struct options {
   std::vector<std::string> codecs;
-  std::string comm = "allreduce";
-  std::string topology = "ring";
+  dp::train_config train{.epochs = 2};  // what every configuration shares (codec: per run)
   std::string transport = "local";
   std::string data = dp::fashion_mnist_default_dir;
   std::string csv;
   int workers = 4;
-  int epochs = 2;
-  std::size_t batch = 64;
-  float lr = 0.02f;
-  std::uint64_t seed = 1;
-  std::size_t max_steps = 0;
-  int evals_per_epoch = 1;
-  double target_accuracy = 0;  // a fraction (0.85), 0: none
 };
 
 /// One configuration's outcome: its epochs, or why it stopped.
@@ -428,17 +426,8 @@ bool load(const options& o, dp::fashion_mnist& data, dp::train_config& base, boo
 }
 
 int run(const options& o, int rank_hint, int world_size) {
-  dp::train_config base;
-  base.comm = o.comm;
-  base.topology = o.topology;
-  base.epochs = o.epochs;
-  base.batch = o.batch;
-  base.lr = o.lr;
-  base.seed = o.seed;
-  base.max_steps = o.max_steps;
-  base.evals_per_epoch = o.evals_per_epoch;
-  base.target_accuracy = o.target_accuracy;
-  base.identical_params = find_backend(o.comm)->identical_params;
+  dp::train_config base = o.train;
+  base.identical_params = find_backend(base.comm)->identical_params;
   const bool talk = rank_hint == 0;
   dp::fashion_mnist data;
   int loaded = load(o, data, base, talk) ? 1 : 0;
@@ -455,19 +444,18 @@ int run(const options& o, int rank_hint, int world_size) {
     dp::train_config cfg = base;
     cfg.codec = codec;
     if (talk)
-      std::fprintf(stderr,
-                   "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g, momentum 0.9%s\n",
-                   codec.c_str(), o.comm.c_str(), world_size,
-                   find_backend(o.comm)->servers ? " and a server" : "", o.transport.c_str(),
-                   o.batch, static_cast<double>(o.lr),
-                   o.comm == "ps" || (o.comm == "allreduce" && compresses_momentum(codec))
+      std::fprintf(stderr, "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g, momentum %g%s\n",
+                   codec.c_str(), cfg.comm.c_str(), world_size,
+                   find_backend(cfg.comm)->servers ? " and a server" : "", o.transport.c_str(),
+                   cfg.batch, static_cast<double>(cfg.lr), static_cast<double>(momentum),
+                   cfg.comm == "ps" || (cfg.comm == "allreduce" && compresses_momentum(codec))
                        ? " (on each worker, before the codec)"
                        : "");
     config_run& run = runs.emplace_back(config_run{codec, {}, {}});
     if (o.transport == "local") {
       // A configuration that fails (diverges, say) is reported; the next one still runs.
       try {
-        gradcomm::local_world world(o.workers + find_backend(o.comm)->servers,
+        gradcomm::local_world world(o.workers + find_backend(o.train.comm)->servers,
                                     std::chrono::minutes(2));
         world.run([&](gradcomm::local_transport& t) {
           auto mine = run_worker(t, data, cfg, bar);
@@ -479,7 +467,7 @@ int run(const options& o, int rank_hint, int world_size) {
         // A codec meets NaN or Inf where the training diverged.
         if (run.failure.find("non-finite") != std::string::npos)
           run.failure += " (the training diverged: try a smaller --lr)";
-        std::fprintf(stderr, "%s/%s failed: %s\n", codec.c_str(), o.comm.c_str(),
+        std::fprintf(stderr, "%s/%s failed: %s\n", codec.c_str(), o.train.comm.c_str(),
                      run.failure.c_str());
       }
     }
@@ -492,7 +480,7 @@ int run(const options& o, int rank_hint, int world_size) {
 #endif
     if (talk && !o.csv.empty() && !write_csv(o.csv, runs)) return 1;
   }
-  if (talk) print_table(runs, o.comm, o.target_accuracy);
+  if (talk) print_table(runs, o.train.comm, o.train.target_accuracy);
   for (const auto& run : runs)
     if (!run.failure.empty()) return 1;
   return 0;
@@ -517,10 +505,10 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::IsMember(all_codecs))
       ->excludes(one);
-  app.add_option("--comm", o.comm, "the communicator")
+  app.add_option("--comm", o.train.comm, "the communicator")
       ->check(CLI::IsMember(all_backends))
       ->capture_default_str();
-  app.add_option("--topology", o.topology, "gossip's topology")
+  app.add_option("--topology", o.train.topology, "gossip's topology")
       ->check(CLI::IsMember({"ring", "torus", "exponential", "random", "complete"}))
       ->capture_default_str();
   app.add_option("--transport", o.transport,
@@ -530,28 +518,29 @@ int main(int argc, char** argv) {
   app.add_option("--workers", o.workers, "workers (threads) with --transport local")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
-  app.add_option("--epochs", o.epochs, "epochs per configuration")
+  app.add_option("--epochs", o.train.epochs, "epochs per configuration")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
-  app.add_option("--batch", o.batch, "examples per worker and step")
+  app.add_option("--batch", o.train.batch, "examples per worker and step")
       ->check(CLI::Range(std::size_t{1}, std::size_t{60000}))
       ->capture_default_str();
   app.add_option(
-         "--lr", o.lr,
+         "--lr", o.train.lr,
          "SGD's learning rate (momentum 0.9; ps, and sign on the all-reduce: on each worker, "
          "before the codec)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--seed", o.seed, "seeds the initial parameters, the shuffles and the codecs")
+  app.add_option("--seed", o.train.seed,
+                 "seeds the initial parameters, the shuffles and the codecs")
       ->capture_default_str();
-  app.add_option("--max-steps", o.max_steps,
+  app.add_option("--max-steps", o.train.max_steps,
                  "stop each configuration after this many steps (0: no limit)")
       ->capture_default_str();
-  app.add_option("--evals-per-epoch", o.evals_per_epoch,
+  app.add_option("--evals-per-epoch", o.train.evals_per_epoch,
                  "evaluations on the test set an epoch (a row each), after equal parts of it")
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
-  app.add_option("--target-accuracy", o.target_accuracy,
+  app.add_option("--target-accuracy", o.train.target_accuracy,
                  "stop a configuration at the first evaluation reaching this test accuracy (a "
                  "fraction, e.g. 0.85) and report the training time it took (0: train every "
                  "epoch)")
@@ -569,7 +558,7 @@ int main(int argc, char** argv) {
   if (!codec.empty()) o.codecs = {codec};
   if (o.codecs.empty()) o.codecs = {"none", "int8"};
 
-  if (o.topology != "ring" && o.comm != "gossip")
+  if (o.train.topology != "ring" && o.train.comm != "gossip")
     std::fprintf(stderr, "gradcomm_data_parallel: --topology only concerns --comm gossip\n");
 
   if (o.transport == "mpi") {
@@ -585,11 +574,11 @@ int main(int argc, char** argv) {
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    o.workers = size - find_backend(o.comm)->servers;
+    o.workers = size - find_backend(o.train.comm)->servers;
     if (o.workers < 1) {
       if (rank == 0)
         std::fprintf(stderr, "gradcomm_data_parallel: --comm %s needs more than %d ranks\n",
-                     o.comm.c_str(), size);
+                     o.train.comm.c_str(), size);
       return 2;
     }
     try {

@@ -95,36 +95,17 @@ void print_usage(const char* why) {
 
 options parse(int argc, char** argv) {
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    auto value = [&]() -> const char* {
-      if (i + 1 >= argc) throw usage_error{std::string(a) + " needs a value"};
-      return argv[++i];
-    };
-    if (a == "--mib") {
-      o.mib = std::atof(value());
-    } else if (a == "--reps") {
-      o.reps = std::atoi(value());
-    } else if (a == "--warmup") {
-      o.warmup = std::atoi(value());
-    } else if (a == "--csv") {
-      o.csv = value();
-    } else if (a == "--only") {
-      o.only = value();
-    } else if (a == "--label") {
-      o.label = value();
-    } else if (a == "--no-targets") {
-      o.targets = false;
-    } else if (a == "--link") {
-      o.link = true;
-    } else if (a == "--bucket-mib") {
-      o.bucket_mib = std::atof(value());
-    } else if (a == "--link-mib") {
-      o.link_mib = std::atof(value());
-    } else {
-      throw usage_error{"unknown option " + std::string(a)};
-    }
-  }
+  mpi_bench::parse_options(argc, argv,
+                           {{"--mib", [&](const char* v) { o.mib = std::atof(v); }},
+                            {"--reps", [&](const char* v) { o.reps = std::atoi(v); }},
+                            {"--warmup", [&](const char* v) { o.warmup = std::atoi(v); }},
+                            {"--csv", [&](const char* v) { o.csv = v; }},
+                            {"--only", [&](const char* v) { o.only = v; }},
+                            {"--label", [&](const char* v) { o.label = v; }},
+                            {"--no-targets", [&](const char*) { o.targets = false; }, true},
+                            {"--link", [&](const char*) { o.link = true; }, true},
+                            {"--bucket-mib", [&](const char* v) { o.bucket_mib = std::atof(v); }},
+                            {"--link-mib", [&](const char* v) { o.link_mib = std::atof(v); }}});
   // MPI counts are ints: keep the element count below 2^31.
   if (!(o.bucket_mib >= 1 && o.bucket_mib <= 1024)) throw usage_error{"--bucket-mib in [1, 1024]"};
   if (!(o.mib > 0 && o.mib <= 8000) || o.reps < 1 || o.warmup < 1 ||

@@ -118,28 +118,13 @@ void print_usage(const char* why) {
 
 options parse(int argc, char** argv) {
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    auto value = [&]() -> const char* {
-      if (i + 1 >= argc) throw usage_error{std::string(a) + " needs a value"};
-      return argv[++i];
-    };
-    if (a == "--mib") {
-      o.mib = std::atof(value());
-    } else if (a == "--reps") {
-      o.reps = std::atoi(value());
-    } else if (a == "--seconds") {
-      o.seconds = std::atof(value());
-    } else if (a == "--csv") {
-      o.csv = value();
-    } else if (a == "--only") {
-      o.only = value();
-    } else if (a == "--label") {
-      o.label = value();
-    } else {
-      throw usage_error{"unknown option " + std::string(a)};
-    }
-  }
+  mpi_bench::parse_options(argc, argv,
+                           {{"--mib", [&](const char* v) { o.mib = std::atof(v); }},
+                            {"--reps", [&](const char* v) { o.reps = std::atoi(v); }},
+                            {"--seconds", [&](const char* v) { o.seconds = std::atof(v); }},
+                            {"--csv", [&](const char* v) { o.csv = v; }},
+                            {"--only", [&](const char* v) { o.only = v; }},
+                            {"--label", [&](const char* v) { o.label = v; }}});
   // MPI counts are ints: keep the element count below 2^31.
   if (!(o.mib > 0 && o.mib <= 8000) || o.reps < 1 || !(o.seconds > 0)) {
     throw usage_error{"--mib in (0, 8000], --reps >= 1, --seconds > 0"};

@@ -1,6 +1,6 @@
 // benchmarks/mpi_bench.hpp — what the MPI benchmark programs (allreduce_mpi.cpp,
 // backends_mpi.cpp) share: --only row selection, the median, the slowest rank's time of a
-// call, and the list of hosts for the table's header.
+// call, the list of hosts for the table's header, and the command line's walk.
 //
 //   if (mpi_bench::wanted(o.only, "identity_f32")) t.push_back(mpi_bench::timed([&] { f(); }));
 #pragma once
@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <functional>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +22,34 @@ namespace mpi_bench {
 struct usage_error {
   std::string why;
 };
+
+// One command-line option: its name and what it does with its value (the next argument),
+// or alone where it is a flag (then `set` gets nullptr).
+struct option {
+  std::string_view name;
+  std::function<void(const char*)> set;
+  bool flag = false;
+};
+
+// Applies argv[1..] through `table`; throws usage_error for an unknown option or a missing
+// value. The caller checks the ranges.
+//
+//   mpi_bench::parse_options(argc, argv, {{"--mib", [&](const char* v) { o.mib = std::atof(v); }},
+//                                         {"--link", [&](const char*) { o.link = true; }, true}});
+inline void parse_options(int argc, char** argv, std::initializer_list<option> table) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    const auto it =
+        std::find_if(table.begin(), table.end(), [&](const option& x) { return x.name == a; });
+    if (it == table.end()) throw usage_error{"unknown option " + std::string(a)};
+    if (it->flag) {
+      it->set(nullptr);
+      continue;
+    }
+    if (i + 1 >= argc) throw usage_error{std::string(a) + " needs a value"};
+    it->set(argv[++i]);
+  }
+}
 
 // Whether row `name` is in the comma-separated list `only` (empty: every row is).
 inline bool wanted(std::string_view only, std::string_view name) {

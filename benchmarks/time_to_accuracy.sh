@@ -73,17 +73,21 @@ md=$out/time_to_accuracy.md
     "$(awk -v t="$target" 'BEGIN { print 100 * t }')"
   printf '|---|---:|---:|---:|---:|\n'
 } >"$md"
-base=
-for codec in $(echo "$codecs" | tr ',' ' '); do
-  row=$( [ -f "$out/runs.csv" ] && awk -F, -v c="$codec" -v t="$target" '
+# A codec's first evaluation at the target: epochs, training time, MiB sent up to it.
+reached() {
+  [ -f "$out/runs.csv" ] || return 0
+  awk -F, -v c="$1" -v t="$target" '
     NR > 1 && $1 == c { mib += $9 / 1048576 }
-    NR > 1 && $1 == c && $6 >= t { printf "%s %s %.1f", $16, $17, mib; exit }' "$out/runs.csv" || true)
+    NR > 1 && $1 == c && $6 >= t { printf "%s %s %.1f", $16, $17, mib; exit }' "$out/runs.csv"
+}
+base=$(reached none | awk '{ print $2 }')  # the uncompressed time, wherever none ran
+for codec in $(echo "$codecs" | tr ',' ' '); do
+  row=$(reached "$codec")
   if [ -z "$row" ]; then
     printf '| %s | not within %s epochs | - | - | - |\n' "$codec" "$epochs" >>"$md"
     continue
   fi
   set -- $row
-  if [ "$codec" = none ]; then base=$2; fi
   vs=$( [ -n "$base" ] && awk -v a="$2" -v b="$base" 'BEGIN { printf "%.3f", a / b }' || echo -)
   printf '| %s | %.2f | %.1f | %s | %s |\n' "$codec" "$1" "$2" "$vs" "$3" >>"$md"
 done

@@ -116,10 +116,6 @@ class progress {
  public:
   explicit progress(bool terminal) : terminal_(terminal) {}
   void begin(const std::string& label, int epoch, int epochs, std::size_t steps) {
-    if (label_ != label || epoch_ != epoch)
-      step0_ = 0;
-    else
-      step0_ = step0_ + steps_;  // the next part of the same epoch
     label_ = label;
     epoch_ = epoch;
     epochs_ = epochs;
@@ -135,7 +131,7 @@ class progress {
     const int filled = steps_ ? static_cast<int>(width * step / steps_) : width;
     std::fprintf(stderr, "\r%-14s epoch %d/%d [%.*s%*s] %5zu/%zu  loss %.4f", label_.c_str(),
                  epoch_, epochs_, filled, "##############################", width - filled, "",
-                 step0_ + step, step0_ + steps_, loss);
+                 step, steps_, loss);
     std::fflush(stderr);
   }
   /// Clears the bar so that the epoch's line can take its place.
@@ -147,7 +143,7 @@ class progress {
   bool terminal_;
   std::string label_;
   int epoch_ = 0, epochs_ = 0;
-  std::size_t steps_ = 0, step0_ = 0;
+  std::size_t steps_ = 0;
   std::chrono::steady_clock::time_point last_{};
 };
 
@@ -271,12 +267,12 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
     if (cfg.max_steps) epoch_steps = std::min(epoch_steps, cfg.max_steps - done);
     if (epoch_steps == 0) break;
     detail::shuffle(perm, cfg.seed, epoch);
+    if (rank == lead) bar.begin(cfg.codec + "/" + cfg.comm, epoch, cfg.epochs, epoch_steps);
     // Part k of the epoch: its steps [first, last), evaluated after.
     for (std::size_t k = 0; k < parts && !reached; ++k) {
       const std::size_t first = epoch_steps * k / parts, last = epoch_steps * (k + 1) / parts;
       const std::size_t steps = last - first;
       if (steps == 0) continue;
-      if (rank == lead) bar.begin(cfg.codec + "/" + cfg.comm, epoch, cfg.epochs, steps);
 
       const gradcomm::traffic_snapshot before = comm.counters().snapshot();
       const auto t0 = std::chrono::steady_clock::now();
@@ -308,7 +304,7 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
           w.grads[i] = u[i] = cfg.worker_momentum * u[i] + w.grads[i];
         compute_s += detail::seconds_since(c0);
         comm.step(w.params, w.grads);
-        if (rank == lead) bar.update(s - first + 1, loss_sum / static_cast<double>(s - first + 1));
+        if (rank == lead) bar.update(s + 1, loss_sum / static_cast<double>(s - first + 1));
       }
       const double wall_s = detail::seconds_since(t0);
       const gradcomm::traffic_snapshot d = comm.counters().snapshot() - before;

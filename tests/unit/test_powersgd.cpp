@@ -681,6 +681,26 @@ TEST(PowerSgd, DecodeAddOntoZerosIsDecode) {
 // The passes (the dispatched loops) against sums in double: P = M Q, Q = Mᵀ P̂,
 // e <- M − P̂ Qᵀ and out = P̂ Q_outᵀ; with and without a residual, under both policies, over
 // shapes with partial blocks of rows, partial lanes, and ranks past a group of four.
+// got (column-major, r columns) against M F (F: cols × r) or, transposed, Mᵀ F (F: rows ×
+// r), each sum in double, within 1e-5 of the sum of the terms' magnitudes.
+void expect_product(const std::vector<float>& got, const std::vector<float>& m,
+                    const std::vector<float>& f, std::size_t rows, std::size_t cols, std::size_t r,
+                    bool transposed, const std::string& what) {
+  const std::size_t outer = transposed ? cols : rows, inner = transposed ? rows : cols;
+  for (std::size_t k = 0; k < r; ++k) {
+    for (std::size_t o = 0; o < outer; ++o) {
+      double s = 0, mag = 0;
+      for (std::size_t x = 0; x < inner; ++x) {
+        const std::size_t i = transposed ? x : o, j = transposed ? o : x;
+        const double t = static_cast<double>(m[i * cols + j]) * f[k * inner + x];
+        s += t;
+        mag += std::fabs(t);
+      }
+      ASSERT_NEAR(got[k * outer + o], s, 1e-5 * mag + 1e-30) << what << ": " << o << ", " << k;
+    }
+  }
+}
+
 TEST(PowerSgd, PassesMatchSumsInDouble) {
   auto finite_or_zero = [](float v) { return std::isfinite(v) ? v : 0.0f; };
   for (auto [rows, cols, r] : {std::tuple<std::size_t, std::size_t, std::size_t>{37, 301, 3},
@@ -718,33 +738,11 @@ TEST(PowerSgd, PassesMatchSumsInDouble) {
         std::vector<float> p(rows * r, -1.0f), q_got(cols * r, -1.0f), out(n, -1.0f);
         a.p_acc = p.data();
         gc::detail::psgd_p_pass(a);
-        for (std::size_t k = 0; k < r; ++k) {
-          for (std::size_t i = 0; i < rows; ++i) {
-            double s = 0, mag = 0;
-            for (std::size_t j = 0; j < cols; ++j) {
-              const double t = static_cast<double>(m[i * cols + j]) * q[k * cols + j];
-              s += t;
-              mag += std::fabs(t);
-            }
-            ASSERT_NEAR(p[k * rows + i], s, 1e-5 * mag + 1e-30)
-                << "P " << i << ", " << k << ", " << where;
-          }
-        }
+        expect_product(p, m, q, rows, cols, r, false, "P " + where);
         a.p = p_hat.data();
         a.q_acc = q_got.data();
         gc::detail::psgd_q_pass(a);
-        for (std::size_t k = 0; k < r; ++k) {
-          for (std::size_t j = 0; j < cols; ++j) {
-            double s = 0, mag = 0;
-            for (std::size_t i = 0; i < rows; ++i) {
-              const double t = static_cast<double>(m[i * cols + j]) * p_hat[k * rows + i];
-              s += t;
-              mag += std::fabs(t);
-            }
-            ASSERT_NEAR(q_got[k * cols + j], s, 1e-5 * mag + 1e-30)
-                << "Q " << j << ", " << k << ", " << where;
-          }
-        }
+        expect_product(q_got, m, p_hat, rows, cols, r, true, "Q " + where);
         a.q = q.data();
         a.q_out = q_out.data();
         a.out = out.data();

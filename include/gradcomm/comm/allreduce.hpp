@@ -434,9 +434,6 @@ class allgathered : public C {
   static constexpr codec_traits traits{
       .linear = false, .fixed_size = false, .stateful = C::traits.stateful};
   explicit allgathered(C c) : C(std::move(c)) {}
-  /// The codec itself.
-  const C& codec() const noexcept { return *this; }
-  C& codec() noexcept { return *this; }
 };
 
 /// The all-reduce backend. Models `Communicator`. `C` is the codec of the registered

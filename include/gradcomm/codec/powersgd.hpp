@@ -405,6 +405,28 @@ template <bool Zero>
   e[j] = psgd_finite_or_zero(psgd_m<true, Zero>(g, e, j) - at);
 }
 
+// One row's residual for r ≤ 4. Its own function with restrict parameters: inlined into the
+// row loop, where g may be the output, GCC checked e against g and the four Q columns for
+// overlap once every 16 elements (as many scalar instructions as the vector work).
+template <bool Zero>
+[[gnu::always_inline]] inline void psgd_residual_row(
+    const float* __restrict g, float* __restrict e, const float* __restrict q0,
+    const float* __restrict q1, const float* __restrict q2, const float* __restrict q3,
+    const float (&c)[4], std::size_t cols) noexcept {
+  const std::size_t full = cols & ~(psgd_lanes - 1);
+  for (std::size_t j = 0; j < full; j += psgd_lanes) {
+    psgd_prefetch(g, j + psgd_prefetch_ahead);
+    psgd_prefetch(e, j + psgd_prefetch_ahead);
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC ivdep
+#endif
+    for (std::size_t v = 0; v < psgd_lanes; ++v) {
+      psgd_residual_term<Zero>(g, e, q0, q1, q2, q3, c, j + v);
+    }
+  }
+  for (std::size_t j = full; j < cols; ++j) psgd_residual_term<Zero>(g, e, q0, q1, q2, q3, c, j);
+}
+
 // The step's last pass: e <- m − P̂ Qᵀ (this worker's Q) where there is error feedback, and
 // out = P̂ Q_outᵀ (the summed Q) where there is an output. For r ≤ 4 the residual is one
 // loop over each row; for more ranks a tile at a time through P̂ Qᵀ in L1. out may be g: a
@@ -413,27 +435,15 @@ template <bool Zero>
 [[gnu::always_inline]] inline void psgd_finish_rows(const psgd_pass& a) noexcept {
   alignas(32) float at[psgd_tile];
   const std::size_t rows = a.rows, cols = a.cols, r = a.r;
-  const std::size_t full = cols & ~(psgd_lanes - 1);
   for (std::size_t i = 0; i < rows; ++i) {
     const float* g = a.g + i * cols;  // not restrict: out may be g
     if (a.e != nullptr && r <= 4) {
       float* __restrict e = a.e + i * cols;
       const float c[4] = {a.p[i], r > 1 ? a.p[rows + i] : 0.0f, r > 2 ? a.p[2 * rows + i] : 0.0f,
                           r > 3 ? a.p[3 * rows + i] : 0.0f};
-      const float* __restrict q0 = a.q;
-      const float* __restrict q1 = r > 1 ? q0 + cols : q0;
-      const float* __restrict q2 = r > 2 ? q0 + 2 * cols : q0;
-      const float* __restrict q3 = r > 3 ? q0 + 3 * cols : q0;
-      for (std::size_t j = 0; j < full; j += psgd_lanes) {
-        psgd_prefetch(g, j + psgd_prefetch_ahead);
-        psgd_prefetch(e, j + psgd_prefetch_ahead);
-        for (std::size_t v = 0; v < psgd_lanes; ++v) {
-          psgd_residual_term<Zero>(g, e, q0, q1, q2, q3, c, j + v);
-        }
-      }
-      for (std::size_t j = full; j < cols; ++j) {
-        psgd_residual_term<Zero>(g, e, q0, q1, q2, q3, c, j);
-      }
+      const float* q0 = a.q;
+      psgd_residual_row<Zero>(g, e, q0, r > 1 ? q0 + cols : q0, r > 2 ? q0 + 2 * cols : q0,
+                              r > 3 ? q0 + 3 * cols : q0, c, cols);
     } else if (a.e != nullptr) {
       for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
         const std::size_t len = std::min(psgd_tile, cols - j0);

@@ -1055,13 +1055,6 @@ TEST(MpiTransportDeadline, ARingAllreduceASilentRankSkipsTimesOutNamingIt) {
   a_silent_rank_skips_an_allreduce(g, 300007, "ring all-reduce timeout");
 }
 
-// The same where the ring's steps begin with the neighbours' handshake (chunks of 1 MiB
-// and more on up to 4 ranks): the ranks next to the silent one wait in the handshake.
-TEST(MpiTransportDeadline, ARingAllreduceWithHandshakesASilentRankSkipsTimesOutNamingIt) {
-  static std::vector<float> g;
-  a_silent_rank_skips_an_allreduce(g, 4 * (std::size_t{1} << 18) + 7, "ring handshake timeout");
-}
-
 // ---- main: MPI up, only rank 0 reports, any rank's failure fails every rank ----------------
 
 int main(int argc, char** argv) {

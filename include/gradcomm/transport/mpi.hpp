@@ -38,10 +38,7 @@
 //    (reduce-scatter, then all-gather: 2(N-1) steps, each a send to the next rank and
 //    a receive from the previous one, in messages of at most 512 KiB so that reducing
 //    one overlaps receiving the next), on the point-to-point machinery above and a third
-//    private communicator, so its messages never meet the user's tags. Steps of 1 MiB
-//    chunks and more begin with a zero-byte handshake between neighbours, so that no rank
-//    sends a step's chunk before the next rank has finished receiving the last one
-//    (mpi_ring_handshake_bytes says what that was measured to gain). Open MPI's
+//    private communicator, so its messages never meet the user's tags. Open MPI's
 //    MPI_Iallreduce (libnbc) does not use a bandwidth-optimal algorithm for large
 //    messages, nor does it for user-defined ops such as the f16/bf16 sums.
 //  - When a collective times out, the rank asks the others which collective they are
@@ -276,16 +273,6 @@ inline constexpr int mpi_tag_answer = 2;
 // Tags on the ring communicator: the reduce-scatter's and the all-gather's messages.
 inline constexpr int mpi_tag_ring_reduce = 0;
 inline constexpr int mpi_tag_ring_gather = 1;
-inline constexpr int mpi_tag_ring_ready = 2;
-// Ring steps whose chunk is at least this many bytes start with a handshake: each rank
-// tells the previous one that it finished the last step, and sends its chunk only once the
-// next rank has told it the same. Measured on two hosts of benchmarks/shaped_network.sh at
-// 1 Gbit/s with plain MPI: 8 back-to-back 4 MiB MPI_Sendrecv exchanges took 520 ms, the same
-// with an MPI_Barrier before each 281 ms (the link's rate both ways); a rank that starts
-// sending while its peer still receives the last step halves the exchange's rate there.
-// The all-reduce of 64 MiB in 4 MiB buckets went from 1105 to 830–846 ms uncompressed.
-// Below the size the round trip would cost more than it saves.
-inline constexpr std::size_t mpi_ring_handshake_bytes = std::size_t{1} << 20;
 
 // All-reduces of at least this many bytes on more than one rank go around the ring
 // (below it MPI_Iallreduce's latency-bound algorithms win). Every rank decides alike,
@@ -1178,10 +1165,6 @@ class mpi_transport {
     const int next = (me + 1) % n, prev = (me + n - 1) % n;
     const std::size_t count = in.size();
     const std::size_t seg = std::max<std::size_t>(1, detail::mpi_ring_segment_bytes / sizeof(E));
-    // Every rank decides alike (from the longest chunk), or one would wait for a token
-    // that its neighbour never sends.
-    const bool handshake =
-        detail::mpi_slice_len(count, n, 0) * sizeof(E) >= detail::mpi_ring_handshake_bytes;
     E* const got = reinterpret_cast<E*>(
         st.ring_buffer(detail::mpi_slice_len(count, n, 0) * sizeof(E)));  // chunk 0 is longest
     std::vector<send_op> sends;
@@ -1210,13 +1193,6 @@ class mpi_transport {
         for (std::size_t o = 0; o < r_len; o += seg)
           recvs.push_back(
               {prev, tag, std::as_writable_bytes(std::span(dst + o, std::min(seg, r_len - o)))});
-        if (handshake) {
-          const send_op ready_to_prev[] = {{prev, detail::mpi_tag_ring_ready, {}}};
-          const recv_op ready_from_next[] = {{next, detail::mpi_tag_ring_ready, {}}};
-          req = post_group(call, ready_to_prev, ready_from_next, st.ring, true);
-          ring_wait(req, call, seq, [] { return false; });
-          req = request();
-        }
         req = post_group(call, sends, recvs, st.ring, true);
         // Messages from one rank under one tag arrive in order: segment j is message j.
         for (std::size_t j = 0; j < recvs.size(); ++j) {

@@ -468,19 +468,23 @@ struct drop_record {
   double leaver_w = 0;
   std::vector<std::vector<gc::dropped_peer>> dropped;
   std::vector<std::size_t> retired_bytes;
+  std::vector<std::size_t> still_late;  // what settle() left open
 };
 
 // Rank `leaver` mixes `leave_after` rounds and then stops: it aborts (the others get
 // peer_error at once) or goes silent (the others time out every round). The others mix
-// `rounds` rounds in all.
+// `rounds` rounds in all. Every rank calls settle() at the end (the leaver before it
+// leaves): over a transport that does not withdraw groups (Forwarded), late exchanges
+// land then.
 template <class C, gc::Topology G, bool Forwarded = false>
 void run_with_leaver(int n, const G& topo, C codec, int leaver, int leave_after, int rounds,
                      bool abort, std::chrono::milliseconds timeout, drop_record& rec,
-                     std::size_t d = 24) {
+                     gc::gossip_options o = {}, std::size_t d = 24) {
   rec.final_x.assign(static_cast<std::size_t>(n), {});
   rec.final_w.assign(static_cast<std::size_t>(n), 0.0);
   rec.dropped.assign(static_cast<std::size_t>(n), {});
   rec.retired_bytes.assign(static_cast<std::size_t>(n), 0);
+  rec.still_late.assign(static_cast<std::size_t>(n), 0);
   gc::local_world world(n, timeout);
   world.run([&](gc::local_transport& t) {
     const auto me = static_cast<std::size_t>(t.rank());
@@ -493,9 +497,10 @@ void run_with_leaver(int n, const G& topo, C codec, int leaver, int leave_after,
       else
         return t;
     }();
-    gc::gossip<C, transport, G> g(tr, topo, codec);
+    gc::gossip<C, transport, G> g(tr, topo, codec, {}, o);
     const int mine = t.rank() == leaver ? leave_after : rounds;
     for (int r = 0; r < mine; ++r) g.mix(z);
+    rec.still_late[me] = g.settle(z);
     rec.retired_bytes[me] = g.retired_bytes();
     std::vector<float> x(d);
     for (std::size_t i = 0; i < d; ++i) x[i] = static_cast<float>(g.weight() * z[i]);
@@ -586,9 +591,9 @@ TEST(Gossip, SilentPeerTimesOutEachRoundAndMassIsKept) {
   }
 }
 
-TEST(Gossip, SilentPeerOverATransportThatKeepsSendsRetiresTheBuffers) {
+TEST(Gossip, SilentPeerOverATransportThatKeepsSendsKeepsItsExchangesOpen) {
   // The same over a transport not known to withdraw whole groups: the mass is kept the
-  // same way, and each timed-out exchange's buffers are kept for the transport.
+  // same way, and each exchange with the silent rank stays open (late) with its buffers.
   const int n = 3, leaver = 2;
   drop_record rec;
   run_with_leaver<gc::identity_codec, gc::ring_topology, true>(
@@ -596,10 +601,18 @@ TEST(Gossip, SilentPeerOverATransportThatKeepsSendsRetiresTheBuffers) {
   expect_mass_kept(n, leaver, rec);
   for (int r = 0; r < 2; ++r) {
     const auto me = static_cast<std::size_t>(r);
-    EXPECT_EQ(rec.dropped[me].size(), 2u) << "rank " << r;
-    // Rounds 1 and 2: the edge's send and receive buffers and the shared payload.
-    EXPECT_EQ(rec.retired_bytes[me], 2u * 3u * (24u + 4u * 24u)) << "rank " << r;
+    ASSERT_EQ(rec.dropped[me].size(), 2u) << "rank " << r;
+    for (std::size_t k = 0; k < 2; ++k) {
+      EXPECT_EQ(rec.dropped[me][k].peer, leaver);
+      EXPECT_FALSE(rec.dropped[me][k].failed);
+      EXPECT_EQ(rec.dropped[me][k].round, 1u + k);
+    }
+    EXPECT_EQ(rec.still_late[me], 2u) << "rank " << r;
+    // Rounds 1 and 2: the receive buffer and the round's payload (24 + 4 × 24 bytes each)
+    // and this rank's values of the round (4 × 24).
+    EXPECT_EQ(rec.retired_bytes[me], 2u * (2u * (24u + 4u * 24u) + 4u * 24u)) << "rank " << r;
   }
+  EXPECT_EQ(rec.still_late[leaver], 0u);
 }
 
 // ---- errors ----------------------------------------------------------------------------------

@@ -169,8 +169,8 @@ struct unflagged_identity {
 static_assert(gc::Codec<unflagged_identity> && !gc::lossless_codec<unflagged_identity>);
 
 // forwarding_transport (forwarding_transport.hpp) is not declared to withdraw whole groups
-// (as MPI, which cannot withdraw a send), so gossip keeps the buffers of timed-out
-// exchanges instead of reusing them.
+// and, as MPI, leaves a send posted when its request goes: gossip over it keeps an
+// exchange that missed its deadline posted and applies it late.
 static_assert(!gc::transport_withdraws_groups<forwarding_transport>);
 static_assert(gc::transport_withdraws_groups<gc::local_transport>);
 

@@ -31,6 +31,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -468,19 +469,23 @@ struct drop_record {
   double leaver_w = 0;
   std::vector<std::vector<gc::dropped_peer>> dropped;
   std::vector<std::size_t> retired_bytes;
+  std::vector<std::size_t> still_late;  // what settle() left open
 };
 
 // Rank `leaver` mixes `leave_after` rounds and then stops: it aborts (the others get
 // peer_error at once) or goes silent (the others time out every round). The others mix
-// `rounds` rounds in all.
+// `rounds` rounds in all. Every rank calls settle() at the end (the leaver before it
+// leaves): over a transport that does not withdraw groups (Forwarded), late exchanges
+// land then.
 template <class C, gc::Topology G, bool Forwarded = false>
 void run_with_leaver(int n, const G& topo, C codec, int leaver, int leave_after, int rounds,
                      bool abort, std::chrono::milliseconds timeout, drop_record& rec,
-                     std::size_t d = 24) {
+                     gc::gossip_options o = {}, std::size_t d = 24) {
   rec.final_x.assign(static_cast<std::size_t>(n), {});
   rec.final_w.assign(static_cast<std::size_t>(n), 0.0);
   rec.dropped.assign(static_cast<std::size_t>(n), {});
   rec.retired_bytes.assign(static_cast<std::size_t>(n), 0);
+  rec.still_late.assign(static_cast<std::size_t>(n), 0);
   gc::local_world world(n, timeout);
   world.run([&](gc::local_transport& t) {
     const auto me = static_cast<std::size_t>(t.rank());
@@ -493,9 +498,10 @@ void run_with_leaver(int n, const G& topo, C codec, int leaver, int leave_after,
       else
         return t;
     }();
-    gc::gossip<C, transport, G> g(tr, topo, codec);
+    gc::gossip<C, transport, G> g(tr, topo, codec, {}, o);
     const int mine = t.rank() == leaver ? leave_after : rounds;
     for (int r = 0; r < mine; ++r) g.mix(z);
+    rec.still_late[me] = g.settle(z);
     rec.retired_bytes[me] = g.retired_bytes();
     std::vector<float> x(d);
     for (std::size_t i = 0; i < d; ++i) x[i] = static_cast<float>(g.weight() * z[i]);
@@ -586,9 +592,9 @@ TEST(Gossip, SilentPeerTimesOutEachRoundAndMassIsKept) {
   }
 }
 
-TEST(Gossip, SilentPeerOverATransportThatKeepsSendsRetiresTheBuffers) {
+TEST(Gossip, SilentPeerOverATransportThatKeepsSendsKeepsItsExchangesOpen) {
   // The same over a transport not known to withdraw whole groups: the mass is kept the
-  // same way, and each timed-out exchange's buffers are kept for the transport.
+  // same way, and each exchange with the silent rank stays open (late) with its buffers.
   const int n = 3, leaver = 2;
   drop_record rec;
   run_with_leaver<gc::identity_codec, gc::ring_topology, true>(
@@ -596,10 +602,150 @@ TEST(Gossip, SilentPeerOverATransportThatKeepsSendsRetiresTheBuffers) {
   expect_mass_kept(n, leaver, rec);
   for (int r = 0; r < 2; ++r) {
     const auto me = static_cast<std::size_t>(r);
-    EXPECT_EQ(rec.dropped[me].size(), 2u) << "rank " << r;
-    // Rounds 1 and 2: the edge's send and receive buffers and the shared payload.
-    EXPECT_EQ(rec.retired_bytes[me], 2u * 3u * (24u + 4u * 24u)) << "rank " << r;
+    ASSERT_EQ(rec.dropped[me].size(), 2u) << "rank " << r;
+    for (std::size_t k = 0; k < 2; ++k) {
+      EXPECT_EQ(rec.dropped[me][k].peer, leaver);
+      EXPECT_FALSE(rec.dropped[me][k].failed);
+      EXPECT_EQ(rec.dropped[me][k].round, 1u + k);
+    }
+    EXPECT_EQ(rec.still_late[me], 2u) << "rank " << r;
+    // Rounds 1 and 2: the receive buffer and the round's payload (24 + 4 × 24 bytes each)
+    // and this rank's values of the round (4 × 24).
+    EXPECT_EQ(rec.retired_bytes[me], 2u * (2u * (24u + 4u * 24u) + 4u * 24u)) << "rank " << r;
   }
+  EXPECT_EQ(rec.still_late[leaver], 0u);
+}
+
+// ---- late exchanges (a transport that does not withdraw groups) ------------------------------
+
+// Over forwarding_transport a late exchange stays posted and is applied when it lands. On a
+// ring the silent rank's neighbours wait out the deadline each round, so they reach their
+// other neighbours late, and those skip them in turn: the exchanges that the late rank still
+// completes (the send to it was not withdrawn) are applied late on the other end, and the
+// mass is kept exactly (over MPI the same ring was off by up to 0.06 before).
+template <class C>
+void expect_silent_ring_keeps_mass(int n, C codec, gc::gossip_options o = {}) {
+  const int leaver = n - 1, leave_after = 2, rounds = 6;
+  drop_record rec;
+  run_with_leaver<C, gc::ring_topology, true>(n, gc::ring_topology{}, codec, leaver, leave_after,
+                                              rounds, false, 150ms, rec, o);
+  expect_mass_kept(n, leaver, rec);
+  if (o.rule == gc::mixing_rule::push_sum) {
+    double w = rec.leaver_w;
+    for (int r = 0; r < n; ++r)
+      if (r != leaver) w += rec.final_w[static_cast<std::size_t>(r)];
+    EXPECT_NEAR(w, n, 1e-9);
+  }
+  for (int r = 0; r < n - 1; ++r) {
+    const auto& d = rec.dropped[static_cast<std::size_t>(r)];
+    std::vector<std::uint64_t> leaver_rounds;
+    for (const auto& x : d) {
+      EXPECT_FALSE(x.failed) << "rank " << r << ": " << x.reason;
+      if (x.peer == leaver) leaver_rounds.push_back(x.round);
+    }
+    std::vector<std::uint64_t> expected;
+    if (r == 0 || r == n - 2)  // the leaver's neighbours: every round after it left
+      for (int k = leave_after; k < rounds; ++k) expected.push_back(static_cast<std::uint64_t>(k));
+    EXPECT_EQ(leaver_rounds, expected) << "rank " << r;
+    // Only the exchanges with the leaver stay open.
+    EXPECT_EQ(rec.still_late[static_cast<std::size_t>(r)], expected.size()) << "rank " << r;
+  }
+}
+
+TEST(Gossip, LateExchangesOnARingWithASilentPeerKeepMassPlain) {
+  expect_silent_ring_keeps_mass(4, gc::identity_codec{});
+  expect_silent_ring_keeps_mass(5, gc::identity_codec{});
+}
+
+TEST(Gossip, LateExchangesOnARingWithASilentPeerKeepMassCompressed) {
+  expect_silent_ring_keeps_mass(4, gc::scalar_quant_codec({.bits = 8}));
+  expect_silent_ring_keeps_mass(5, gc::scalar_quant_codec({.bits = 8}));
+}
+
+TEST(Gossip, LateExchangesOnARingWithASilentPeerKeepMassPushSum) {
+  expect_silent_ring_keeps_mass(4, gc::identity_codec{}, {.rule = gc::mixing_rule::push_sum});
+  expect_silent_ring_keeps_mass(5, gc::identity_codec{}, {.rule = gc::mixing_rule::push_sum});
+  expect_silent_ring_keeps_mass(4, gc::scalar_quant_codec({.bits = 8}),
+                                {.rule = gc::mixing_rule::push_sum});
+}
+
+// Rank `slow` sleeps past the deadline once, before round `slow_round`, and then goes on:
+// its neighbours skip it in that round, it still receives their messages (the sends stay
+// posted) and applies them, and they apply its messages late. After settle() nothing is
+// open and Σ over all ranks is its start, to rounding.
+template <class C>
+void expect_slow_peer_applied_late(int n, C codec, gc::gossip_options o = {}) {
+  constexpr std::size_t d = 24;
+  const int slow = 1, slow_round = 2, rounds = 6;
+  const auto timeout = 150ms;
+  drop_record rec;
+  rec.final_x.assign(static_cast<std::size_t>(n), {});
+  rec.final_w.assign(static_cast<std::size_t>(n), 0.0);
+  rec.dropped.assign(static_cast<std::size_t>(n), {});
+  rec.still_late.assign(static_cast<std::size_t>(n), 0);
+  gc::local_world world(n, timeout);
+  world.run([&](gc::local_transport& t) {
+    const auto me = static_cast<std::size_t>(t.rank());
+    forwarding_transport fwd{&t};
+    gc::gossip<C, forwarding_transport, gc::ring_topology> g(fwd, {}, codec, {}, o);
+    std::vector<float> z = start_values(t.rank(), d, 9);
+    for (int r = 0; r < rounds; ++r) {
+      if (t.rank() == slow && r == slow_round) std::this_thread::sleep_for(timeout * 3 / 2);
+      g.mix(z);
+    }
+    const std::size_t open = g.settle(z);
+    std::vector<float> x(d);
+    for (std::size_t i = 0; i < d; ++i) x[i] = static_cast<float>(g.weight() * z[i]);
+    std::lock_guard lk(rec.mu);
+    rec.final_x[me] = x;
+    rec.final_w[me] = g.weight();
+    rec.dropped[me].assign(g.dropped().begin(), g.dropped().end());
+    rec.still_late[me] = open;
+  });
+  for (std::size_t i = 0; i < d; ++i) {
+    double start = 0, now = 0;
+    for (int r = 0; r < n; ++r) {
+      start += start_values(r, d, 9)[i];
+      now += rec.final_x[static_cast<std::size_t>(r)][i];
+    }
+    ASSERT_NEAR(now, start, 1e-5) << n << " ranks, element " << i;
+  }
+  if (o.rule == gc::mixing_rule::push_sum) {
+    double w = 0;
+    for (int r = 0; r < n; ++r) w += rec.final_w[static_cast<std::size_t>(r)];
+    EXPECT_NEAR(w, n, 1e-9);
+  }
+  for (int r = 0; r < n; ++r) {
+    EXPECT_EQ(rec.still_late[static_cast<std::size_t>(r)], 0u) << "rank " << r;
+    for (const auto& x : rec.dropped[static_cast<std::size_t>(r)])
+      EXPECT_FALSE(x.failed) << "rank " << r << ": " << x.reason;
+  }
+  // Its neighbours skipped it in the round it slept through.
+  for (int r : {slow - 1, slow + 1}) {
+    const auto& dr = rec.dropped[static_cast<std::size_t>(r)];
+    EXPECT_TRUE(std::any_of(dr.begin(), dr.end(),
+                            [&](const auto& x) {
+                              return x.peer == slow &&
+                                     x.round == static_cast<std::uint64_t>(slow_round);
+                            }))
+        << "rank " << r << " did not skip rank " << slow << " in round " << slow_round;
+  }
+}
+
+TEST(Gossip, SlowPeerIsAppliedLateOnBothEndsPlain) {
+  expect_slow_peer_applied_late(4, gc::identity_codec{});
+  expect_slow_peer_applied_late(5, gc::identity_codec{});
+}
+
+TEST(Gossip, SlowPeerIsAppliedLateOnBothEndsCompressed) {
+  expect_slow_peer_applied_late(4, gc::scalar_quant_codec({.bits = 8}));
+  expect_slow_peer_applied_late(5, gc::scalar_quant_codec({.bits = 8}), {.gamma = 0.8f});
+}
+
+TEST(Gossip, SlowPeerIsAppliedLateOnBothEndsPushSum) {
+  expect_slow_peer_applied_late(4, gc::identity_codec{}, {.rule = gc::mixing_rule::push_sum});
+  expect_slow_peer_applied_late(5, gc::scalar_quant_codec({.bits = 8}),
+                                {.rule = gc::mixing_rule::push_sum});
 }
 
 // ---- errors ----------------------------------------------------------------------------------

@@ -49,19 +49,32 @@
 //    all-or-nothing and names only the first missing peer, so only per-peer groups tell
 //    which neighbours delivered when one is late.)
 //  - A peer that misses the round's deadline (the transport's timeout, measured from the
-//    first wait of the round; a round lasts at most about twice that) or that failed is
-//    skipped for that round: its weight goes to self on both ends (its share stays home in
-//    push-sum), so mass is conserved, and it is reported by rank in dropped(). A failed
-//    peer (peer_error) is skipped from then on. Exactness needs both ends to agree that an
-//    exchange failed. A failed or silent peer always does. With the local transport, a
-//    late peer does too (its post finds this rank's group withdrawn, whole, and it times
-//    out in turn), except when its post lands in the instant between this rank's
-//    deadline check and the withdrawal. Over MPI a send cannot be withdrawn: a late peer
-//    still receives it, the pair is one message apart from then on, and its terms no
-//    longer cancel (the error telescopes to W_ij (x_j then − x_j now): bounded, not
-//    zero); the buffers of such sends are kept (transport_withdraws_groups). The
-//    Transport concept has no cancel that reports what completed (MPI_Cancel with
-//    MPI_Test_cancelled, where sends can be cancelled), which would close both gaps.
+//    first wait of the round) or that failed is skipped for that round: its weight goes
+//    to self on both ends (its share stays home in push-sum), and it is reported by rank
+//    in dropped(). A failed peer (peer_error) is skipped from then on. Exactness needs
+//    both ends to agree on each exchange; how they do depends on the transport:
+//     - One that withdraws whole groups (local; transport_withdraws_groups): the missed
+//       exchange is withdrawn, and a late peer's post finds this rank's group gone and
+//       times out in turn, except when it lands in the instant between this rank's
+//       deadline check and the withdrawal. A round lasts at most about twice the timeout.
+//     - One that does not (MPI cannot withdraw a send): the missed exchange stays posted
+//       and is applied late, when it completes. A pair's messages match in the order
+//       posted (one tag), so its receive still gets the peer's message of that round, and
+//       the next round posts with new buffers (the late exchange keeps its own). Each
+//       round first tests the late exchanges, oldest first, and applies those that
+//       completed as their round would have: averaging adds γ W_ij(t) (x_j(t) − x_i(t)),
+//       with this rank's x_i(t) of that round; compressed averaging adds the peer's q_t to
+//       x̂_{j→i} (in order, before its later messages), then γ W_ij(t) (x̂_{j→i}(t) −
+//       x̂_{i→j}(t)), with x̂_{i→j}(t) kept from round t (this rank's copy moves when it
+//       posts: the message is delivered unless the peer is gone); push-sum adds the share
+//       received and gives away the share it kept home: the exchange completing means
+//       that the peer posted its side of round t, whose receive takes this rank's message.
+//       The peer applied the mirror term in time or late, so the pair's terms cancel to
+//       rounding; settle() lets the last late exchanges land before the values are read.
+//       An exchange with a silent peer never completes, and neither end applies it. The
+//       round polls (test()) until its deadline, so it lasts at most about the timeout;
+//       an exchange waits for its peer's earlier late ones (applied in order), and misses
+//       the deadline with them.
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
@@ -84,9 +97,11 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -107,10 +122,11 @@ class local_transport;
 
 /// Whether destroying a request of transport T withdraws all of its group, sends
 /// included, and returns only when T no longer touches the group's buffers. Then gossip
-/// reuses the buffers of an exchange that missed its deadline; otherwise (the default:
-/// MPI cannot withdraw a send) it retires them, two payloads for each timed-out exchange,
-/// kept until the gossip object is destroyed. Specialize it for a transport that
-/// withdraws whole groups.
+/// withdraws an exchange that missed its deadline and reuses its buffers; otherwise (the
+/// default: MPI cannot withdraw a send) the exchange stays posted with its buffers and is
+/// applied late (see the top of comm/gossip.hpp), and what is still open when the gossip
+/// object goes is abandoned, its buffers kept until the program ends. Specialize it for
+/// a transport that withdraws whole groups.
 ///
 ///   template <> inline constexpr bool gradcomm::transport_withdraws_groups<my_transport> = true;
 template <class T>
@@ -118,6 +134,19 @@ inline constexpr bool transport_withdraws_groups = false;
 /// The local transport withdraws whole groups (transport/local.hpp, request).
 template <>
 inline constexpr bool transport_withdraws_groups<local_transport> = true;
+
+namespace detail {
+
+// Keeps `p` alive until the program ends: buffers a transport may still use after their
+// owner is gone (an MPI send that no receive matched reads its buffer until the job ends).
+inline void keep_until_exit(std::shared_ptr<void> p) {
+  static std::mutex mu;
+  static std::vector<std::shared_ptr<void>> kept;
+  std::lock_guard lk(mu);
+  kept.push_back(std::move(p));
+}
+
+}  // namespace detail
 
 /// GossipCodec<C>: a Codec that gossip can use, which is any Codec but a wrapper that keeps
 /// a residual of its own (a stateful codec with an `inner_type`: error_feedback,
@@ -282,8 +311,23 @@ class gossip {
   gossip(const gossip&) = delete;
   gossip& operator=(const gossip&) = delete;
   ~gossip() {
-    // Withdraw what is still posted before the buffers go.
-    for (auto& e : ex_) e.req.reset();
+    if constexpr (applies_late) {
+      // Late exchanges still open are abandoned; their buffers outlive this object where
+      // the transport may still use them (retire).
+      abandon_round();
+      for (auto& l : late_) {
+        if (!l.complete && l.req) {
+          try {
+            l.complete = t_->test(*l.req);
+          } catch (...) {
+          }
+        }
+        retire(l);
+      }
+    } else {
+      // Withdraw what is still posted before the buffers go.
+      for (auto& e : ex_) e.req.reset();
+    }
   }
 
   /// This rank and the number of ranks.
@@ -302,13 +346,23 @@ class gossip {
   std::span<const dropped_peer> dropped() const noexcept { return dropped_; }
   /// The peers that failed (peer_error) and are skipped for good, in the order found.
   std::span<const int> failed_peers() const noexcept { return failed_list_; }
-  /// Bytes of buffers kept for the transport after exchanges that missed their deadline
-  /// (0 on a transport that withdraws whole groups: transport_withdraws_groups).
+  /// Bytes held by late exchanges still open (missed their deadline, not completed yet):
+  /// their payloads and receive buffers, which the transport uses until they complete,
+  /// and this rank's values of their round. 0 on a transport that withdraws whole groups
+  /// (transport_withdraws_groups), where a missed exchange is withdrawn, not kept.
+  ///
+  ///   if (g.retired_bytes() > budget) log("peers keep missing the deadline");
   std::size_t retired_bytes() const noexcept {
     std::size_t b = 0;
-    for (const auto& r : retired_) b += r.size();
+    for (const auto& l : late_)
+      b += l.send.size() + l.recv.size() + (l.plain ? l.plain->size() : 0) +
+           l.own.size() * sizeof(float);
     return b;
   }
+
+  /// Late exchanges still open: missed their round's deadline and not applied yet (0 on
+  /// a transport that withdraws whole groups).
+  std::size_t late_exchanges() const noexcept { return late_.size(); }
 
   /// The topology, the codec (the prototype each edge's encoder is copied from), the
   /// optimizer of step() and the settings.
@@ -345,6 +399,62 @@ class gossip {
   ///
   ///   g.mix(w);
   void mix(host_view<float> params) { start_mix(params).wait(); }
+
+  /// Waits up to the transport's deadline for the late exchanges still open (on a
+  /// transport that does not withdraw groups; see the top of this header) and applies to
+  /// `params` those that complete. The others stay open: their peers went silent and
+  /// applied nothing either. Returns how many stay open. Call it between rounds, on every
+  /// rank, before reading the final values: until then a rank's late terms are missing
+  /// while its peers applied theirs, so the sum over ranks is not yet the exact one.
+  ///
+  ///   for (int it = 0; it < steps; ++it) g.step(w, grads);
+  ///   g.settle(w);  // the late exchanges land: Σ over the ranks is kept
+  std::size_t settle(host_view<float> params) {
+    static constexpr const char* call = "gossip::settle";
+    check_usable(call);
+    if (in_flight_)
+      detail::throw_invalid_argument(
+          call, "round " + std::to_string(round_) + " is still in flight: wait() for it first",
+          rank());
+    if constexpr (!applies_late) {
+      return 0;
+    } else {
+      if (late_.empty()) return 0;
+      if (params.size() != n_)
+        detail::throw_invalid_argument(
+            call, std::to_string(params.size()) + " elements for a tensor of " + std::to_string(n_),
+            rank());
+      try {
+        {
+          scoped_timer timer(counters_.wait_ns);
+          const auto deadline = clock::now() + t_->timeout();
+          poll_backoff backoff;
+          for (;;) {
+            poll_late();
+            if (!any_late_open() || clock::now() >= deadline) break;
+            backoff.pause();
+          }
+        }
+        scoped_timer timer(counters_.decode_ns);
+        params_ = params;
+        if (rule_ == mixing_rule::averaging) {
+          double unused = 0.0;
+          if (apply_late(unused)) add_late_delta();
+        } else {
+          // The numerator x = w z, as a round starts from.
+          const auto w0 = static_cast<float>(weight_);
+          for (std::size_t i = 0; i < n_; ++i) x_[i] = w0 * params[i];
+          std::fill(delta_.begin(), delta_.end(), 0.0f);
+          double w = weight_;
+          if (apply_late(w)) finish_push_sum(w);
+        }
+      } catch (const std::exception& x) {
+        broken_ = x.what();
+        throw;
+      }
+      return late_.size();
+    }
+  }
 
   /// Encodes and posts one round on `params` and returns at once; the handle's wait()
   /// finishes it. `params` must stay valid and unchanged until then (reading it is fine).
@@ -385,6 +495,26 @@ class gossip {
     bool receives() const noexcept { return in_w > 0.0; }
   };
 
+  // An exchange that missed its round's deadline on a transport that does not withdraw
+  // groups: still posted, skipped in its round, applied when it completes. It owns the
+  // buffers the transport uses (the edge got new ones) and what applying it needs.
+  struct late_exchange {
+    std::uint64_t round = 0;
+    int peer = -1;
+    double in_w = 0.0, out_w = 0.0;
+    std::size_t send_bytes = 0;
+    double weight_share = 0.0;
+    std::optional<typename T::request> req;
+    std::vector<std::byte> send, recv;              // the edge's buffers of that round
+    std::shared_ptr<std::vector<std::byte>> plain;  // plain averaging: the round's payload
+    // This rank's side of the round: x_i(t) (plain averaging), x̂_{i→j}(t) (compressed),
+    // the share sent (push-sum: W_ji x_i, or its public copy).
+    std::vector<float> own;
+    bool complete = false;
+    bool sends() const noexcept { return out_w > 0.0; }
+    bool receives() const noexcept { return in_w > 0.0; }
+  };
+
   // State of the edge to one peer, made on first use and kept while the object lives.
   struct edge {
     C codec;                    // this edge's encoder: state (error feedback) per edge
@@ -396,8 +526,25 @@ class gossip {
   // Push-sum messages carry the weight share in front of the payload.
   static constexpr std::size_t weight_bytes = sizeof(double);
   static constexpr bool lossy = !lossless_codec<C>;
+  // Exchanges that miss the deadline stay posted and are applied late (see the top).
+  static constexpr bool applies_late = !transport_withdraws_groups<T>;
 
   using clock = std::chrono::steady_clock;
+
+  // Pauses between polls: yields a few times, then sleeps 20 µs, doubling up to 0.5 ms.
+  struct poll_backoff {
+    int polls = 0;
+    void pause() {
+      if (polls < 4) {
+        ++polls;
+        std::this_thread::yield();
+        return;
+      }
+      const int k = std::min(polls++ - 4, 5);
+      std::this_thread::sleep_for(
+          std::min(std::chrono::microseconds(20) * (1 << k), std::chrono::microseconds(500)));
+    }
+  };
 
   void check_usable(const char* call) const {
     if (!broken_.empty())
@@ -412,7 +559,8 @@ class gossip {
       scratch_.assign(n, 0.0f);
       delta_.assign(n, 0.0f);
       if (rule_ == mixing_rule::push_sum) x_.assign(n, 0.0f);
-      plain_.resize(codec_.max_encoded_bytes(n));
+      if constexpr (applies_late) late_delta_.assign(n, 0.0f);
+      plain_ = std::make_shared<std::vector<std::byte>>(codec_.max_encoded_bytes(n));
     } else if (n != n_) {
       detail::throw_invalid_argument("gossip::start_mix",
                                      std::to_string(n) + " elements after " + std::to_string(n_) +
@@ -421,13 +569,17 @@ class gossip {
     }
   }
 
+  std::size_t edge_buffer_bytes() const {
+    const std::size_t extra = rule_ == mixing_rule::push_sum ? weight_bytes : 0;
+    return extra + codec_.max_encoded_bytes(n_);
+  }
+
   edge& edge_to(int peer) {
     auto& slot = edges_[static_cast<std::size_t>(peer)];
     if (!slot) {
       slot = std::make_unique<edge>(edge{codec_, {}, {}, {}, {}});
-      const std::size_t extra = rule_ == mixing_rule::push_sum ? weight_bytes : 0;
-      slot->send.resize(extra + codec_.max_encoded_bytes(n_));
-      slot->recv.resize(extra + codec_.max_encoded_bytes(n_));
+      slot->send.resize(edge_buffer_bytes());
+      slot->recv.resize(edge_buffer_bytes());
       if constexpr (lossy) {
         slot->mine.assign(n_, 0.0f);
         slot->theirs.assign(n_, 0.0f);
@@ -445,11 +597,21 @@ class gossip {
                     .bucket = static_cast<std::uint32_t>(peer)});
   }
 
+  // A peer skipped in this round: timed out, or failed (then skipped from now on, and
+  // on a transport that does not withdraw groups its late exchanges are dropped: it
+  // applies nothing more either).
   void record_drop(exchange& e, bool failed, std::string reason) {
     e.state = outcome::dropped;
-    const bool posted = e.req.has_value();
-    e.req.reset();  // withdraws what the transport can withdraw
-    if (posted && !transport_withdraws_groups<T>) retire_buffers(e);
+    if constexpr (applies_late) {
+      if (!failed && e.req) {
+        go_late(e);
+      } else {
+        e.req.reset();
+        if (failed) drop_late_of(e.peer);
+      }
+    } else {
+      e.req.reset();  // withdraws the whole group (transport_withdraws_groups)
+    }
     if (failed && !failed_[static_cast<std::size_t>(e.peer)]) {
       failed_[static_cast<std::size_t>(e.peer)] = true;
       failed_list_.push_back(e.peer);
@@ -457,18 +619,91 @@ class gossip {
     dropped_.push_back({round_, e.peer, failed, std::move(reason)});
   }
 
-  // The transport may still read the send and write the receive buffer of a withdrawn
-  // exchange (MPI cannot cancel a send): they are kept, and the edge gets new ones.
-  void retire_buffers(exchange& e) {
-    edge& ed = edge_to(e.peer);
-    for (auto* buf : {&ed.send, &ed.recv}) {
-      const std::size_t bytes = buf->size();
-      retired_.push_back(std::move(*buf));
-      *buf = std::vector<std::byte>(bytes);
+  // A fresh buffer of `bytes` for the edge whose buffers a late exchange took.
+  std::vector<std::byte> spare_buffer(std::size_t bytes) {
+    while (!spare_.empty()) {
+      std::vector<std::byte> b = std::move(spare_.back());
+      spare_.pop_back();
+      if (b.size() == bytes) return b;
     }
-    if (rule_ == mixing_rule::averaging && !lossy && e.sends()) {
-      retired_.push_back(std::move(plain_));  // still sent to the others this round
-      plain_ = std::vector<std::byte>(retired_.back().size());
+    return std::vector<std::byte>(bytes);
+  }
+
+  // The exchange stays posted: its request and buffers move to late_, with this rank's
+  // side of the round, and the edge gets new buffers for the next round's messages.
+  void go_late(exchange& e) {
+    edge& ed = edge_to(e.peer);
+    late_exchange l;
+    l.round = round_;
+    l.peer = e.peer;
+    l.in_w = e.in_w;
+    l.out_w = e.out_w;
+    l.send_bytes = e.send_bytes;
+    l.weight_share = e.weight_share;
+    l.req = std::move(e.req);
+    e.req.reset();
+    const std::size_t bytes = edge_buffer_bytes();
+    const bool plain = rule_ == mixing_rule::averaging && !lossy;
+    if (e.sends()) {
+      if (plain)
+        l.plain = plain_;  // the round's payload, still sent to the peer
+      else
+        l.send = std::exchange(ed.send, spare_buffer(bytes));
+    }
+    if (e.receives()) l.recv = std::exchange(ed.recv, spare_buffer(bytes));
+    if (plain) {
+      l.own.assign(params_.data(), params_.data() + n_);  // x_i(t)
+    } else if (e.sends() && lossy) {
+      l.own = ed.mine;  // x̂_{i→j}(t), updated when the message was posted
+    } else if (e.sends()) {
+      const auto share = static_cast<float>(e.out_w * o_.gamma);  // push-sum's share
+      l.own.resize(n_);
+      for (std::size_t i = 0; i < n_; ++i) l.own[i] = share * x_[i];
+    }
+    late_.push_back(std::move(l));
+  }
+
+  // The buffers of an exchange abandoned before it completed: the transport may still
+  // use them (an MPI send that no receive matched yet reads its buffer until the job
+  // ends), so they are kept until the program ends; what completed is recycled.
+  void retire(late_exchange& l) noexcept {
+    l.req.reset();
+    try {
+      if (l.complete) {
+        recycle(l);
+        return;
+      }
+      for (auto* b : {&l.send, &l.recv})
+        if (!b->empty())
+          detail::keep_until_exit(std::make_shared<std::vector<std::byte>>(std::move(*b)));
+      if (l.plain) detail::keep_until_exit(std::move(l.plain));
+    } catch (...) {  // out of memory: nothing safer is left to do
+    }
+  }
+
+  void recycle(late_exchange& l) {
+    for (auto* b : {&l.send, &l.recv})
+      if (!b->empty() && spare_.size() < 2 * edges_.size()) spare_.push_back(std::move(*b));
+  }
+
+  // A failed peer: its late exchanges are dropped (it applies nothing more either).
+  void drop_late_of(int peer) noexcept {
+    for (auto& l : late_)
+      if (l.peer == peer) retire(l);
+    std::erase_if(late_, [&](const late_exchange& l) { return l.peer == peer; });
+  }
+
+  void fail_peer(int peer, const std::string& reason) {
+    for (auto& e : ex_)
+      if (e.peer == peer && e.state == outcome::pending) {
+        record_drop(e, true, reason);
+        return;
+      }
+    drop_late_of(peer);
+    if (!failed_[static_cast<std::size_t>(peer)]) {
+      failed_[static_cast<std::size_t>(peer)] = true;
+      failed_list_.push_back(peer);
+      dropped_.push_back({round_, peer, true, reason});
     }
   }
 
@@ -503,6 +738,9 @@ class gossip {
     params_ = params;
     const std::size_t n = n_;
     const float* z = params.data();
+    // A late exchange still sends an earlier round's payload: this round writes a new one.
+    if (applies_late && plain_.use_count() > 1)
+      plain_ = std::make_shared<std::vector<std::byte>>(plain_->size());
 
     {
       scoped_timer timer(counters_.encode_ns);
@@ -512,46 +750,69 @@ class gossip {
         for (std::size_t i = 0; i < n; ++i) x_[i] = w * z[i];
       } else if constexpr (!lossy) {
         key_stream(codec_, -1);
-        plain_bytes_ = codec_.encode(host_view<const float>(params), plain_);
+        plain_bytes_ = codec_.encode(host_view<const float>(params), *plain_);
       }
-      for (auto& e : ex_) {
-        if (!e.sends()) continue;
-        edge& ed = edge_to(e.peer);
-        key_stream(ed.codec, e.peer);
-        if (rule_ == mixing_rule::averaging) {
-          if constexpr (lossy) {
-            for (std::size_t i = 0; i < n; ++i) scratch_[i] = z[i] - ed.mine[i];
-            e.send_bytes = ed.codec.encode(host_view<const float>(scratch_), ed.send);
-          }
-        } else {
-          const auto share = static_cast<float>(e.out_w * o_.gamma);
-          if constexpr (lossy) {
-            for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i] - ed.mine[i];
-          } else {
-            for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i];
-          }
-          e.weight_share = e.out_w * o_.gamma * weight_;
-          const auto bits = std::bit_cast<std::uint64_t>(e.weight_share);
-          wire_writer w(std::span<std::byte>(ed.send).first(weight_bytes), "gossip::start_mix");
-          w.put_u64(bits);
-          e.send_bytes =
-              weight_bytes + ed.codec.encode(host_view<const float>(scratch_),
-                                             std::span<std::byte>(ed.send).subspan(weight_bytes));
+      encode_edges(z);
+    }
+    post_round();
+  }
+
+  void encode_edges(const float* z) {
+    const std::size_t n = n_;
+    for (auto& e : ex_) {
+      if (!e.sends()) continue;
+      edge& ed = edge_to(e.peer);
+      key_stream(ed.codec, e.peer);
+      if (rule_ == mixing_rule::averaging) {
+        if constexpr (lossy) {
+          for (std::size_t i = 0; i < n; ++i) scratch_[i] = z[i] - ed.mine[i];
+          e.send_bytes = ed.codec.encode(host_view<const float>(scratch_), ed.send);
         }
+      } else {
+        const auto share = static_cast<float>(e.out_w * o_.gamma);
+        if constexpr (lossy) {
+          for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i] - ed.mine[i];
+        } else {
+          for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i];
+        }
+        e.weight_share = e.out_w * o_.gamma * weight_;
+        const auto bits = std::bit_cast<std::uint64_t>(e.weight_share);
+        wire_writer w(std::span<std::byte>(ed.send).first(weight_bytes), "gossip::start_mix");
+        w.put_u64(bits);
+        e.send_bytes =
+            weight_bytes + ed.codec.encode(host_view<const float>(scratch_),
+                                           std::span<std::byte>(ed.send).subspan(weight_bytes));
       }
     }
+  }
 
+  // The payload this rank sends to e's peer in this round (its public copy's update when
+  // the codec is lossy).
+  std::span<const std::byte> sent_payload(const exchange& e) {
+    if (rule_ == mixing_rule::averaging && !lossy)
+      return std::span<const std::byte>(*plain_).first(plain_bytes_);
+    return std::span<const std::byte>(edge_to(e.peer).send).first(e.send_bytes);
+  }
+
+  // D(q) of this rank's payload to e's peer, added to x̂_{i→j}: what the peer adds to its
+  // copy when the message lands.
+  void update_mine(const exchange& e) {
+    edge& ed = edge_to(e.peer);
+    const std::span<const std::byte> p = sent_payload(e);
+    if (rule_ == mixing_rule::push_sum)
+      ed.codec.decode_add(p.subspan(weight_bytes), ed.mine);
+    else
+      ed.codec.decode_add(p, ed.mine);
+  }
+
+  void post_round() {
     const int tag = o_.tag;
     for (auto& e : ex_) {
       send_op s{e.peer, tag, {}};
       recv_op r{e.peer, tag, {}};
       if (e.sends()) {
-        if (rule_ == mixing_rule::averaging && !lossy) {
-          s.data = std::span<const std::byte>(plain_).first(plain_bytes_);
-          e.send_bytes = plain_bytes_;
-        } else {
-          s.data = std::span<const std::byte>(edge_to(e.peer).send).first(e.send_bytes);
-        }
+        s.data = sent_payload(e);
+        e.send_bytes = s.data.size();
       }
       if (e.receives()) r.data = edge_to(e.peer).recv;
       try {
@@ -560,7 +821,12 @@ class gossip {
       } catch (const peer_error& x) {
         if (x.peer() != e.peer) throw;
         record_drop(e, true, x.what());
+        continue;
       }
+      // Where a send cannot be withdrawn it is delivered unless the peer is gone: this
+      // rank's copy of what the peer knows moves now, whether or not the round waits.
+      if constexpr (applies_late && lossy)
+        if (e.sends()) update_mine(e);
     }
   }
 
@@ -587,11 +853,7 @@ class gossip {
         } else {
           ok = t_->test(*e.req);
         }
-        if (!ok)
-          record_drop(e, false,
-                      "rank " + std::to_string(e.peer) + " missed the deadline of round " +
-                          std::to_string(round_) + " (" + std::to_string(t_->timeout().count()) +
-                          " ms)");
+        if (!ok) record_drop(e, false, missed_deadline(e.peer));
       } catch (const timeout_error& x) {
         if (x.peer() != e.peer && x.peer() != any_source) throw;
         ok = completed_late(e);
@@ -607,22 +869,111 @@ class gossip {
     }
   }
 
-  std::span<const std::byte> received_payload(exchange& e) {
-    edge& ed = edge_to(e.peer);
-    const std::size_t got = e.req->received(0);
-    if (got > ed.recv.size())
-      throw decode_error("gossip::mix",
-                         "rank " + std::to_string(e.peer) + " reported " + std::to_string(got) +
-                             " bytes for a buffer of " + std::to_string(ed.recv.size()),
-                         rank());
-    return std::span<const std::byte>(ed.recv).first(got);
+  std::string missed_deadline(int peer) const {
+    return "rank " + std::to_string(peer) + " missed the deadline of round " +
+           std::to_string(round_) + " (" + std::to_string(t_->timeout().count()) + " ms)";
   }
 
-  [[noreturn]] void rethrow_decode(const decode_error& x, int peer) {
+  // Tests the late exchanges, oldest first, without blocking. Those of one peer complete
+  // in order (its messages land in the order posted, and are applied in that order):
+  // after one that has not, that peer's later ones wait (blocked_).
+  void poll_late() {
+    blocked_.assign(static_cast<std::size_t>(size()), false);
+    for (std::size_t k = 0; k < late_.size(); ++k) {
+      late_exchange& l = late_[k];
+      const auto p = static_cast<std::size_t>(l.peer);
+      if (l.complete || blocked_[p]) continue;
+      bool ok = false;
+      try {
+        ok = t_->test(*l.req);
+      } catch (const peer_error& x) {
+        if (x.peer() != l.peer) throw;
+        fail_peer(l.peer, x.what());
+        k = static_cast<std::size_t>(-1);  // late_ changed: test again from the start
+        blocked_.assign(static_cast<std::size_t>(size()), false);
+        continue;
+      }
+      if (!ok) {
+        blocked_[p] = true;
+        continue;
+      }
+      l.complete = true;
+      if (l.sends()) counters_.add_sent(l.send_bytes);
+      if (l.receives()) counters_.add_received(l.req->received(0));
+    }
+  }
+
+  bool any_late_open() const noexcept {
+    return std::any_of(late_.begin(), late_.end(), [](const auto& l) { return !l.complete; });
+  }
+
+  // The round's wait where exchanges are applied late: polls (never waits inside the
+  // transport: MPI's wait withdraws the receives of a group when it times out) the late
+  // exchanges and the round's until all of the round's completed or the deadline passed;
+  // those still open then become late exchanges.
+  void wait_all_late() {
+    scoped_timer timer(counters_.wait_ns);
+    const auto deadline = clock::now() + t_->timeout();
+    poll_backoff backoff;
+    for (;;) {
+      poll_late();
+      bool open = false;
+      for (auto& e : ex_) {
+        if (e.state != outcome::pending) continue;
+        if (blocked_[static_cast<std::size_t>(e.peer)]) {
+          open = true;  // an earlier exchange with this peer comes first
+          continue;
+        }
+        bool ok = false;
+        try {
+          ok = t_->test(*e.req);
+        } catch (const peer_error& x) {
+          if (x.peer() != e.peer) throw;
+          fail_peer(e.peer, x.what());
+          continue;
+        }
+        if (!ok) {
+          open = true;
+          continue;
+        }
+        e.state = outcome::done;
+        if (e.sends()) counters_.add_sent(e.send_bytes);
+        if (e.receives()) counters_.add_received(e.req->received(0));
+      }
+      if (!open) return;
+      if (clock::now() >= deadline) break;
+      backoff.pause();
+    }
+    for (auto& e : ex_)
+      if (e.state == outcome::pending) record_drop(e, false, missed_deadline(e.peer));
+  }
+
+  std::span<const std::byte> checked_payload(std::span<const std::byte> buf, std::size_t got,
+                                             int peer) const {
+    if (got > buf.size())
+      throw decode_error("gossip::mix",
+                         "rank " + std::to_string(peer) + " reported " + std::to_string(got) +
+                             " bytes for a buffer of " + std::to_string(buf.size()),
+                         rank());
+    return buf.first(got);
+  }
+
+  std::span<const std::byte> received_payload(exchange& e) {
+    return checked_payload(edge_to(e.peer).recv, e.req->received(0), e.peer);
+  }
+
+  std::span<const std::byte> received_payload(late_exchange& l) {
+    return checked_payload(l.recv, l.req->received(0), l.peer);
+  }
+
+  [[noreturn]] void rethrow_decode(const decode_error& x, int peer, std::uint64_t round) {
     throw decode_error("gossip::mix",
                        "the payload from rank " + std::to_string(peer) + " in round " +
-                           std::to_string(round_) + ": " + x.what(),
+                           std::to_string(round) + ": " + x.what(),
                        rank());
+  }
+  [[noreturn]] void rethrow_decode(const decode_error& x, int peer) {
+    rethrow_decode(x, peer, round_);
   }
 
   // Plain averaging where every neighbour heard from weighs the same (the regular
@@ -675,8 +1026,10 @@ class gossip {
         } catch (const decode_error& d) {
           rethrow_decode(d, e.peer);
         }
-        // This rank's own payload: the peer decodes the same bytes into its copy.
-        ed.codec.decode_add(std::span<const std::byte>(ed.send).first(e.send_bytes), ed.mine);
+        // This rank's own payload: the peer decodes the same bytes into its copy (where
+        // exchanges are applied late, that happened when it was posted).
+        if constexpr (!applies_late)
+          ed.codec.decode_add(std::span<const std::byte>(ed.send).first(e.send_bytes), ed.mine);
         const float* th = ed.theirs.data();
         const float* mi = ed.mine.data();
         for (std::size_t i = 0; i < n; ++i) delta[i] += w * (th[i] - mi[i]);
@@ -699,11 +1052,78 @@ class gossip {
     }
   }
 
-  void apply_push_sum() {
+  // The terms of the late exchanges that completed, oldest first, as their rounds would
+  // have applied them: into late_delta_ (averaging: γ W_ij(t) (x_j(t) − x_i(t)), or with
+  // the public copies γ W_ij(t) (x̂_{j→i}(t) − x̂_{i→j}(t))), or into delta_ and `w`
+  // (push-sum: the share received is added, the share sent leaves home now). Returns
+  // whether any applied; they leave late_.
+  bool apply_late(double& w) {
+    if (std::none_of(late_.begin(), late_.end(), [](const auto& l) { return l.complete; }))
+      return false;
+    const std::size_t n = n_;
+    if (rule_ == mixing_rule::averaging) std::fill(late_delta_.begin(), late_delta_.end(), 0.0f);
+    float* acc = rule_ == mixing_rule::averaging ? late_delta_.data() : delta_.data();
+    for (auto& l : late_) {
+      if (!l.complete) continue;
+      edge& ed = edge_to(l.peer);
+      if (rule_ == mixing_rule::averaging) {
+        if (!l.receives()) continue;
+        const auto gw = static_cast<float>(o_.gamma * l.in_w);
+        const std::span<const std::byte> got = received_payload(l);
+        const float* own = l.own.data();
+        try {
+          if constexpr (lossy)
+            ed.codec.decode_add(got, ed.theirs);  // in order: before any later message
+          else
+            codec_.decode(got, scratch_);
+        } catch (const decode_error& d) {
+          rethrow_decode(d, l.peer, l.round);
+        }
+        const float* xj = lossy ? ed.theirs.data() : scratch_.data();
+        for (std::size_t i = 0; i < n; ++i) acc[i] += gw * (xj[i] - own[i]);
+        continue;
+      }
+      if (l.sends()) {
+        w -= l.weight_share;
+        const float* own = l.own.data();
+        for (std::size_t i = 0; i < n; ++i) acc[i] -= own[i];
+      }
+      if (l.receives()) w += receive_share(received_payload(l), ed, l.peer, l.round);
+    }
+    for (auto& l : late_)
+      if (l.complete) recycle(l);
+    std::erase_if(late_, [](const auto& l) { return l.complete; });
+    return true;
+  }
+
+  // Push-sum: adds a received share's numerator to delta_ and returns its weight.
+  double receive_share(std::span<const std::byte> got, edge& ed, int peer, std::uint64_t round) {
+    double their_w = 0.0;
+    try {
+      wire_reader r(got, "gossip::mix");
+      their_w = std::bit_cast<double>(r.get_u64());
+      if (!std::isfinite(their_w) || their_w < 0.0)
+        throw decode_error("gossip::mix", "push-sum weight " + std::to_string(their_w));
+      if constexpr (lossy) {
+        ed.codec.decode_add(got.subspan(weight_bytes), ed.theirs);
+      } else {
+        ed.codec.decode_add(got.subspan(weight_bytes), delta_);
+      }
+    } catch (const decode_error& d) {
+      rethrow_decode(d, peer, round);
+    }
+    if constexpr (lossy) {
+      const float* th = ed.theirs.data();
+      float* delta = delta_.data();
+      for (std::size_t i = 0; i < n_; ++i) delta[i] += th[i];
+    }
+    return their_w;
+  }
+
+  // delta_ and `w` hold what late exchanges brought (zero and weight_ without any).
+  void apply_push_sum(double w) {
     const std::size_t n = n_;
     float* delta = delta_.data();
-    std::fill(delta_.begin(), delta_.end(), 0.0f);
-    double w = weight_;
     for (auto& e : ex_) {
       if (e.state != outcome::done) continue;
       edge& ed = edge_to(e.peer);
@@ -711,9 +1131,10 @@ class gossip {
         // The share left: what the peer decoded (the public copy), or the exact share.
         w -= e.weight_share;
         if constexpr (lossy) {
-          ed.codec.decode_add(std::span<const std::byte>(ed.send).subspan(
-                                  weight_bytes, e.send_bytes - weight_bytes),
-                              ed.mine);
+          if constexpr (!applies_late)  // else updated when posted
+            ed.codec.decode_add(std::span<const std::byte>(ed.send).subspan(
+                                    weight_bytes, e.send_bytes - weight_bytes),
+                                ed.mine);
           const float* mi = ed.mine.data();
           for (std::size_t i = 0; i < n; ++i) delta[i] -= mi[i];
         } else {
@@ -721,29 +1142,12 @@ class gossip {
           for (std::size_t i = 0; i < n; ++i) delta[i] -= share * x_[i];
         }
       }
-      if (e.receives()) {
-        const std::span<const std::byte> got = received_payload(e);
-        double their_w = 0.0;
-        try {
-          wire_reader r(got, "gossip::mix");
-          their_w = std::bit_cast<double>(r.get_u64());
-          if (!std::isfinite(their_w) || their_w < 0.0)
-            throw decode_error("gossip::mix", "push-sum weight " + std::to_string(their_w));
-          if constexpr (lossy) {
-            ed.codec.decode_add(got.subspan(weight_bytes), ed.theirs);
-          } else {
-            ed.codec.decode_add(got.subspan(weight_bytes), delta_);
-          }
-        } catch (const decode_error& d) {
-          rethrow_decode(d, e.peer);
-        }
-        w += their_w;
-        if constexpr (lossy) {
-          const float* th = ed.theirs.data();
-          for (std::size_t i = 0; i < n; ++i) delta[i] += th[i];
-        }
-      }
+      if (e.receives()) w += receive_share(received_payload(e), ed, e.peer, round_);
     }
+    finish_push_sum(w);
+  }
+
+  void finish_push_sum(double w) {
     if (!(w > 0.0) || !std::isfinite(w))
       throw error(make_error_code(errc::internal), "gossip::mix", rank(),
                   "the push-sum weight became " + std::to_string(w) + " in round " +
@@ -751,18 +1155,29 @@ class gossip {
     weight_ = w;
     const auto inv = static_cast<float>(1.0 / w);
     float* z = params_.data();
-    for (std::size_t i = 0; i < n; ++i) z[i] = (x_[i] + delta[i]) * inv;
+    const float* delta = delta_.data();
+    for (std::size_t i = 0; i < n_; ++i) z[i] = (x_[i] + delta[i]) * inv;
   }
 
   void finish_mix() {
     try {
-      wait_all();
+      if constexpr (applies_late)
+        wait_all_late();
+      else
+        wait_all();
       {
         scoped_timer timer(counters_.decode_ns);
-        if (rule_ == mixing_rule::averaging)
+        if (rule_ == mixing_rule::averaging) {
+          double unused = 0.0;
+          const bool late = applies_late && apply_late(unused);
           apply_averaging();
-        else
-          apply_push_sum();
+          if (late) add_late_delta();
+        } else {
+          std::fill(delta_.begin(), delta_.end(), 0.0f);
+          double w = weight_;
+          if constexpr (applies_late) (void)apply_late(w);
+          apply_push_sum(w);
+        }
       }
     } catch (const std::exception& x) {
       broken_ = x.what();
@@ -774,8 +1189,26 @@ class gossip {
     ++round_;
   }
 
+  void add_late_delta() {
+    float* x = params_.data();
+    const float* d = late_delta_.data();
+    for (std::size_t i = 0; i < n_; ++i) x[i] += d[i];
+  }
+
   void abandon_round() noexcept {
-    for (auto& e : ex_) e.req.reset();
+    for (auto& e : ex_) {
+      if constexpr (applies_late) {
+        // Still posted: its buffers go with it (retired when the object goes).
+        if (e.req) {
+          try {
+            go_late(e);
+            continue;
+          } catch (...) {
+          }
+        }
+      }
+      e.req.reset();
+    }
     in_flight_ = false;
   }
 
@@ -793,10 +1226,12 @@ class gossip {
   std::vector<int> failed_list_;
   std::vector<std::unique_ptr<edge>> edges_;
   std::vector<exchange> ex_;
-  std::vector<float> scratch_, delta_, x_;
-  std::vector<std::byte> plain_;
+  std::vector<float> scratch_, delta_, x_, late_delta_;
+  std::shared_ptr<std::vector<std::byte>> plain_;
   std::size_t plain_bytes_ = 0;
-  std::vector<std::vector<std::byte>> retired_;
+  std::vector<late_exchange> late_;            // in the order of their rounds
+  std::vector<bool> blocked_;                  // poll_late: peers with an open late exchange
+  std::vector<std::vector<std::byte>> spare_;  // buffers of completed late exchanges
   std::size_t n_ = 0;
   bool sized_ = false;
   bool in_flight_ = false;

@@ -171,9 +171,10 @@ void register_codecs() {
   add_codec("randomk_1pct", 0.3, 0.3, [] { return gc::randomk_codec({.ratio = 0.01}); });
 #if GRADCOMM_HAS_EIGEN
   // The input as a 4096 × 4096 matrix, rank 4; encode is one whole single-worker step (P = M Q,
-  // QR, Q = Mᵀ P, and with error feedback the residual). Sized before the clock starts: the
-  // first call's 64 MiB residual is a one-off. Gaussian input has no low-rank structure, so
-  // the error is close to 1: the rows are about speed.
+  // QR, Q = Mᵀ P, and with error feedback the residual, which each step settles for the step
+  // before inside its first pass: in the loop every step's residual is paid for once). Sized
+  // before the clock starts: the first call's buffers (64 MiB each) are a one-off. Gaussian input
+  // has no low-rank structure, so the error is close to 1: the rows are about speed.
   add_codec("powersgd_r4", 0.25, 0.25, [] {
     gc::powersgd_codec c({.rank = 4, .rows = 4096, .cols = 4096});
     c.resize(kElements);

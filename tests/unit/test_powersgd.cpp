@@ -353,6 +353,44 @@ TEST(PowerSgd, ResidualPlusDecodedIsTheInput) {
   EXPECT_LT(distance(a, b), 1e-5 * frobenius(b));
 }
 
+// The residual is settled in the next step's first pass: reading it in between (which
+// settles it at once), copying the codec or failing a step changes no bit of any payload.
+TEST(PowerSgd, DeferredResidualChangesNoBits) {
+  for (auto [rows, cols, r] :
+       {std::tuple<std::size_t, std::size_t, std::size_t>{40, 56, 2}, {30, 50, 6}}) {
+    for (auto policy : {gc::nonfinite_policy::reject, gc::nonfinite_policy::zero}) {
+      const std::size_t n = rows * cols;
+      const gc::powersgd_params params{
+          .rank = static_cast<std::uint32_t>(r), .rows = rows, .cols = cols, .policy = policy};
+      gc::powersgd_codec a(params), b(params);
+      for (unsigned step = 0; step < 5; ++step) {
+        const auto g = gaussian(n, 300 + step);
+        ASSERT_EQ(encode(a, g), encode(b, g)) << "step " << step;
+        double sq = 0;
+        for (float e : b.residual()) sq += static_cast<double>(e) * e;  // b settles now
+        EXPECT_EQ(b.residual_norm(), std::sqrt(sq));
+      }
+      // A copy taken while the residual is deferred; then a step that fails.
+      gc::powersgd_codec kept = a;
+      auto bad = gaussian(n, 400);
+      bad[n / 2] = std::numeric_limits<float>::quiet_NaN();
+      std::vector<std::byte> wire(a.max_encoded_bytes(n));
+      if (policy == gc::nonfinite_policy::reject) {
+        EXPECT_THROW(a.encode(bad, wire), gc::error);
+        std::vector<float> p(a.p_floats(n));
+        EXPECT_THROW(a.compute_p(bad, p), gc::error);
+      }
+      const auto g = gaussian(n, 401);
+      const auto after = encode(a, g);
+      EXPECT_EQ(after, encode(kept, g)) << "after a failed step";
+      EXPECT_EQ(after, encode(b, g));
+      EXPECT_EQ(a.residual_norm(), kept.residual_norm());
+      EXPECT_TRUE(std::equal(a.residual().begin(), a.residual().end(), b.residual().begin()));
+      EXPECT_EQ(saved(a), saved(b));
+    }
+  }
+}
+
 TEST(PowerSgd, ErrorFeedbackCatchesUpOnAFixedGradient) {
   // A full-rank gradient, sent again and again: the running mean of what is sent tends to
   // it, although each payload has rank 2.
@@ -678,9 +716,11 @@ TEST(PowerSgd, DecodeAddOntoZerosIsDecode) {
 
 // ---- the loops ----------------------------------------------------------------------------
 
-// The passes (the dispatched loops) against sums in double: P = M Q, Q = Mᵀ P̂,
-// e <- M − P̂ Qᵀ and out = P̂ Q_outᵀ; with and without a residual, under both policies, over
-// shapes with partial blocks of rows, partial lanes, and ranks past a group of four.
+// The passes (the dispatched loops) against sums in double: P = M Q (with error feedback
+// M = g + e written to m, e settled first where the last step's residual is deferred),
+// Q = Mᵀ P̂, out = P̂ Q_outᵀ and the settled residual e <- M − P̂ Qᵀ; with and without a
+// residual, deferred or not, under both policies, over shapes with partial blocks of rows,
+// partial lanes, and ranks past a group of four.
 // got (column-major, r columns) against M F (F: cols × r) or, transposed, Mᵀ F (F: rows ×
 // r), each sum in double, within 1e-5 of the sum of the terms' magnitudes.
 void expect_product(const std::vector<float>& got, const std::vector<float>& m,
@@ -713,23 +753,24 @@ TEST(PowerSgd, PassesMatchSumsInDouble) {
     const std::size_t n = rows * cols;
     const auto q = gaussian(cols * r, 23), q_out = gaussian(cols * r, 24);
     const auto p_hat = gaussian(rows * r, 25);
-    for (bool has_e : {false, true}) {
+    const auto pp = gaussian(rows * r, 26, 0.3f), pq = gaussian(cols * r, 27, 0.3f);
+    for (int mode : {0, 1, 2}) {  // no residual; a residual; a deferred residual
       for (bool zero : {false, true}) {
+        const bool has_e = mode > 0, deferred = mode == 2;
         auto g = gaussian(n, 21);
         if (zero) g[n / 3] = std::numeric_limits<float>::infinity();  // zeroed
         const auto e0 = has_e ? gaussian(n, 22, 0.1f) : std::vector<float>();
-        std::vector<float> m(n);  // M as the codec defines it, in f32
-        for (std::size_t i = 0; i < n; ++i) {
-          const float gi = zero ? finite_or_zero(g[i]) : g[i];
-          m[i] = has_e ? gi + e0[i] : gi;
-          if (zero) m[i] = finite_or_zero(m[i]);
-        }
         const std::string where = std::to_string(rows) + " × " + std::to_string(cols) + ", rank " +
-                                  std::to_string(r) + (has_e ? ", e" : "") + (zero ? ", zero" : "");
+                                  std::to_string(r) + (has_e ? ", e" : "") +
+                                  (deferred ? " deferred" : "") + (zero ? ", zero" : "");
         auto e = e0;
+        std::vector<float> m(n, -1.0f);  // M as the P pass wrote it (error feedback)
         gc::detail::psgd_pass a;
         a.g = g.data();
         a.e = has_e ? e.data() : nullptr;
+        a.m = has_e ? m.data() : nullptr;
+        a.pp = deferred ? pp.data() : nullptr;
+        a.pq = deferred ? pq.data() : nullptr;
         a.zero = zero;
         a.rows = rows;
         a.cols = cols;
@@ -738,15 +779,47 @@ TEST(PowerSgd, PassesMatchSumsInDouble) {
         std::vector<float> p(rows * r, -1.0f), q_got(cols * r, -1.0f), out(n, -1.0f);
         a.p_acc = p.data();
         gc::detail::psgd_p_pass(a);
+        ASSERT_EQ(e, e0) << "the P pass leaves e alone, " << where;
+        for (std::size_t x = 0; x < n; ++x) {
+          const float gi = zero ? finite_or_zero(g[x]) : g[x];
+          if (!has_e) {
+            m[x] = gi;  // M as the codec defines it
+            continue;
+          }
+          if (!deferred) {  // M = g + e in f32, to the bit
+            const float want = zero ? finite_or_zero(gi + e0[x]) : gi + e0[x];
+            ASSERT_EQ(m[x], want) << "m " << x << ", " << where;
+            continue;
+          }
+          const std::size_t i = x / cols, j = x % cols;
+          double s = e0[x], mag = std::fabs(e0[x]);
+          for (std::size_t k = 0; k < r; ++k) {
+            const double t = static_cast<double>(pp[k * rows + i]) * pq[k * cols + j];
+            s -= t;
+            mag += std::fabs(t);
+          }
+          ASSERT_NEAR(m[x], gi + s, 1e-5 * (mag + std::fabs(gi)) + 1e-30)
+              << "m " << i << ", " << j << ", " << where;
+        }
         expect_product(p, m, q, rows, cols, r, false, "P " + where);
-        a.p = p_hat.data();
-        a.q_acc = q_got.data();
-        gc::detail::psgd_q_pass(a);
+        gc::detail::psgd_pass b;  // the Q pass and after, from M
+        b.g = m.data();
+        b.rows = rows;
+        b.cols = cols;
+        b.r = r;
+        b.p = p_hat.data();
+        b.q_acc = q_got.data();
+        gc::detail::psgd_q_pass(b);
         expect_product(q_got, m, p_hat, rows, cols, r, true, "Q " + where);
-        a.q = q.data();
-        a.q_out = q_out.data();
-        a.out = out.data();
-        gc::detail::psgd_finish_pass(a);
+        b.q_out = q_out.data();
+        b.out = out.data();
+        gc::detail::psgd_finish_pass(b);
+        auto settled = m;  // the step's residual, deferred against P̂ and Q, then settled
+        b.e = settled.data();
+        b.pp = p_hat.data();
+        b.pq = q.data();
+        double norm = 0;
+        const double sq = gc::detail::psgd_settle(b, true);
         for (std::size_t i = 0; i < rows; ++i) {
           for (std::size_t j = 0; j < cols; ++j) {
             double s = 0, mag = 0, o = 0, omag = 0;
@@ -761,13 +834,13 @@ TEST(PowerSgd, PassesMatchSumsInDouble) {
             const std::size_t x = i * cols + j;
             ASSERT_NEAR(out[x], o, 1e-5 * omag + 1e-30)
                 << "out " << i << ", " << j << ", " << where;
-            if (has_e) {
-              const double want = m[x] - s;
-              ASSERT_NEAR(e[x], want, 1e-5 * (mag + std::fabs(m[x])) + 1e-30)
-                  << "e " << i << ", " << j << ", " << where;
-            }
+            const double want = m[x] - s;
+            ASSERT_NEAR(settled[x], want, 1e-5 * (mag + std::fabs(m[x])) + 1e-30)
+                << "e " << i << ", " << j << ", " << where;
+            norm += static_cast<double>(settled[x]) * settled[x];
           }
         }
+        EXPECT_EQ(sq, norm) << "the settle's Σ e², " << where;
       }
     }
   }
@@ -785,45 +858,66 @@ TEST(PowerSgd, PortableAndAvx2LoopsAgreeToTheBit) {
     const auto q = gaussian(cols * r, 3);
     const auto q2 = gaussian(cols * r, 4);
     const auto p_hat = gaussian(rows * r, 5);
-    for (bool zero : {false, true}) {
-      auto e1 = e, e2 = e;
-      gc::detail::psgd_pass a;
-      a.g = g.data();
-      a.e = e1.data();
-      a.zero = zero;
-      a.rows = rows;
-      a.cols = cols;
-      a.r = r;
-      a.q = q.data();
-      std::vector<float> p1(rows * r), p2(rows * r);
-      a.p_acc = p1.data();
-      gc::detail::psgd_p_pass_portable(a);
-      a.p_acc = p2.data();
-      gc::detail::psgd_p_pass_avx2(a);
-      EXPECT_EQ(std::memcmp(p1.data(), p2.data(), 4 * p1.size()), 0);  // NaNs too
-      a.p = p_hat.data();
-      std::vector<float> qa(cols * r), qb(cols * r);
-      a.q_acc = qa.data();
-      gc::detail::psgd_q_pass_portable(a);
-      a.q_acc = qb.data();
-      gc::detail::psgd_q_pass_avx2(a);
-      EXPECT_EQ(std::memcmp(qa.data(), qb.data(), 4 * qa.size()), 0);
-      std::vector<float> o1(rows * cols), o2(rows * cols);
-      a.q_out = q2.data();
-      a.out = o1.data();
-      gc::detail::psgd_finish_pass_portable(a);
-      a.e = e2.data();
-      a.out = o2.data();
-      gc::detail::psgd_finish_pass_avx2(a);
-      EXPECT_EQ(std::memcmp(e1.data(), e2.data(), 4 * e1.size()), 0);
-      EXPECT_EQ(o1, o2);
-      const auto* pb = reinterpret_cast<const std::byte*>(p_hat.data());
-      const auto* qbytes = reinterpret_cast<const std::byte*>(q2.data());
-      std::vector<float> d1(rows * cols), d2(rows * cols);
-      gc::detail::psgd_decode_portable<false>(pb, qbytes, rows, cols, r, d1.data());
-      gc::detail::psgd_decode_avx2<false>(pb, qbytes, rows, cols, r, d2.data());
-      EXPECT_EQ(d1, d2);
-      EXPECT_EQ(d1, o1) << "decode sums as decompress does";
+    for (int mode : {0, 1, 2}) {  // no residual; a residual; a deferred residual
+      for (bool zero : {false, true}) {
+        auto e1 = e;
+        std::vector<float> m1(rows * cols), m2(rows * cols);
+        gc::detail::psgd_pass a;
+        a.g = g.data();
+        a.e = mode > 0 ? e1.data() : nullptr;
+        a.m = mode > 0 ? m1.data() : nullptr;
+        a.pp = mode == 2 ? p_hat.data() : nullptr;
+        a.pq = mode == 2 ? q2.data() : nullptr;
+        a.zero = zero;
+        a.rows = rows;
+        a.cols = cols;
+        a.r = r;
+        a.q = q.data();
+        std::vector<float> p1(rows * r), p2(rows * r);
+        a.p_acc = p1.data();
+        gc::detail::psgd_p_pass_portable(a);
+        a.p_acc = p2.data();
+        if (mode > 0) a.m = m2.data();
+        gc::detail::psgd_p_pass_avx2(a);
+        EXPECT_EQ(std::memcmp(p1.data(), p2.data(), 4 * p1.size()), 0);  // NaNs too
+        EXPECT_EQ(std::memcmp(m1.data(), m2.data(), 4 * m1.size()), 0);
+        gc::detail::psgd_pass b;
+        b.g = mode > 0 ? m1.data() : g.data();
+        b.zero = mode == 0 && zero;
+        b.rows = rows;
+        b.cols = cols;
+        b.r = r;
+        b.p = p_hat.data();
+        std::vector<float> qa(cols * r), qb(cols * r);
+        b.q_acc = qa.data();
+        gc::detail::psgd_q_pass_portable(b);
+        b.q_acc = qb.data();
+        gc::detail::psgd_q_pass_avx2(b);
+        EXPECT_EQ(std::memcmp(qa.data(), qb.data(), 4 * qa.size()), 0);
+        std::vector<float> o1(rows * cols), o2(rows * cols);
+        b.q_out = q2.data();
+        b.out = o1.data();
+        gc::detail::psgd_finish_pass_portable(b);
+        b.out = o2.data();
+        gc::detail::psgd_finish_pass_avx2(b);
+        EXPECT_EQ(o1, o2);
+        auto s1 = e, s2 = e;
+        b.pp = p_hat.data();
+        b.pq = q.data();
+        b.e = s1.data();
+        const double n1 = gc::detail::psgd_settle_portable(b, true);
+        b.e = s2.data();
+        const double n2 = gc::detail::psgd_settle_avx2(b, true);
+        EXPECT_EQ(s1, s2);
+        EXPECT_EQ(n1, n2);
+        const auto* pb = reinterpret_cast<const std::byte*>(p_hat.data());
+        const auto* qbytes = reinterpret_cast<const std::byte*>(q2.data());
+        std::vector<float> d1(rows * cols), d2(rows * cols);
+        gc::detail::psgd_decode_portable<false>(pb, qbytes, rows, cols, r, d1.data());
+        gc::detail::psgd_decode_avx2<false>(pb, qbytes, rows, cols, r, d2.data());
+        EXPECT_EQ(d1, d2);
+        EXPECT_EQ(d1, o1) << "decode sums as decompress does";
+      }
     }
   }
 }

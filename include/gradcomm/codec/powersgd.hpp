@@ -180,6 +180,12 @@ struct psgd_pass {
   float* p_acc = nullptr;        // P pass: P out
   float* q_acc = nullptr;        // Q pass: Q out
   float* out = nullptr;          // finish: the output (may be g)
+  // Error feedback's fold (P pass) and settle: e holds the residual's base, and where the
+  // last step's residual is deferred, e = finite_or_zero(base − pp · pqᵀ) (pp: that step's
+  // P̂, rows × r; pq: its Q, cols × r; both null when nothing is deferred).
+  float* m = nullptr;  // P pass with error feedback: M = g + e out, rows × cols
+  const float* pp = nullptr;
+  const float* pq = nullptr;
 };
 
 inline const float* psgd_at(const float* p, std::size_t i) noexcept { return p + i; }
@@ -187,27 +193,32 @@ inline const std::byte* psgd_at(const std::byte* p, std::size_t i) noexcept { re
 
 // Element j of a row of M: g (+ e), non-finite values zeroed under Zero (g's before the
 // sum, so that the residual's debt survives a bad gradient, and the sum's after it, for an
-// overflow). Computed where it is used: no pass writes M.
+// overflow). Without error feedback the passes compute it where they use it; with error
+// feedback the first pass (psgd_fold_rows) writes M and the second reads it.
 template <bool HasE, bool Zero>
-[[gnu::always_inline]] inline float psgd_m(const float* __restrict g, const float* __restrict e,
-                                           std::size_t j) noexcept {
+[[gnu::always_inline]] inline float psgd_m_of(float g, float e) noexcept {
   if constexpr (Zero) {
-    const float v = psgd_finite_or_zero(g[j]);
+    const float v = psgd_finite_or_zero(g);
     if constexpr (HasE) {
-      return psgd_finite_or_zero(v + e[j]);
+      return psgd_finite_or_zero(v + e);
     } else {
       return v;
     }
   } else if constexpr (HasE) {
-    return g[j] + e[j];
+    return g + e;
   } else {
-    return g[j];
+    return g;
   }
+}
+template <bool HasE, bool Zero>
+[[gnu::always_inline]] inline float psgd_m(const float* __restrict g, const float* __restrict e,
+                                           std::size_t j) noexcept {
+  return psgd_m_of<HasE, Zero>(g[j], HasE ? e[j] : 0.0f);
 }
 
 // at[j] = Σ_k P(i, k) · Q(j0 + j, k), k = 0, 1, ..., r−1 added left to right. Ranks go
 // four at a time through one loop (a load and a store of `at` per four). Decode and the
-// encoder's residual compute it alike (psgd_finish_rows for r ≤ 4 too), so that they agree
+// encoder's residual compute it alike (psgd_settled for r ≤ 4 too), so that they agree
 // to the bit.
 template <class Src>
 [[gnu::always_inline]] inline void psgd_lowrank_tile(const Src* p, std::size_t rows, std::size_t i,
@@ -267,17 +278,17 @@ template <bool HasE, bool Zero>
   l3[v] += m * q3[j];
 }
 
-// P = M Q, a row at a time: one loop over the row reads each m once for four ranks (the
-// ranks missing from a last group read column k0 again and are dropped). A non-finite m
-// makes its row's P non-finite (∞·q and NaN·q stay so through the sums), which is how the
-// caller finds one: the loop does not look at m.
+// Row i of P = M Q (g, e: the row's start): one loop over the row reads each m once for
+// four ranks (the ranks missing from a last group read column k0 again and are dropped). A
+// non-finite m makes its row's P non-finite (∞·q and NaN·q stay so through the sums), which
+// is how the caller finds one: the loop does not look at m.
 template <bool HasE, bool Zero>
-[[gnu::always_inline]] inline void psgd_p_rows(const psgd_pass& a) noexcept {
+[[gnu::always_inline]] inline void psgd_p_row(const psgd_pass& a, std::size_t i,
+                                              const float* __restrict g,
+                                              const float* __restrict e) noexcept {
   constexpr std::size_t lanes = psgd_lanes;
   const std::size_t rows = a.rows, cols = a.cols, full = cols & ~(lanes - 1);
-  for (std::size_t i = 0; i < rows; ++i) {
-    const float* __restrict g = a.g + i * cols;
-    const float* __restrict e = HasE ? a.e + i * cols : nullptr;
+  {
     for (std::size_t k0 = 0; k0 < a.r; k0 += 4) {
       const std::size_t nk = std::min<std::size_t>(4, a.r - k0);
       const float* __restrict q0 = a.q + k0 * cols;
@@ -304,9 +315,132 @@ template <bool HasE, bool Zero>
   }
 }
 
+// P = M Q, a row at a time, M computed where it is used (no error feedback).
+template <bool Zero>
+[[gnu::always_inline]] inline void psgd_p_rows(const psgd_pass& a) noexcept {
+  for (std::size_t i = 0; i < a.rows; ++i) psgd_p_row<false, Zero>(a, i, a.g + i * a.cols, nullptr);
+}
+
+// The deferred residual's term at j for r ≤ 4: finite_or_zero(base − Σ_k P̂(i, k) Q(j, k)),
+// the sum exactly as psgd_lowrank_tile's first group (missing ranks: column 0 with
+// coefficient 0), so that the residual is what decode's P̂ Qᵀ leaves, to the bit.
+[[gnu::always_inline]] inline float psgd_settled(float base, const float* __restrict q0,
+                                                 const float* __restrict q1,
+                                                 const float* __restrict q2,
+                                                 const float* __restrict q3, const float (&c)[4],
+                                                 std::size_t j) noexcept {
+  return psgd_finite_or_zero(base -
+                             (((c[0] * q0[j] + c[1] * q1[j]) + c[2] * q2[j]) + c[3] * q3[j]));
+}
+
+// Row i's coefficients of the deferred P̂ for r ≤ 4 (0 for the missing ranks), and its Q
+// columns (column 0 again for the missing ones).
+struct psgd_deferred_row {
+  float c[4];
+  const float* q[4];
+  psgd_deferred_row(const psgd_pass& a, std::size_t i) noexcept {
+    for (std::size_t k = 0; k < 4; ++k) {
+      c[k] = k < a.r ? a.pp[k * a.rows + i] : 0.0f;
+      q[k] = a.pq + (k < a.r ? k : 0) * a.cols;
+    }
+  }
+};
+
+// One row of M = g + e into m, e settled first where the last step's residual is deferred
+// (Deferred; r ≤ 4). Its own function with restrict parameters, so that GCC vectorizes it
+// without overlap checks.
+template <bool Zero, bool Deferred>
+[[gnu::always_inline]] inline void psgd_fold_row(
+    const float* __restrict g, const float* __restrict base, float* __restrict m,
+    const float* __restrict q0, const float* __restrict q1, const float* __restrict q2,
+    const float* __restrict q3, const float (&c)[4], std::size_t cols) noexcept {
+  const std::size_t full = cols & ~(psgd_lanes - 1);
+  for (std::size_t j = 0; j < full; j += psgd_lanes) {
+    psgd_prefetch(g, j + psgd_prefetch_ahead);
+    psgd_prefetch(base, j + psgd_prefetch_ahead);
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC ivdep
+#endif
+    for (std::size_t v = j; v < j + psgd_lanes; ++v) {
+      const float e = Deferred ? psgd_settled(base[v], q0, q1, q2, q3, c, v) : base[v];
+      m[v] = psgd_m_of<true, Zero>(g[v], e);
+    }
+  }
+  for (std::size_t v = full; v < cols; ++v) {
+    const float e = Deferred ? psgd_settled(base[v], q0, q1, q2, q3, c, v) : base[v];
+    m[v] = psgd_m_of<true, Zero>(g[v], e);
+  }
+}
+
+// The P pass with error feedback, a row at a time: the row of M = g + e (the residual
+// settled first where it is deferred) goes to m, then row i of P = M Q is summed from m's
+// row while it is in L1. M is what the Q pass reads, and the residual's base for the next
+// step: the step's residual M − P̂ Qᵀ is settled in the next step's first pass (or by
+// psgd_settle_pass), so that no pass of its own reads and writes the n floats.
+template <bool Zero>
+[[gnu::always_inline]] inline void psgd_fold_rows(const psgd_pass& a) noexcept {
+  alignas(32) float at[psgd_tile];
+  const std::size_t rows = a.rows, cols = a.cols, r = a.r;
+  const float c0[4] = {};
+  for (std::size_t i = 0; i < rows; ++i) {
+    const float* g = a.g + i * cols;
+    const float* base = a.e + i * cols;
+    float* m = a.m + i * cols;
+    if (a.pp == nullptr) {
+      psgd_fold_row<Zero, false>(g, base, m, g, g, g, g, c0, cols);
+    } else if (r <= 4) {
+      const psgd_deferred_row d(a, i);
+      psgd_fold_row<Zero, true>(g, base, m, d.q[0], d.q[1], d.q[2], d.q[3], d.c, cols);
+    } else {
+      for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
+        const std::size_t len = std::min(psgd_tile, cols - j0);
+        psgd_lowrank_tile(a.pp, rows, i, a.pq, cols, r, j0, len, at);
+        for (std::size_t j = j0; j < j0 + len; ++j) {
+          m[j] = psgd_m_of<true, Zero>(g[j], psgd_finite_or_zero(base[j] - at[j - j0]));
+        }
+      }
+    }
+    psgd_p_row<false, false>(a, i, m, nullptr);
+  }
+}
+
 [[gnu::always_inline]] inline void psgd_p_pass_impl(const psgd_pass& a) noexcept {
-  if (a.e != nullptr) return a.zero ? psgd_p_rows<true, true>(a) : psgd_p_rows<true, false>(a);
-  a.zero ? psgd_p_rows<false, true>(a) : psgd_p_rows<false, false>(a);
+  if (a.m != nullptr) return a.zero ? psgd_fold_rows<true>(a) : psgd_fold_rows<false>(a);
+  a.zero ? psgd_p_rows<true>(a) : psgd_p_rows<false>(a);
+}
+
+// e <- finite_or_zero(e − pp · pqᵀ) in place: the deferred residual settled. Returns Σ e²
+// (in double, a row at a time) when `norm` is set.
+[[gnu::always_inline]] inline double psgd_settle_impl(const psgd_pass& a, bool norm) noexcept {
+  alignas(32) float at[psgd_tile];
+  const std::size_t rows = a.rows, cols = a.cols, r = a.r;
+  double sum = 0.0;
+  for (std::size_t i = 0; i < rows; ++i) {
+    float* __restrict e = a.e + i * cols;
+    if (r <= 4) {
+      const psgd_deferred_row d(a, i);
+      const float* __restrict q0 = d.q[0];
+      const float* __restrict q1 = d.q[1];
+      const float* __restrict q2 = d.q[2];
+      const float* __restrict q3 = d.q[3];
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC ivdep
+#endif
+      for (std::size_t j = 0; j < cols; ++j) e[j] = psgd_settled(e[j], q0, q1, q2, q3, d.c, j);
+    } else {
+      for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
+        const std::size_t len = std::min(psgd_tile, cols - j0);
+        psgd_lowrank_tile(a.pp, rows, i, a.pq, cols, r, j0, len, at);
+        for (std::size_t j = 0; j < len; ++j) {
+          e[j0 + j] = psgd_finite_or_zero(e[j0 + j] - at[j]);
+        }
+      }
+    }
+    if (norm) {
+      for (std::size_t j = 0; j < cols; ++j) sum += static_cast<double>(e[j]) * e[j];
+    }
+  }
+  return sum;
 }
 
 // Columns [j0, j1) of ranks k0 .. k0 + G − 1 of Q (q: column k0) over the four rows of M at
@@ -394,79 +528,18 @@ template <bool HasE, bool Zero>
   a.zero ? psgd_q_rows<false, true>(a) : psgd_q_rows<false, false>(a);
 }
 
-// One element of the residual for r ≤ 4: e <- m − Σ_k P̂(i, k) Q(j, k), the sum exactly as
-// psgd_lowrank_tile's first group (missing ranks: column 0 with coefficient 0).
-template <bool Zero>
-[[gnu::always_inline]] inline void psgd_residual_term(
-    const float* __restrict g, float* __restrict e, const float* __restrict q0,
-    const float* __restrict q1, const float* __restrict q2, const float* __restrict q3,
-    const float (&c)[4], std::size_t j) noexcept {
-  const float at = ((c[0] * q0[j] + c[1] * q1[j]) + c[2] * q2[j]) + c[3] * q3[j];
-  e[j] = psgd_finite_or_zero(psgd_m<true, Zero>(g, e, j) - at);
-}
-
-// One row's residual for r ≤ 4. Its own function with restrict parameters: inlined into the
-// row loop, where g may be the output, GCC checked e against g and the four Q columns for
-// overlap once every 16 elements (as many scalar instructions as the vector work).
-template <bool Zero>
-[[gnu::always_inline]] inline void psgd_residual_row(
-    const float* __restrict g, float* __restrict e, const float* __restrict q0,
-    const float* __restrict q1, const float* __restrict q2, const float* __restrict q3,
-    const float (&c)[4], std::size_t cols) noexcept {
-  const std::size_t full = cols & ~(psgd_lanes - 1);
-  for (std::size_t j = 0; j < full; j += psgd_lanes) {
-    psgd_prefetch(g, j + psgd_prefetch_ahead);
-    psgd_prefetch(e, j + psgd_prefetch_ahead);
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC ivdep
-#endif
-    for (std::size_t v = 0; v < psgd_lanes; ++v) {
-      psgd_residual_term<Zero>(g, e, q0, q1, q2, q3, c, j + v);
-    }
-  }
-  for (std::size_t j = full; j < cols; ++j) psgd_residual_term<Zero>(g, e, q0, q1, q2, q3, c, j);
-}
-
-// The step's last pass: e <- m − P̂ Qᵀ (this worker's Q) where there is error feedback, and
-// out = P̂ Q_outᵀ (the summed Q) where there is an output. For r ≤ 4 the residual is one
-// loop over each row; for more ranks a tile at a time through P̂ Qᵀ in L1. out may be g: a
-// row's residual is done before its output is written.
-template <bool Zero>
-[[gnu::always_inline]] inline void psgd_finish_rows(const psgd_pass& a) noexcept {
+// The output of a step: out = P̂ Q_outᵀ (the summed Q), a tile at a time through L1, as the
+// decoder computes it.
+[[gnu::always_inline]] inline void psgd_finish_pass_impl(const psgd_pass& a) noexcept {
   alignas(32) float at[psgd_tile];
   const std::size_t rows = a.rows, cols = a.cols, r = a.r;
   for (std::size_t i = 0; i < rows; ++i) {
-    const float* g = a.g + i * cols;  // not restrict: out may be g
-    if (a.e != nullptr && r <= 4) {
-      float* __restrict e = a.e + i * cols;
-      const float c[4] = {a.p[i], r > 1 ? a.p[rows + i] : 0.0f, r > 2 ? a.p[2 * rows + i] : 0.0f,
-                          r > 3 ? a.p[3 * rows + i] : 0.0f};
-      const float* q0 = a.q;
-      psgd_residual_row<Zero>(g, e, q0, r > 1 ? q0 + cols : q0, r > 2 ? q0 + 2 * cols : q0,
-                              r > 3 ? q0 + 3 * cols : q0, c, cols);
-    } else if (a.e != nullptr) {
-      for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
-        const std::size_t len = std::min(psgd_tile, cols - j0);
-        psgd_lowrank_tile(a.p, rows, i, a.q, cols, r, j0, len, at);
-        const float* __restrict gt = g + j0;
-        float* __restrict et = a.e + i * cols + j0;
-        for (std::size_t j = 0; j < len; ++j) {
-          et[j] = psgd_finite_or_zero(psgd_m<true, Zero>(gt, et, j) - at[j]);
-        }
-      }
-    }
-    if (a.out != nullptr) {
-      for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
-        const std::size_t len = std::min(psgd_tile, cols - j0);
-        psgd_lowrank_tile(a.p, rows, i, a.q_out, cols, r, j0, len, at);
-        std::memcpy(a.out + i * cols + j0, at, 4 * len);
-      }
+    for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
+      const std::size_t len = std::min(psgd_tile, cols - j0);
+      psgd_lowrank_tile(a.p, rows, i, a.q_out, cols, r, j0, len, at);
+      std::memcpy(a.out + i * cols + j0, at, 4 * len);
     }
   }
-}
-
-[[gnu::always_inline]] inline void psgd_finish_pass_impl(const psgd_pass& a) noexcept {
-  a.zero ? psgd_finish_rows<true>(a) : psgd_finish_rows<false>(a);
 }
 
 // out = P Qᵀ (or out += P Qᵀ) from a payload's factors.
@@ -494,6 +567,9 @@ template <bool Add>
 inline void psgd_p_pass_portable(const psgd_pass& a) noexcept { psgd_p_pass_impl(a); }
 inline void psgd_q_pass_portable(const psgd_pass& a) noexcept { psgd_q_pass_impl(a); }
 inline void psgd_finish_pass_portable(const psgd_pass& a) noexcept { psgd_finish_pass_impl(a); }
+inline double psgd_settle_portable(const psgd_pass& a, bool norm) noexcept {
+  return psgd_settle_impl(a, norm);
+}
 template <bool Add>
 inline void psgd_decode_portable(const std::byte* p, const std::byte* q, std::size_t rows,
                                  std::size_t cols, std::size_t r, float* out) noexcept {
@@ -508,6 +584,9 @@ inline void psgd_decode_portable(const std::byte* p, const std::byte* q, std::si
 }
 [[gnu::target("avx2")]] inline void psgd_finish_pass_avx2(const psgd_pass& a) noexcept {
   psgd_finish_pass_impl(a);
+}
+[[gnu::target("avx2")]] inline double psgd_settle_avx2(const psgd_pass& a, bool norm) noexcept {
+  return psgd_settle_impl(a, norm);
 }
 template <bool Add>
 [[gnu::target("avx2")]] inline void psgd_decode_avx2(const std::byte* p, const std::byte* q,
@@ -534,6 +613,13 @@ inline void psgd_finish_pass(const psgd_pass& a) noexcept {
   if (cpu_has_avx2()) return psgd_finish_pass_avx2(a);
 #endif
   psgd_finish_pass_portable(a);
+}
+// Settles a deferred residual in place (psgd_settle_impl); returns Σ e² where `norm` is set.
+inline double psgd_settle(const psgd_pass& a, bool norm) noexcept {
+#if GRADCOMM_X86_DISPATCH
+  if (cpu_has_avx2()) return psgd_settle_avx2(a, norm);
+#endif
+  return psgd_settle_portable(a, norm);
 }
 template <bool Add>
 inline void psgd_decode(const std::byte* p, const std::byte* q, std::size_t rows, std::size_t cols,
@@ -585,6 +671,13 @@ std::size_t psgd_first_nonfinite(const Src* p, std::size_t n) noexcept {
 /// norm (the span is what matters; it keeps P = M Q far from overflow and underflow), and a
 /// column that came out zero (a zero gradient) is drawn afresh from the seed, the same on
 /// every worker, so that the iteration never loses rank for good.
+///
+/// With error feedback the first pass writes M (a second buffer of n floats in the state)
+/// and the second reads it; the residual M − P̂ Q_localᵀ is kept deferred, as M and the two
+/// factors, and settled in the next step's first pass, which reads the n floats anyway: a
+/// step reads g and e once and M once, where settling at once would take a third pass over
+/// all of them. Reading the residual (residual(), residual_norm(), save_state) settles it
+/// first, in place, to the same bits.
 ///
 /// Tensors whose shape no rank-r factoring shrinks — 1-D ones (rows 1) and those with
 /// r(rows + cols) ≥ rows·cols — go uncompressed: the payload carries the n values (with
@@ -698,8 +791,20 @@ class powersgd_codec {
   powersgd_shape current_shape() const noexcept { return {rows_, cols_}; }
   /// Steps completed (encode or decompress) since sizing.
   std::uint64_t steps() const noexcept { return steps_; }
-  /// The residual e (empty without error feedback or while unsized).
-  std::span<const float> residual() const noexcept { return residual_; }
+  /// The residual e (empty without error feedback or while unsized). Settles a deferred
+  /// residual first (a pass over the n floats): const, but not to be called concurrently
+  /// with another call on this codec. The span lasts until the next step.
+  std::span<const float> residual() const noexcept {
+    settle(false);
+    return residual_;
+  }
+  /// ‖e‖₂, in double (0 without error feedback or while unsized); settles as residual().
+  double residual_norm() const noexcept {
+    if (deferred_) return std::sqrt(settle(true));
+    double s = 0.0;
+    for (float x : residual_) s += static_cast<double>(x) * x;
+    return std::sqrt(s);
+  }
   /// The warm start Q, cols·r f32 column-major (empty while unsized or uncompressed).
   std::span<const float> warm_start() const noexcept { return q_; }
 
@@ -712,6 +817,9 @@ class powersgd_codec {
     // Everything is allocated before anything changes.
     std::vector<float> q(low_rank ? s.cols * r : 0), q_local(q.size());
     std::vector<float> p(low_rank ? s.rows * r : 0), e(params_.error_feedback ? n : 0, 0.0f);
+    const bool fold = low_rank && params_.error_feedback;
+    std::vector<float> m(fold ? n : 0), p_deferred(fold ? p.size() : 0);
+    std::vector<float> q_deferred(fold ? q.size() : 0);
     Eigen::HouseholderQR<Eigen::MatrixXf> qr;
     Eigen::Matrix<float, 1, Eigen::Dynamic> ws;
     if (low_rank) {
@@ -727,6 +835,10 @@ class powersgd_codec {
     q_local_ = std::move(q_local);
     p_ = std::move(p);
     residual_ = std::move(e);
+    m_ = std::move(m);
+    p_deferred_ = std::move(p_deferred);
+    q_deferred_ = std::move(q_deferred);
+    deferred_ = false;
     qr_ = std::move(qr);
     qr_ws_ = std::move(ws);
     steps_ = 0;
@@ -743,6 +855,10 @@ class powersgd_codec {
     q_local_.clear();
     p_.clear();
     residual_.clear();
+    m_.clear();
+    p_deferred_.clear();
+    q_deferred_.clear();
+    deferred_ = false;
     steps_ = 0;
     phase_ = phase::idle;
     sized_ = false;
@@ -762,6 +878,7 @@ class powersgd_codec {
       detail::throw_invalid_argument(call, "non-finite value at index " + std::to_string(i));
     }
     std::copy(e.begin(), e.end(), residual_.begin());
+    deferred_ = false;
   }
 
   // ---- one worker: the Codec --------------------------------------------------------
@@ -785,17 +902,12 @@ class powersgd_codec {
       run_p_pass(in.data(), p_.data(), call);
       orthogonalize(p_.data());
       run_q_pass(in.data(), p_.data(), q_local_.data(), call);
-      if (params_.error_feedback) {  // the residual against exactly what decode gives
-        detail::psgd_pass a = pass_for(in.data());
-        a.p = p_.data();
-        a.q = q_local_.data();
-        detail::psgd_finish_pass(a);
-      }
       wire_writer w(out, call);
       write_params(w, n, r, rows_, cols_, 4 * r * (rows_ + cols_));
       w.put_bytes(std::as_bytes(std::span<const float>(p_)));
       w.put_bytes(std::as_bytes(std::span<const float>(q_local_)));
       commit_warm_start(q_local_.data());
+      defer_residual(p_.data());  // against exactly what decode gives
       ++steps_;
       return w.position();
     } catch (...) {
@@ -847,7 +959,8 @@ class powersgd_codec {
 
   /// Round 2: turns the summed P in `p` into P̂ (orthonormal columns, in place: the same on
   /// every worker, since every worker holds the same sum) and writes this worker's
-  /// Q = (in + e)ᵀ P̂ into q (q_floats(n) floats). Where n goes uncompressed, p stays as it
+  /// Q = (in + e)ᵀ P̂ into q (q_floats(n) floats); with error feedback it reads the M that
+  /// compute_p wrote, so `in` must be what compute_p saw. Where n goes uncompressed, p stays as it
   /// is and q is empty. Throws invalid_argument out of turn (before compute_p), for buffers
   /// of other sizes, a non-finite summed P or an overflowing Q.
   void compute_q(host_view<const float> in, host_view<float> p, host_view<float> q) {
@@ -895,11 +1008,11 @@ class powersgd_codec {
       }
       detail::psgd_pass a = pass_for(in.data());
       a.p = p.data();
-      a.q = q_local_.data();
       a.q_out = q.data();
       a.out = out.data();
       detail::psgd_finish_pass(a);
       commit_warm_start(q.data());
+      defer_residual(p.data());
     }
     ++steps_;
     phase_ = phase::idle;
@@ -918,6 +1031,7 @@ class powersgd_codec {
     static constexpr const char* call = "powersgd_codec::save_state";
     const std::size_t need = state_bytes();
     if (out.size() < need) detail::throw_buffer_too_small(call, need, out.size());
+    settle(false);
     wire_writer w(out, call);
     w.put_u32(powersgd_state_magic);
     w.put_u8(powersgd_state_version);
@@ -1111,6 +1225,7 @@ class powersgd_codec {
 
   // The first index where g + e is not finite, or n_.
   std::size_t first_nonfinite_input(const float* g) const noexcept {
+    settle(false);
     const float* e = params_.error_feedback ? residual_.data() : nullptr;
     std::size_t i = 0;
     while (i < n_ && std::isfinite(g[i] + (e ? e[i] : 0.0f))) ++i;
@@ -1129,6 +1244,13 @@ class powersgd_codec {
     detail::psgd_pass a = pass_for(g);
     a.q = q_.data();
     a.p_acc = p;
+    if (params_.error_feedback) {
+      a.m = m_.data();
+      if (deferred_) {
+        a.pp = p_deferred_.data();
+        a.pq = q_deferred_.data();
+      }
+    }
     detail::psgd_p_pass(a);
     const std::size_t m = rows_ * params_.rank;
     if (detail::psgd_first_nonfinite(p, m) < m) {
@@ -1138,9 +1260,15 @@ class powersgd_codec {
     }
   }
 
-  // Q = (g + e)ᵀ P̂ into q (cols·r), checked.
+  // Q = (g + e)ᵀ P̂ into q (cols·r), checked; with error feedback from the M that the P
+  // pass wrote.
   void run_q_pass(const float* g, const float* p, float* q, const char* call) {
     detail::psgd_pass a = pass_for(g);
+    if (params_.error_feedback) {
+      a.g = m_.data();
+      a.e = nullptr;
+      a.zero = false;  // M is finite (zeroed under `zero` already)
+    }
     a.p = p;
     a.q_acc = q;
     detail::psgd_q_pass(a);
@@ -1149,6 +1277,31 @@ class powersgd_codec {
         detail::psgd_product_bound(p, rows_, q, cols_, params_.rank) >= detail::psgd_safe_bound) {
       detail::throw_invalid_argument(call, "the factor Q = (g + e)ᵀ P overflows f32");
     }
+  }
+
+  // Ends a step with error feedback: M becomes the residual's base, deferred against P̂ (p)
+  // and this worker's Q (q_local_). No allocation, no throw.
+  void defer_residual(const float* p) noexcept {
+    if (!params_.error_feedback) return;
+    residual_.swap(m_);
+    std::copy(p, p + p_deferred_.size(), p_deferred_.begin());
+    q_deferred_.swap(q_local_);
+    deferred_ = true;
+  }
+  // Settles a deferred residual in place (the same bits as settling at once); returns Σ e²
+  // where `norm` is set and there was something to settle, else 0.
+  double settle(bool norm) const noexcept {
+    if (!deferred_) return 0.0;
+    detail::psgd_pass a;
+    a.e = residual_.data();
+    a.rows = rows_;
+    a.cols = cols_;
+    a.r = params_.rank;
+    a.pp = p_deferred_.data();
+    a.pq = q_deferred_.data();
+    const double s = detail::psgd_settle(a, norm);
+    deferred_ = false;
+    return s;
   }
 
   // p (rows × r, column-major) <- the thin Q of its Householder QR: orthonormal columns
@@ -1331,10 +1484,17 @@ class powersgd_codec {
   bool sized_ = false;
   phase phase_ = phase::idle;
   std::uint64_t steps_ = 0;
-  std::vector<float> q_;         // warm start, cols × r
-  std::vector<float> q_local_;   // this worker's last Q, cols × r
-  std::vector<float> p_;         // encode's P, rows × r
-  std::vector<float> residual_;  // error feedback, n
+  std::vector<float> q_;        // warm start, cols × r
+  std::vector<float> q_local_;  // this worker's Q of the step in progress, cols × r
+  std::vector<float> p_;        // encode's P, rows × r
+  // Error feedback, n: the residual, or where deferred_ its base M, the residual being
+  // finite_or_zero(M − P̂ Qᵀ) with P̂ = p_deferred_ and Q = q_deferred_ (this worker's).
+  // Mutable: reading the residual settles it in place, which changes no value.
+  mutable std::vector<float> residual_;
+  mutable bool deferred_ = false;
+  std::vector<float> m_;           // error feedback: M = g + e of the step in progress, n
+  std::vector<float> p_deferred_;  // the last step's P̂, rows × r (error feedback)
+  std::vector<float> q_deferred_;  // the last step's own Q, cols × r (error feedback)
   Eigen::HouseholderQR<Eigen::MatrixXf> qr_;
   Eigen::Matrix<float, 1, Eigen::Dynamic> qr_ws_;
 };

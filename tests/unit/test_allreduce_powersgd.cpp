@@ -61,4 +61,44 @@ TEST(allreduce_powersgd, recovers_a_low_rank_mean_and_ranks_agree) {
   }
 }
 
+// The bucket's statistics carry the residual's norm (PowerSGD keeps it deferred: reading
+// it settles it): on one rank, exactly that of a codec run through the same rounds by hand.
+TEST(allreduce_powersgd, bucket_stats_carry_the_residual_norm) {
+  auto value = [](int q, std::size_t i) {  // full rank: rank 2 leaves a residual
+    return std::sin(0.37f * static_cast<float>(i) + static_cast<float>(q)) +
+           std::cos(0.011f * static_cast<float>(i * i % 977));
+  };
+  const gc::powersgd_params params{.rank = 2, .rows = 64, .cols = 96, .seed = 5};
+  gc::powersgd_codec ref(params);
+  std::vector<float> g(64 * 96), p(ref.p_floats(g.size())), q(ref.q_floats(g.size()));
+  for (int round = 0; round < 3; ++round) {
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = value(0, i);
+    ref.compute_p(g, p);
+    ref.compute_q(g, p, q);
+    ref.decompress(g, p, q, g);
+  }
+  ASSERT_GT(ref.residual_norm(), 0.0);
+  for (int n : {1, 2}) {
+    gc::local_world world(n, 20s);
+    std::vector<double> norm(uz(n));
+    world.run([&](gc::local_transport& t) {
+      gc::allreduce<gc::powersgd_codec, gc::local_transport> comm(t, gc::powersgd_codec(params));
+      std::vector<float> x(64 * 96);
+      for (int round = 0; round < 3; ++round) {
+        for (std::size_t i = 0; i < x.size(); ++i) x[i] = value(t.rank(), i);
+        comm.average(x);
+      }
+      norm[uz(t.rank())] = comm.stats(0).residual_norm;
+    });
+    for (int r = 0; r < n; ++r) {
+      if (n == 1) {
+        EXPECT_EQ(norm[0], ref.residual_norm());
+      } else {
+        EXPECT_GT(norm[uz(r)], 0.0) << "rank " << r;
+        EXPECT_TRUE(std::isfinite(norm[uz(r)])) << "rank " << r;
+      }
+    }
+  }
+}
+
 }  // namespace

@@ -6,6 +6,8 @@
 // even number of ranks).
 //
 //   sudo bash benchmarks/shaped_network.sh --hosts 2 -- $PWD/build/benchmarks/bench_link_mpi
+//   (add --openmpi-defaults before -- for Open MPI's TCP settings as they come: exchanges
+//   in a row then take turns, at half the rate each way; see shaped_network.sh)
 //   mpirun -np 2 build/benchmarks/bench_link_mpi --mib 32 --reps 5
 //
 // Each row: the median over --reps timed runs (after one warm-up) of the slowest rank's

@@ -17,8 +17,8 @@
 #     of 20 ms of R (shorter queues cost a lone TCP flow rate here: 0.77 R at 2 ms), so
 #     each host sends at R and receives at R. This kernel has no netem: bandwidth can be
 #     shaped, latency cannot. The CPUs carry every byte through veths, the bridge and tc:
-#     on 2 cores about 2 Gbit/s in all is simulated faithfully (2 hosts at 1 Gbit/s: a
-#     ring exchange measured 0.85-0.95 Gbit/s a host; 4 hosts: about 0.5).
+#     on 2 cores about 2 Gbit/s in all is simulated faithfully (at 1 Gbit/s a ring
+#     exchange measured 0.93-0.96 Gbit/s a host on 2 hosts and on 4).
 #   * /etc/netns/gcnet-h<K>/hosts, so that the hosts' names resolve inside them, and a
 #     temporary folder /tmp/gcnet.XXXXXX (hostfile).
 # mpirun runs inside gcnet-h0 (hostname gcnet-h0) and starts its daemons on the others
@@ -30,6 +30,15 @@
 # in the namespaces); the script refuses to start while anything named gcnet- exists
 # (--cleanup removes it first). --loopback runs the same program unshaped, as plain
 # mpirun -np N over TCP on lo (or shared memory with --shm), targets shown unjudged.
+#
+# Open MPI's TCP transport is run with messages up to 4 MiB sent eagerly and longer ones in
+# 256 KiB fragments (--openmpi-defaults: as it comes). With its defaults, a message over
+# 64 KiB waits for the receiver's go-ahead (rendezvous), and that small reply queues on the
+# peer's one connection behind all the data the peer is sending, in one fragment of up to
+# the whole message: two ranks exchanging at once then mostly take turns, each way at half
+# the rate (32 MiB both ways measured 0.48 Gbit/s each way, one way 0.96; blocking sockets
+# between the same namespaces, one connection or two, 0.95 both ways), and so do MPI's own
+# all-reduces and gradcomm's ring. bench_link_mpi shows the difference.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,12 +55,14 @@ timeout_s=900
 queue_ms=20
 btl=tcp,self
 csv=
+tcp_defaults=0
 cmd=()
 
 usage() {
   cat >&2 <<EOF
 usage: shaped_network.sh [--hosts N] [--rate R] [--queue-ms Q] [--build DIR] [--csv FILE]
-                         [--timeout S] [--no-verify] [--cleanup] [--loopback [--shm]] [-- PROGRAM ARGS...]
+                         [--timeout S] [--no-verify] [--cleanup] [--loopback [--shm]]
+                         [--openmpi-defaults] [-- PROGRAM ARGS...]
        shaped_network.sh --cleanup-only
   --hosts N      simulated hosts, one MPI rank each (2 to 32; default 2)
   --rate R       each host's link rate, each way, in tc's units (default 1gbit)
@@ -64,6 +75,8 @@ usage: shaped_network.sh [--hosts N] [--rate R] [--queue-ms Q] [--build DIR] [--
   --cleanup-only remove those leftovers and exit
   --loopback     no namespaces: plain mpirun -np N on this host, TCP over lo, unshaped
   --shm          with --loopback: shared memory (btl vader,self) instead of TCP
+  --openmpi-defaults  Open MPI's TCP settings as they come (default: eager up to 4 MiB,
+                 256 KiB fragments; see the top of this script)
   PROGRAM ARGS   what mpirun starts on every host (default: bench_allreduce_mpi)
 EOF
   exit 2
@@ -82,6 +95,7 @@ while [ $# -gt 0 ]; do
     --cleanup-only) cleanup_only=1; shift ;;
     --loopback) loopback=1; shift ;;
     --shm) btl=vader,self; shift ;;
+    --openmpi-defaults) tcp_defaults=1; shift ;;
     --) shift; cmd=("$@"); break ;;
     -h|--help) usage ;;
     *) echo "shaped_network.sh: unknown option $1" >&2; usage ;;
@@ -113,12 +127,20 @@ default_program() {  # label
 
 # Options every mpirun here shares: more ranks than cores, so ranks yield when idle.
 mpi_common=(--allow-run-as-root --oversubscribe --bind-to none --mca mpi_yield_when_idle 1)
+# Open MPI's TCP transport: no rendezvous below 4 MiB (and a header's room), long messages
+# in 256 KiB fragments, so that a peer's replies never wait behind a whole message (top).
+tcp_tuning=(--mca btl_tcp_eager_limit 4195328 --mca btl_tcp_rndv_eager_limit 4195328
+  --mca btl_tcp_rdma_pipeline_frag_size 262144)
+if [ "$tcp_defaults" = 1 ]; then
+  tcp_tuning=()
+  echo "shaped_network.sh: Open MPI's TCP settings as they come (--openmpi-defaults)" >&2
+fi
 
 # ---- loopback: no namespaces -----------------------------------------------------------
 if [ "$loopback" = 1 ]; then
   net=()
   if [ "$btl" = tcp,self ]; then
-    net=(--mca btl_tcp_if_include lo)
+    net=(--mca btl_tcp_if_include lo "${tcp_tuning[@]}")
   fi
   echo "shaped_network.sh: loopback: mpirun -np $hosts, btl $btl, unshaped" >&2
   if [ "$default_cmd" = 1 ]; then
@@ -271,7 +293,7 @@ mpirun_hosts() {  # np timeout program args...
     'hostname "$0" && exec "$@"' "$(host_ns 0)" \
     mpirun "${mpi_common[@]}" -np "$np" --map-by node --hostfile "$tmp/hostfile" \
     --mca plm_rsh_agent "$here/netns_rsh.sh" --mca plm_rsh_no_tree_spawn 1 \
-    --mca btl tcp,self --mca btl_tcp_if_include "$subnet.0/24" \
+    --mca btl tcp,self --mca btl_tcp_if_include "$subnet.0/24" "${tcp_tuning[@]}" \
     --mca oob_tcp_if_include "$subnet.0/24" "$@"
 }
 

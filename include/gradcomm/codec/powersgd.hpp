@@ -409,8 +409,21 @@ template <bool Zero>
   a.zero ? psgd_p_rows<true>(a) : psgd_p_rows<false>(a);
 }
 
+// Σ v², each square in double, over eight lanes (lane k: the terms i ≡ k mod 8, in order)
+// added in a fixed tree: no chain of dependent additions, and the same bits on every ISA.
+[[gnu::always_inline]] inline double psgd_sum_squares(const float* __restrict v,
+                                                      std::size_t n) noexcept {
+  double l[8] = {};
+  const std::size_t full = n & ~std::size_t{7};
+  for (std::size_t j = 0; j < full; j += 8) {
+    for (std::size_t k = 0; k < 8; ++k) l[k] += static_cast<double>(v[j + k]) * v[j + k];
+  }
+  for (std::size_t j = full; j < n; ++j) l[j - full] += static_cast<double>(v[j]) * v[j];
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
 // e <- finite_or_zero(e − pp · pqᵀ) in place: the deferred residual settled. Returns Σ e²
-// (in double, a row at a time) when `norm` is set.
+// (psgd_sum_squares of each row, added row after row) when `norm` is set.
 [[gnu::always_inline]] inline double psgd_settle_impl(const psgd_pass& a, bool norm) noexcept {
   alignas(32) float at[psgd_tile];
   const std::size_t rows = a.rows, cols = a.cols, r = a.r;
@@ -436,9 +449,7 @@ template <bool Zero>
         }
       }
     }
-    if (norm) {
-      for (std::size_t j = 0; j < cols; ++j) sum += static_cast<double>(e[j]) * e[j];
-    }
+    if (norm) sum += psgd_sum_squares(e, cols);
   }
   return sum;
 }
@@ -801,8 +812,10 @@ class powersgd_codec {
   /// ‖e‖₂, in double (0 without error feedback or while unsized); settles as residual().
   double residual_norm() const noexcept {
     if (deferred_) return std::sqrt(settle(true));
-    double s = 0.0;
-    for (float x : residual_) s += static_cast<double>(x) * x;
+    double s = 0.0;  // row after row, as the settle pass adds them
+    for (std::size_t i = 0; i < residual_.size(); i += cols_) {
+      s += detail::psgd_sum_squares(residual_.data() + i, std::min(cols_, residual_.size() - i));
+    }
     return std::sqrt(s);
   }
   /// The warm start Q, cols·r f32 column-major (empty while unsized or uncompressed).

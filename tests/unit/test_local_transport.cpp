@@ -651,6 +651,69 @@ TEST(local_transport_arguments, mismatched_collectives_throw_on_every_rank_namin
   EXPECT_EQ(errors.load(), 12);
 }
 
+// Ranks that hand the same vector to a collective would write each other's results (the
+// mean of ones came out 1/64 for a user): refused on every rank before any byte moves.
+TEST(local_transport_arguments, ranks_sharing_a_buffer_are_refused_on_every_rank) {
+  for (const int n : {2, 3, 4}) {
+    gc::local_world world(n, 30s);
+    std::vector<float> shared(64, 1.0f);
+    std::vector<std::vector<float>> own(static_cast<std::size_t>(n), std::vector<float>(64, 1.0f));
+    std::atomic<int> errors{0};
+    world.run([&](gc::local_transport& t) {
+      auto expect_refused = [&](auto&& call, const char* what) {
+        try {
+          call();
+          ADD_FAILURE() << what << ": no error on rank " << t.rank();
+        } catch (const gc::error& e) {
+          EXPECT_EQ(e.code(), gc::errc::invalid_argument) << e.what();
+          EXPECT_NE(e.reason().find("needs buffers of its own"), std::string::npos) << e.what();
+          errors.fetch_add(1);
+        }
+      };
+      // every rank reduces the one vector in place
+      expect_refused([&] { t.allreduce<float>(shared, shared, gc::reduce_op::sum); }, "in place");
+      // the last rank writes into the first rank's input
+      auto& mine = own[static_cast<std::size_t>(t.rank())];
+      std::span<float> out = t.rank() == t.size() - 1 ? std::span<float>(own[0]) : std::span(mine);
+      expect_refused([&] { t.allreduce<float>(mine, out, gc::reduce_op::sum); }, "into an input");
+      // nothing was written, and the world still works with buffers of their own
+      EXPECT_EQ(shared[0], 1.0f);
+      t.allreduce<float>(mine, mine, gc::reduce_op::sum);
+      EXPECT_EQ(mine[63], static_cast<float>(t.size()));
+    });
+    EXPECT_EQ(errors.load(), 2 * n) << n;
+  }
+}
+
+// Ranks that disagree all throw the same error; one that throws first frees its counts
+// while the others may still be reading them (ASan saw a heap-use-after-free here, and one
+// message carried a garbage count). The counts a rank publishes are copies of its own.
+TEST(local_transport_arguments, a_disagreement_reads_no_counts_a_rank_has_freed) {
+  gc::local_world world(4, 30s);
+  std::vector<std::string> reasons(4);
+  world.run([&](gc::local_transport& t) {
+    for (int i = 0; i < 200; ++i) {
+      auto sc = std::make_unique<std::vector<std::size_t>>(4, 1);
+      auto rc = std::make_unique<std::vector<std::size_t>>(4, 1);
+      if (t.rank() == 1) (*rc)[2] = 2;
+      std::vector<std::byte> in(4), out(t.rank() == 1 ? 5 : 4);
+      try {
+        t.alltoallv(in, *sc, out, *rc);
+        ADD_FAILURE() << "no error on rank " << t.rank();
+      } catch (const gc::error& e) {
+        // What this rank passed is gone and its memory scribbled over at once.
+        std::fill(sc->begin(), sc->end(), std::size_t{140015548100625});
+        std::fill(rc->begin(), rc->end(), std::size_t{140015548100625});
+        sc.reset();
+        rc.reset();
+        EXPECT_EQ(e.reason(),
+                  "rank 2 sends 1 bytes to rank 1 but rank 1 expects 2 bytes from rank 2")
+            << "round " << i;
+      }
+    }
+  });
+}
+
 // ---- deadlines and failures -------------------------------------------------------------------
 
 TEST(local_transport_failure, a_rank_that_never_enters_times_the_others_out) {

@@ -148,7 +148,17 @@ struct coll_desc {
   std::span<const std::size_t> counts;   // allgatherv counts, alltoallv send counts
   std::span<const std::size_t> counts2;  // alltoallv receive counts
   std::string error;                     // this rank's own arguments are wrong
+  // Copies of counts and counts2 that the slot owns: a rank that finds the ranks
+  // disagree throws and may free its own arrays while the others still read them.
+  std::vector<std::size_t> counts_store, counts2_store;
 };
+
+inline std::size_t local_elem_bytes(unsigned char code) noexcept { return code % 2 == 0 ? 4 : 8; }
+
+// The bytes of `in` that a collective's descriptor names.
+inline std::size_t local_in_bytes(const coll_desc& d) noexcept {
+  return d.kind == coll_kind::allreduce ? d.count * local_elem_bytes(d.elem) : d.count;
+}
 
 struct local_rank_slot {
   traffic_counters counters;
@@ -1000,7 +1010,7 @@ class local_transport {
       seq = ++slot().coll_seq;
     }
     const bool one_step = d.kind == detail::coll_kind::barrier;
-    slot().desc[seq % 2] = std::move(d);
+    publish(slot().desc[seq % 2], std::move(d));
     collective_step(call, seq, 1, one_step);
     if (std::string why = check_agreement(seq); !why.empty()) {
       if (!one_step) {
@@ -1011,6 +1021,33 @@ class local_transport {
       detail::throw_invalid_argument(call, why, rank_);
     }
     return seq;
+  }
+
+  // Writes this rank's descriptor into its slot, with the counts copied into arrays
+  // the slot owns (their capacity stays, so steady calls allocate nothing).
+  static void publish(detail::coll_desc& slot_desc, detail::coll_desc&& d) {
+    auto counts = std::move(slot_desc.counts_store), counts2 = std::move(slot_desc.counts2_store);
+    counts.assign(d.counts.begin(), d.counts.end());
+    counts2.assign(d.counts2.begin(), d.counts2.end());
+    slot_desc = std::move(d);
+    slot_desc.counts_store = std::move(counts);
+    slot_desc.counts2_store = std::move(counts2);
+    slot_desc.counts = slot_desc.counts_store;
+    slot_desc.counts2 = slot_desc.counts2_store;
+  }
+
+  // Two ranks whose buffers overlap, where one of them writes (several ranks handed
+  // the same vector): each rank would write the others' results. "" when none.
+  static std::string shared_buffers(const detail::coll_desc& a, int qa, const detail::coll_desc& b,
+                                    int qb) {
+    auto r = [](int q) { return "rank " + std::to_string(q); };
+    if (detail::local_overlap(a.out, a.out_bytes, b.out, b.out_bytes))
+      return r(qa) + " and " + r(qb) + " pass overlapping output buffers";
+    if (detail::local_overlap(a.out, a.out_bytes, b.in, detail::local_in_bytes(b)))
+      return r(qa) + "'s output overlaps " + r(qb) + "'s input";
+    if (detail::local_overlap(b.out, b.out_bytes, a.in, detail::local_in_bytes(a)))
+      return r(qb) + "'s output overlaps " + r(qa) + "'s input";
+    return {};
   }
 
   std::string check_agreement(std::uint64_t seq) const {
@@ -1063,6 +1100,12 @@ class local_transport {
         case detail::coll_kind::barrier: break;
       }
     }
+    if (d0.kind != detail::coll_kind::barrier)
+      for (int q = 0; q < n; ++q)
+        for (int p = q + 1; p < n; ++p)
+          if (std::string why = shared_buffers(desc(q), q, desc(p), p); !why.empty())
+            return why + " (" + detail::coll_name(d0.kind) + " of collective #" +
+                   std::to_string(seq) + "): each rank of a local_world needs buffers of its own";
     if (d0.kind == detail::coll_kind::alltoallv)
       for (int q = 0; q < n; ++q)
         for (int p = 0; p < n; ++p)

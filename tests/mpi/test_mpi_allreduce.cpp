@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace gc = gradcomm;
@@ -153,6 +154,37 @@ TEST(MpiAllreduce, ScatterReduceAllgatherSendsTwoNMinusOneOverNOfThePayload) {
   const std::uint64_t chunk = codec.max_encoded_bytes(len / uz(n));
   EXPECT_EQ(comm.counters().snapshot().bytes_sent, 2 * uz(n - 1) * chunk);
   EXPECT_EQ(comm.stats(0).wire_bytes, 2 * uz(n - 1) * chunk);
+}
+
+// Before: the last rank averaged layer A with the others' layer B, without a word. Now
+// every rank gets the same named error at the first step, and no value changed.
+TEST(MpiAllreduce, RanksThatRegisterInAnotherOrderAreRefusedByName) {
+  gc::mpi_transport t(MPI_COMM_WORLD, 20s);
+  const int n = t.size();
+  gc::allreduce<gc::scalar_quant_codec, gc::mpi_transport> comm(t, gc::scalar_quant_codec{});
+  std::vector<float> a(5000, 1.0f), b(5000, 2.0f);
+  if (t.rank() == n - 1) {
+    comm.add_tensor(b, "layer_b");
+    comm.add_tensor(a, "layer_a");
+  } else {
+    comm.add_tensor(a, "layer_a");
+    comm.add_tensor(b, "layer_b");
+  }
+  std::string reason;
+  try {
+    comm.average();
+    ADD_FAILURE() << "no error on rank " << t.rank();
+  } catch (const gc::error& e) {
+    EXPECT_EQ(e.code(), gc::errc::invalid_argument) << e.what();
+    reason = e.reason();
+  }
+  EXPECT_EQ(reason,
+            "the ranks registered other tensors: tensor 0 is 'layer_a' (5000 elements) "
+            "on rank 0 but 'layer_b' (5000 elements) on rank " +
+                std::to_string(n - 1) +
+                "; register the same tensors in the same order on every rank");
+  EXPECT_EQ(a, std::vector<float>(5000, 1.0f));
+  EXPECT_EQ(b, std::vector<float>(5000, 2.0f));
 }
 
 }  // namespace

@@ -47,9 +47,11 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -68,7 +70,8 @@ inline namespace v0 {
 struct allreduce_options {
   /// f32 bytes a bucket holds at most (rounded down to a multiple of 256 elements).
   std::size_t bucket_bytes = std::size_t{4} << 20;
-  /// Registered tensors with fewer elements travel uncompressed, in buckets of their own.
+  /// Registered tensors with fewer elements travel uncompressed, in buckets of their own
+  /// (the notice below says how many, once; stats(b).compressed says which buckets).
   std::size_t small_tensor_elems = 1024;
   /// How those travel: dtype::f32 (exact) or dtype::bf16.
   dtype small_dtype = dtype::f32;
@@ -77,6 +80,10 @@ struct allreduce_options {
   std::uint64_t seed = 0;
   /// Communication on a background thread (start() returns before it finished).
   bool overlap = true;
+  /// What the communicator says once, on rank 0: that tensors under small_tensor_elems
+  /// travel uncompressed while the codec compresses. Unset, it goes to stderr; a lambda
+  /// that does nothing silences it.
+  std::function<void(const std::string&)> notice = nullptr;
 };
 
 /// What one bucket did, summed over its rounds (`rounds` of them).
@@ -403,6 +410,57 @@ class bucket_engine {
   allgather_workspace ws_;
 };
 
+// FNV-1a, 64 bits: the fingerprint the ranks compare before the first round.
+inline std::uint64_t ar_hash(std::span<const std::byte> b) noexcept {
+  std::uint64_t h = 14695981039346656037ull;
+  for (std::byte x : b) h = (h ^ static_cast<std::uint64_t>(x)) * 1099511628211ull;
+  return h;
+}
+
+inline std::string ar_hex(std::span<const std::byte> b) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string s;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    if (i) s += ' ';
+    s += digits[static_cast<unsigned>(b[i]) >> 4];
+    s += digits[static_cast<unsigned>(b[i]) & 15];
+  }
+  return s;
+}
+
+// What two ranks' codec probes (the same values encoded by a fresh copy of each rank's
+// prototype) say about their settings: the first header field that differs.
+inline std::string ar_probe_difference(std::span<const std::byte> a, int ra,
+                                       std::span<const std::byte> b, int rb) {
+  auto on = [&](const std::string& x, const std::string& y) {
+    return x + " on rank " + std::to_string(ra) + " but " + y + " on rank " + std::to_string(rb);
+  };
+  auto hex = [](std::byte v) { return "0x" + ar_hex(std::span<const std::byte>(&v, 1)); };
+  if (a.size() < wire_header_bytes || b.size() < wire_header_bytes)
+    return "probe payloads of " + on(std::to_string(a.size()), std::to_string(b.size())) + " bytes";
+  auto name = [](std::byte id) { return std::string(codec_name(static_cast<codec_id>(id))); };
+  if (a[5] != b[5]) return "codec " + on(name(a[5]), name(b[5]));
+  const std::string codec = name(a[5]);
+  if (a[6] != b[6])
+    return codec + " element dtype " +
+           on(std::to_string(static_cast<unsigned>(a[6])),
+              std::to_string(static_cast<unsigned>(b[6])));
+  const std::size_t pa = static_cast<std::size_t>(a[7]), pb = static_cast<std::size_t>(b[7]);
+  const auto params_a = a.subspan(wire_header_bytes, std::min(pa, a.size() - wire_header_bytes));
+  const auto params_b = b.subspan(wire_header_bytes, std::min(pb, b.size() - wire_header_bytes));
+  const std::string layout = " (" + codec + " parameters [" + ar_hex(params_a) + "] vs [" +
+                             ar_hex(params_b) + "]; the codec's header documents their layout)";
+  if (pa != pb)
+    return codec + " parameter bytes: " + on(std::to_string(pa), std::to_string(pb)) + layout;
+  for (std::size_t i = 0; i < params_a.size() && i < params_b.size(); ++i)
+    if (params_a[i] != params_b[i])
+      return codec + " parameter byte " + std::to_string(i) + ": " +
+             on(hex(params_a[i]), hex(params_b[i])) + layout;
+  return codec + " payload of the same values: " +
+         on(std::to_string(a.size()) + " bytes", std::to_string(b.size()) + " bytes") +
+         " or other bytes (state or settings the header does not carry)";
+}
+
 // Per-round tallies the engines add to (the communication thread's own).
 struct round_tally {
   std::atomic<std::int64_t> encode_ns{0}, decode_ns{0};
@@ -567,6 +625,7 @@ class allreduce {
   handle start(std::size_t b) {
     layout();
     rethrow_failure();
+    if (!agreed_) agree();
     if (b >= buckets_.size())
       detail::throw_invalid_argument("allreduce::start", "bucket " + std::to_string(b) + " of " +
                                                              std::to_string(buckets_.size()));
@@ -590,9 +649,11 @@ class allreduce {
       bk.encode_ns.fetch_add(ns.load(), std::memory_order_relaxed);
       counters_.encode_ns.fetch_add(ns.load(), std::memory_order_relaxed);
     } catch (...) {
-      std::lock_guard lock(mutex_);
-      bk.in_flight = false;
-      throw;
+      {
+        std::lock_guard lock(mutex_);
+        bk.in_flight = false;
+      }
+      rethrow_in_bucket(b);
     }
     auto j = std::make_shared<typename handle::job>();
     j->bucket = b;
@@ -700,6 +761,19 @@ class allreduce {
   /// Totals over all buckets: bytes and messages this rank sent and received, time
   /// encoding, decoding and in the transport.
   const traffic_counters& counters() const noexcept { return counters_; }
+
+  /// Elements of the registered tensors that travel uncompressed (each under
+  /// options().small_tensor_elems, as f32 or bf16) while the codec compresses the rest.
+  ///
+  ///   if (comm.uncompressed_elements() > 0) log("small tensors travel as f32");
+  std::size_t uncompressed_elements() {
+    layout();
+    std::lock_guard lock(mutex_);
+    std::size_t n = 0;
+    for (const bucket& bk : buckets_)
+      if (bk.kind != bucket_kind::main) n += bk.elements;
+    return n;
+  }
 
   /// Rounds that went dense because the sparse payloads added up past the break-even.
   std::uint64_t dense_fallbacks() const noexcept {
@@ -829,6 +903,236 @@ class allreduce {
     if (failure_) std::rethrow_exception(failure_);
   }
 
+  // ---- the ranks agree before the first round -----------------------------------------
+  // Ranks whose registrations, options or codec settings differ would average layer A of
+  // one rank with layer B of another, or feed one format's payloads to another's decoder.
+  // At the first start() one all-gather of 32 bytes compares fingerprints; only where they
+  // differ do the ranks exchange what they hashed, and every rank names the same first
+  // difference from the same bytes. Collectives in the same order on every rank: the
+  // first start() of every rank, before any bucket's.
+  void agree() {
+    static constexpr const char* call = "allreduce::start";
+    const int n = t_->size();
+    const auto un = static_cast<std::size_t>(n);
+    try {
+      const std::vector<std::byte> rec = registration_record(), probe = codec_probe();
+      const std::uint64_t mine[4] = {detail::ar_hash(rec), detail::ar_hash(probe), rec.size(),
+                                     probe.size()};
+      std::vector<std::uint64_t> all(4 * un);
+      t_->allgather(std::as_bytes(std::span<const std::uint64_t>(mine)),
+                    std::as_writable_bytes(std::span<std::uint64_t>(all)));
+      if (all_rows_equal(all)) {
+        agreed_ = true;
+        say_what_travels_uncompressed();
+        return;
+      }
+      std::vector<std::size_t> rec_counts(un), probe_counts(un);
+      std::size_t rec_total = 0, probe_total = 0;
+      for (std::size_t q = 0; q < un; ++q) {
+        rec_counts[q] = static_cast<std::size_t>(all[4 * q + 2]);
+        probe_counts[q] = static_cast<std::size_t>(all[4 * q + 3]);
+        rec_total += rec_counts[q];
+        probe_total += probe_counts[q];
+      }
+      std::vector<std::byte> recs(rec_total), probes(probe_total);
+      t_->allgatherv(rec, recs, rec_counts);
+      t_->allgatherv(probe, probes, probe_counts);
+      detail::throw_invalid_argument(call, difference(recs, rec_counts, probes, probe_counts),
+                                     t_->rank());
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      if (!failure_) failure_ = std::current_exception();
+      throw;
+    }
+  }
+
+  // Once, on rank 0, where a lossy codec leaves tensors under small_tensor_elems
+  // uncompressed: a model of small tensors alone would send f32 without a word.
+  void say_what_travels_uncompressed() const {
+    if (C::id == codec_id::none || t_->rank() != 0) return;
+    std::size_t small = 0, small_values = 0, counted = 0, values = 0;
+    for (const tensor& t : tensors_) {
+      if (t.view.empty()) continue;
+      ++counted;
+      values += t.view.size();
+      if (t.view.size() < opt_.small_tensor_elems) {
+        ++small;
+        small_values += t.view.size();
+      }
+    }
+    if (small == 0) return;
+    const std::string text =
+        "gradcomm: allreduce: " + std::to_string(small) + " of " + std::to_string(counted) +
+        " tensors (" + std::to_string(small_values) + " of " + std::to_string(values) +
+        " values) are under small_tensor_elems = " + std::to_string(opt_.small_tensor_elems) +
+        " and travel uncompressed, as " + std::string(dtype_name(opt_.small_dtype)) +
+        "; the codec " + std::string(codec_name(C::id)) +
+        " compresses the rest (allreduce_options::small_tensor_elems, small_dtype)";
+    if (opt_.notice)
+      opt_.notice(text);
+    else
+      std::fprintf(stderr, "%s\n", text.c_str());
+  }
+
+  // "bucket 2 of 5 (1048576 values: 'fc1.weight' [0, 1048576))", for errors.
+  std::string bucket_context(std::size_t b) const {
+    const bucket& bk = buckets_[b];
+    std::string s = "bucket " + std::to_string(b) + " of " + std::to_string(buckets_.size()) +
+                    " (" + std::to_string(bk.elements) + " values" +
+                    (bk.kind == bucket_kind::main ? "" : ", small tensors uncompressed") + ":";
+    const std::size_t shown = std::min<std::size_t>(bk.segments.size(), 3);
+    for (std::size_t i = 0; i < shown; ++i) {
+      const segment& g = bk.segments[i];
+      const std::string& name = tensors_[g.tensor].name;
+      s += (i ? ", " : " ") +
+           (name.empty() ? "tensor " + std::to_string(g.tensor) : "'" + name + "'") + " [" +
+           std::to_string(g.offset) + ", " + std::to_string(g.offset + g.len) + ")";
+    }
+    if (bk.segments.size() > shown)
+      s += " and " + std::to_string(bk.segments.size() - shown) + " more";
+    return s + ")";
+  }
+
+  // Rethrows the exception in flight with the bucket named in front of its reason, as
+  // the same kind of error.
+  [[noreturn]] void rethrow_in_bucket(std::size_t b) const {
+    const std::string in = bucket_context(b) + ": ";
+    try {
+      throw;
+    } catch (const timeout_error& e) {
+      throw timeout_error(e.call(), e.rank(), e.peer(), in + e.reason());
+    } catch (const peer_error& e) {
+      throw peer_error(e.call(), e.rank(), e.peer(), in + e.reason());
+    } catch (const decode_error& e) {
+      throw decode_error(e.call(), in + e.reason(), e.rank());
+    } catch (const error& e) {
+      throw error(e.code(), e.call(), e.rank(), in + e.reason());
+    }
+  }
+
+  static bool all_rows_equal(const std::vector<std::uint64_t>& all) {
+    for (std::size_t i = 4; i < all.size(); ++i)
+      if (all[i] != all[i % 4]) return false;
+    return true;
+  }
+
+  // What the ranks must agree on: the options that shape buckets and rounds, then every
+  // tensor's size and name in registration order.
+  std::vector<std::byte> registration_record() const {
+    const auto options = option_values();
+    std::size_t bytes = 8 * (options.size() + 1);
+    for (const tensor& t : tensors_) bytes += 16 + t.name.size();
+    std::vector<std::byte> r(bytes);
+    wire_writer w(r, "allreduce::start");
+    for (const auto& [name, value] : options) w.put_u64(value);
+    w.put_u64(tensors_.size());
+    for (const tensor& t : tensors_) {
+      w.put_u64(t.view.size());
+      w.put_u64(t.name.size());
+      w.put_bytes(std::as_bytes(std::span<const char>(t.name)));
+    }
+    return r;
+  }
+
+  std::vector<std::pair<const char*, std::uint64_t>> option_values() const {
+    return {{"bucket_bytes", opt_.bucket_bytes},
+            {"small_tensor_elems", opt_.small_tensor_elems},
+            {"small_dtype", static_cast<std::uint64_t>(opt_.small_dtype)},
+            {"op", static_cast<std::uint64_t>(opt_.op)},
+            {"seed", opt_.seed}};
+  }
+
+  // The codec's settings as its payloads show them: the same values encoded by a fresh
+  // copy of the prototype, at the first compressed bucket's size (empty when none).
+  std::vector<std::byte> codec_probe() const {
+    const bucket* first = nullptr;
+    for (const bucket& bk : buckets_)
+      if (bk.kind == bucket_kind::main) {
+        first = &bk;
+        break;
+      }
+    if (!first) return {};
+    std::vector<float> values(first->elements);
+    std::uint32_t x = 0x9e3779b9u;
+    for (float& v : values) {
+      x = x * 1664525u + 1013904223u;
+      v = static_cast<float>(static_cast<std::int32_t>(x >> 8) - (1 << 23)) * 0x1p-23f;
+    }
+    C c = proto_;
+    if constexpr (StochasticCodec<C>) c.set_stream(stream_key{opt_.seed, 0, 0, 0});
+    std::vector<std::byte> out(c.max_encoded_bytes(values.size()));
+    out.resize(c.encode(host_view<const float>(values.data(), values.size()), out));
+    return out;
+  }
+
+  // The first difference between rank 0's record and probe and another rank's.
+  std::string difference(std::span<const std::byte> recs, std::span<const std::size_t> rec_counts,
+                         std::span<const std::byte> probes,
+                         std::span<const std::size_t> probe_counts) const {
+    struct parsed {
+      std::vector<std::uint64_t> options;
+      std::vector<std::pair<std::uint64_t, std::string>> tensors;
+    };
+    const auto options = option_values();
+    auto parse = [&](std::span<const std::byte> b) {
+      wire_reader r(b, "allreduce::start");
+      parsed p;
+      for (std::size_t i = 0; i < options.size(); ++i) p.options.push_back(r.get_u64());
+      const std::uint64_t count = r.get_u64();
+      for (std::uint64_t i = 0; i < count; ++i) {
+        const std::uint64_t size = r.get_u64();
+        const auto name = r.take(r.get_u64());
+        p.tensors.emplace_back(
+            size, std::string(reinterpret_cast<const char*>(name.data()), name.size()));
+      }
+      return p;
+    };
+    std::vector<parsed> ps;
+    std::size_t at = 0;
+    for (std::size_t c : rec_counts) {
+      ps.push_back(parse(recs.subspan(at, c)));
+      at += c;
+    }
+    const parsed& p0 = ps[0];
+    for (std::size_t qi = 1; qi < ps.size(); ++qi) {
+      const parsed& pq = ps[qi];
+      const std::string rq = "rank " + std::to_string(qi);
+      for (std::size_t i = 0; i < options.size(); ++i)
+        if (pq.options[i] != p0.options[i])
+          return std::string("option ") + options[i].first + " is " +
+                 std::to_string(p0.options[i]) + " on rank 0 but " + std::to_string(pq.options[i]) +
+                 " on " + rq;
+      if (pq.tensors.size() != p0.tensors.size())
+        return "rank 0 registered " + std::to_string(p0.tensors.size()) + " tensors but " + rq +
+               " registered " + std::to_string(pq.tensors.size());
+      for (std::size_t i = 0; i < p0.tensors.size(); ++i) {
+        const auto& [s0, n0] = p0.tensors[i];
+        const auto& [sq, nq] = pq.tensors[i];
+        if (s0 == sq && n0 == nq) continue;
+        auto named = [](const std::string& nm) { return nm.empty() ? "" : " '" + nm + "'"; };
+        if (n0 != nq)
+          return "the ranks registered other tensors: tensor " + std::to_string(i) + " is" +
+                 named(n0) + " (" + std::to_string(s0) + " elements) on rank 0 but" + named(nq) +
+                 " (" + std::to_string(sq) + " elements) on " + rq +
+                 "; register the same tensors in the same order on every rank";
+        return "the ranks registered other tensors: tensor " + std::to_string(i) + named(n0) +
+               " has " + std::to_string(s0) + " elements on rank 0 but " + std::to_string(sq) +
+               " on " + rq;
+      }
+    }
+    std::vector<std::span<const std::byte>> pr;
+    at = 0;
+    for (std::size_t c : probe_counts) {
+      pr.push_back(probes.subspan(at, c));
+      at += c;
+    }
+    for (std::size_t qi = 1; qi < pr.size(); ++qi)
+      if (!std::ranges::equal(pr[qi], pr[0]))
+        return "the ranks' codec settings differ: " +
+               detail::ar_probe_difference(pr[0], 0, pr[qi], static_cast<int>(qi));
+    return "the ranks' fingerprints differ, but not what they hashed";
+  }
+
   // Finishes one started bucket on this thread.
   void run(typename handle::job& j) {
     bucket& bk = buckets_[j.bucket];
@@ -848,7 +1152,11 @@ class allreduce {
         });
         scatter(bk);
       } catch (...) {
-        failure = std::current_exception();
+        try {
+          rethrow_in_bucket(j.bucket);
+        } catch (...) {
+          failure = std::current_exception();
+        }
       }
       const traffic_snapshot d = t_->counters().snapshot() - before;
       const std::int64_t enc = tally.encode_ns.load(), dec = tally.decode_ns.load();
@@ -901,7 +1209,7 @@ class allreduce {
   O optimizer_;
   std::vector<tensor> tensors_;
   std::deque<bucket> buckets_;  // a deque: buckets hold atomics and never move
-  bool laid_out_ = false, implicit_ = false;
+  bool laid_out_ = false, implicit_ = false, agreed_ = false;
   traffic_counters counters_;
   std::uint64_t dense_rounds_ = 0;
 

@@ -758,17 +758,31 @@ struct silent_record {
   std::vector<std::size_t> max_late, max_retired, still_late;
 };
 
+// The schedule of silent_for_many_rounds: `episodes` times, the others mix `quiet` rounds
+// while the silent rank says nothing, then all mix `after` rounds together.
+struct silence {
+  int before = 2, quiet = 40, after = 10, episodes = 1;
+  // The rounds in which the silent rank's neighbours find it silent.
+  std::vector<std::uint64_t> rounds() const {
+    std::vector<std::uint64_t> r;
+    for (int e = 0; e < episodes; ++e)
+      r.push_back(static_cast<std::uint64_t>(before + e * (quiet + after)));
+    return r;
+  }
+};
+
 // On a ring of n, rank n − 1 mixes `before` rounds, then stops calling mix while the others
 // mix `quiet` rounds (and for at least three deadlines); then it comes back: it mixes the
 // round it left off (its neighbours' exchanges of that round are still posted), and every
-// rank mixes `after` more rounds and settles. Recorded per rank: the live ranks' time for
-// the quiet rounds, the most late exchanges and retired bytes seen after any of them, and
-// at the end the values, the weight, what was dropped and what settle() left open.
+// rank mixes `after` more rounds; that `episodes` times, and all settle. Recorded per rank:
+// the live ranks' longest time for the quiet rounds of an episode, the most late exchanges
+// and retired bytes seen after any of them, and at the end the values, the weight, what was
+// dropped and what settle() left open.
 template <bool Forwarded, class C>
 void silent_for_many_rounds(int n, C codec, gc::gossip_options o, silent_record& rec,
-                            std::chrono::milliseconds timeout) {
+                            std::chrono::milliseconds timeout, silence plan = {}) {
   constexpr std::size_t d = 24;
-  constexpr int before = 2, quiet = 40, after = 10;
+  const int before = plan.before, quiet = plan.quiet, after = plan.after;
   const int silent = n - 1;
   const auto un = static_cast<std::size_t>(n);
   rec.final_x.assign(un, {});
@@ -778,8 +792,7 @@ void silent_for_many_rounds(int n, C codec, gc::gossip_options o, silent_record&
   rec.max_late.assign(un, 0);
   rec.max_retired.assign(un, 0);
   rec.still_late.assign(un, 0);
-  std::atomic<int> live_done{0};
-  std::atomic<bool> back{false};
+  std::atomic<int> live_done{0}, back{0};  // episodes done: live ranks (each), silent rank
   gc::local_world world(n, timeout);
   world.run([&](gc::local_transport& t) {
     using clock = std::chrono::steady_clock;
@@ -795,31 +808,33 @@ void silent_for_many_rounds(int n, C codec, gc::gossip_options o, silent_record&
     gc::gossip<C, transport, gc::ring_topology> g(tr, {}, codec, {}, o);
     std::vector<float> z = start_values(t.rank(), d, 9);
     for (int r = 0; r < before; ++r) g.mix(z);
-    if (t.rank() == silent) {
-      const auto t0 = clock::now();
-      while (live_done.load() < n - 1 || clock::now() - t0 < 3 * timeout)
-        std::this_thread::sleep_for(2ms);
-      g.mix(z);  // the round it left off
-      back = true;
-    } else {
-      std::size_t max_late = 0, max_retired = 0;
-      const auto t0 = clock::now();
-      for (int r = 0; r < quiet; ++r) {
-        g.mix(z);
-        max_late = std::max(max_late, g.late_exchanges());
-        max_retired = std::max(max_retired, g.retired_bytes());
+    for (int e = 1; e <= plan.episodes; ++e) {
+      if (t.rank() == silent) {
+        const auto t0 = clock::now();
+        while (live_done.load() < e * (n - 1) || clock::now() - t0 < 3 * timeout)
+          std::this_thread::sleep_for(2ms);
+        g.mix(z);  // the round it left off
+        back = e;
+      } else {
+        std::size_t max_late = 0, max_retired = 0;
+        const auto t0 = clock::now();
+        for (int r = 0; r < quiet; ++r) {
+          g.mix(z);
+          max_late = std::max(max_late, g.late_exchanges());
+          max_retired = std::max(max_retired, g.retired_bytes());
+        }
+        const std::chrono::duration<double, std::milli> took = clock::now() - t0;
+        {
+          std::lock_guard lk(rec.mu);
+          rec.quiet_ms[me] = std::max(rec.quiet_ms[me], took.count());
+          rec.max_late[me] = std::max(rec.max_late[me], max_late);
+          rec.max_retired[me] = std::max(rec.max_retired[me], max_retired);
+        }
+        ++live_done;
+        while (back.load() < e) std::this_thread::sleep_for(1ms);
       }
-      const std::chrono::duration<double, std::milli> took = clock::now() - t0;
-      {
-        std::lock_guard lk(rec.mu);
-        rec.quiet_ms[me] = took.count();
-        rec.max_late[me] = max_late;
-        rec.max_retired[me] = max_retired;
-      }
-      ++live_done;
-      while (!back.load()) std::this_thread::sleep_for(1ms);
+      for (int r = 0; r < after; ++r) g.mix(z);
     }
-    for (int r = 0; r < after; ++r) g.mix(z);
     const std::size_t open = g.settle(z);
     std::vector<float> x(d);
     for (std::size_t i = 0; i < d; ++i) x[i] = static_cast<float>(g.weight() * z[i]);
@@ -838,7 +853,8 @@ void silent_for_many_rounds(int n, C codec, gc::gossip_options o, silent_record&
 // open after settle(), Σ over all ranks of the numerators is their start and the push-sum
 // weights sum to n.
 template <bool Forwarded, class C>
-void expect_silent_peer_skipped_without_waiting(int n, C codec, gc::gossip_options o = {}) {
+void expect_silent_peer_skipped_without_waiting(int n, C codec, gc::gossip_options o = {},
+                                                silence plan = {}) {
   constexpr std::size_t d = 24;
   const auto timeout = 200ms;
   const int silent = n - 1;
@@ -847,7 +863,7 @@ void expect_silent_peer_skipped_without_waiting(int n, C codec, gc::gossip_optio
                            (gc::lossless_codec<C> ? "" : ", compressed");
   SCOPED_TRACE(what);
   silent_record rec;
-  silent_for_many_rounds<Forwarded>(n, codec, o, rec, timeout);
+  silent_for_many_rounds<Forwarded>(n, codec, o, rec, timeout, plan);
   const std::size_t weight = o.rule == gc::mixing_rule::push_sum ? sizeof(double) : 0;
   const std::size_t bound = 2 * (2 * (weight + codec.max_encoded_bytes(d)) + d * sizeof(float));
   double slowest = 0;
@@ -867,15 +883,14 @@ void expect_silent_peer_skipped_without_waiting(int n, C codec, gc::gossip_optio
       EXPECT_FALSE(x.failed) << "rank " << r << ": " << x.reason;
       rounds.push_back(x.round);
     }
-    // Its neighbours name it once, in the round it fell silent (round 2).
+    // Its neighbours name it once each time it falls silent, with the round it did.
     const bool neighbour = r == 0 || r == n - 2;
-    EXPECT_EQ(rounds, neighbour ? std::vector<std::uint64_t>{2} : std::vector<std::uint64_t>{})
-        << "rank " << r;
+    EXPECT_EQ(rounds, neighbour ? plan.rounds() : std::vector<std::uint64_t>{}) << "rank " << r;
     EXPECT_EQ(rec.still_late[me], 0u) << "rank " << r;
   }
   std::printf(
-      "[ silent   ] %s: the live ranks' 40 rounds took at most %.0f ms (deadline %lld ms)\n",
-      what.c_str(), slowest, static_cast<long long>(timeout.count()));
+      "[ silent   ] %s: the live ranks' %d rounds took at most %.0f ms (deadline %lld ms)\n",
+      what.c_str(), plan.quiet, slowest, static_cast<long long>(timeout.count()));
   for (std::size_t i = 0; i < d; ++i) {
     double start = 0, now = 0;
     for (int r = 0; r < n; ++r) {
@@ -911,6 +926,15 @@ TEST(Gossip, SilentPeerIsSkippedWithoutWaitingForwardedPushSumCompressed) {
   expect_silent_peer_skipped_without_waiting<true>(5, gc::scalar_quant_codec({.bits = 8}));
   expect_silent_peer_skipped_without_waiting<true>(4, gc::scalar_quant_codec({.bits = 8}),
                                                    {.rule = gc::mixing_rule::push_sum});
+}
+
+TEST(Gossip, PeerSilentTwiceIsReportedEachTimeAndReadmitted) {
+  // Back, it is mixed with again (its exchanges land: nothing open, Σ kept), and found
+  // silent again it gets a second entry.
+  const silence twice{.before = 2, .quiet = 6, .after = 4, .episodes = 2};
+  expect_silent_peer_skipped_without_waiting<false>(3, gc::identity_codec{}, {}, twice);
+  expect_silent_peer_skipped_without_waiting<true>(4, gc::scalar_quant_codec({.bits = 8}),
+                                                   {.rule = gc::mixing_rule::push_sum}, twice);
 }
 
 // ---- errors ----------------------------------------------------------------------------------

@@ -49,32 +49,45 @@
 //    all-or-nothing and names only the first missing peer, so only per-peer groups tell
 //    which neighbours delivered when one is late.)
 //  - A peer that misses the round's deadline (the transport's timeout, measured from the
-//    first wait of the round) or that failed is skipped for that round: its weight goes
-//    to self on both ends (its share stays home in push-sum), and it is reported by rank
-//    in dropped(). A failed peer (peer_error) is skipped from then on. Exactness needs
-//    both ends to agree on each exchange; how they do depends on the transport:
-//     - One that withdraws whole groups (local; transport_withdraws_groups): the missed
-//       exchange is withdrawn, and a late peer's post finds this rank's group gone and
-//       times out in turn, except when it lands in the instant between this rank's
-//       deadline check and the withdrawal. A round lasts at most about twice the timeout.
-//     - One that does not (MPI cannot withdraw a send): the missed exchange stays posted
-//       and is applied late, when it completes. A pair's messages match in the order
-//       posted (one tag), so its receive still gets the peer's message of that round, and
-//       the next round posts with new buffers (the late exchange keeps its own). Each
-//       round first tests the late exchanges, oldest first, and applies those that
-//       completed as their round would have: averaging adds γ W_ij(t) (x_j(t) − x_i(t)),
-//       with this rank's x_i(t) of that round; compressed averaging adds the peer's q_t to
-//       x̂_{j→i} (in order, before its later messages), then γ W_ij(t) (x̂_{j→i}(t) −
-//       x̂_{i→j}(t)), with x̂_{i→j}(t) kept from round t (this rank's copy moves when it
-//       posts: the message is delivered unless the peer is gone); push-sum adds the share
-//       received and gives away the share it kept home: the exchange completing means
-//       that the peer posted its side of round t, whose receive takes this rank's message.
-//       The peer applied the mirror term in time or late, so the pair's terms cancel to
-//       rounding; settle() lets the last late exchanges land before the values are read.
-//       An exchange with a silent peer never completes, and neither end applies it. The
-//       round polls (test()) until its deadline, so it lasts at most about the timeout;
-//       an exchange waits for its peer's earlier late ones (applied in order), and misses
-//       the deadline with them.
+//    first wait of the round) is skipped for that round: its weight goes to self on both
+//    ends (its share stays home in push-sum). Its exchange is not withdrawn, on any
+//    transport (MPI cannot withdraw a send; withdrawing on the others would lose an
+//    exchange whose peer posted in the instant between the deadline check and the
+//    withdrawal): it stays posted with its own buffers and is applied late, when it
+//    completes. A pair's messages match in the order posted (one tag), so its receive
+//    still gets the peer's message of that round. Each round first tests the late
+//    exchanges and applies those that completed as their round would have: averaging adds
+//    γ W_ij(t) (x_j(t) − x_i(t)), with this rank's x_i(t) of that round; compressed
+//    averaging adds the peer's q_t to x̂_{j→i} (before its later messages), then
+//    γ W_ij(t) (x̂_{j→i}(t) − x̂_{i→j}(t)), with x̂_{i→j}(t) kept from round t (this rank's
+//    copy moves when it posts: the message is delivered unless the peer is gone); push-sum
+//    adds the share received and gives away the share it kept home: the exchange
+//    completing means that the peer posted its side of round t, whose receive takes this
+//    rank's message. The peer applied the mirror term in time or late, so the pair's terms
+//    cancel to rounding; settle() lets the last late exchanges land before the values are
+//    read. An exchange with a peer that never comes back never completes, and neither end
+//    applies it.
+//  - While a peer's late exchange is open, nothing new is posted to it: its exchange of a
+//    round waits for the late one and is posted as soon as that completes (in order). So
+//    at most one exchange a peer stays open: late_exchanges() ≤ the number of distinct
+//    peers, retired_bytes() ≤ that × (two message buffers + n floats); past that bound a
+//    peer is not sent to. A late peer gets a second deadline, the next round's: that round
+//    waits (within its own deadline) for the late exchange, and if it completes posts the
+//    round's exchange to the peer at once. A peer late by less than that is usually alive
+//    and was waiting out a deadline of its own (on a silent peer of its own); it is not
+//    reported, and the ranks' rounds stay paired.
+//  - A peer whose late exchange is still open after the next round's deadline (or after
+//    settle()'s) is silent: it is reported once in dropped() (with the round it missed),
+//    and skipped without waiting from then on: no round waits for it, its one open
+//    exchange is only tested. It answers again when it comes back and posts its side of
+//    that round, which completes the open exchange: it is applied late (exactly, as above),
+//    and the peer is re-admitted at once (its exchange of the round is posted while the
+//    round still waits for others) or from the next round. So a silent peer costs its
+//    neighbours two deadlines once, not one a round, and only it is reported: a neighbour
+//    late because it waited for the silent peer answers within its second deadline. A peer
+//    that failed (peer_error) is skipped from then on and its late exchange dropped. Ranks
+//    that skipped rounds with each other pair their next rounds (on a time-varying
+//    topology such ranks stay out of step: their round numbers differ).
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
@@ -121,12 +134,11 @@ concept lossless_codec = Codec<C> && requires {
 class local_transport;
 
 /// Whether destroying a request of transport T withdraws all of its group, sends
-/// included, and returns only when T no longer touches the group's buffers. Then gossip
-/// withdraws an exchange that missed its deadline and reuses its buffers; otherwise (the
-/// default: MPI cannot withdraw a send) the exchange stays posted with its buffers and is
-/// applied late (see the top of comm/gossip.hpp), and what is still open when the gossip
-/// object goes is abandoned, its buffers kept until the program ends. Specialize it for
-/// a transport that withdraws whole groups.
+/// included, and returns only when T no longer touches the group's buffers. Then the
+/// exchanges that a gossip object still holds open (late, see the top of
+/// comm/gossip.hpp) are withdrawn when it goes and their buffers freed; otherwise (the
+/// default: MPI cannot withdraw a send) they are abandoned, their buffers kept until the
+/// program ends. Specialize it for a transport that withdraws whole groups.
 ///
 ///   template <> inline constexpr bool gradcomm::transport_withdraws_groups<my_transport> = true;
 template <class T>
@@ -186,8 +198,11 @@ struct gossip_options {
   std::uint64_t seed = 0;
 };
 
-/// A peer skipped in one round: it missed the deadline (`failed` false), or failed (a
-/// peer_error: `failed` true, and it is skipped in every later round without a new entry).
+/// A peer found silent (`failed` false): it missed the deadline of `round` and the next
+/// round's too, and is skipped without waiting, with no new entry, until it answers (a new
+/// entry if it falls silent again); or a peer that failed (a peer_error: `failed` true, and
+/// it is skipped in every later round without a new entry). A peer that misses one
+/// deadline and answers within the next is skipped for that round but not reported.
 ///
 ///   for (const auto& d : g.dropped()) log(d.round, d.peer, d.reason);
 struct dropped_peer {
@@ -282,6 +297,8 @@ class gossip {
         opt_(std::move(optimizer)),
         o_(opts),
         failed_(static_cast<std::size_t>(transport.size()), false),
+        silent_(static_cast<std::size_t>(transport.size()), false),
+        late_open_(static_cast<std::size_t>(transport.size()), false),
         edges_(static_cast<std::size_t>(transport.size())) {
     static constexpr const char* call = "gossip";
     const int me = transport.rank();
@@ -311,22 +328,17 @@ class gossip {
   gossip(const gossip&) = delete;
   gossip& operator=(const gossip&) = delete;
   ~gossip() {
-    if constexpr (applies_late) {
-      // Late exchanges still open are abandoned; their buffers outlive this object where
-      // the transport may still use them (retire).
-      abandon_round();
-      for (auto& l : late_) {
-        if (!l.complete && l.req) {
-          try {
-            l.complete = t_->test(*l.req);
-          } catch (...) {
-          }
+    // Late exchanges still open are withdrawn where the transport withdraws whole groups,
+    // else abandoned: their buffers outlive this object (retire).
+    abandon_round();
+    for (auto& l : late_) {
+      if (!l.complete && l.req && !transport_withdraws_groups<T>) {
+        try {
+          l.complete = t_->test(*l.req);
+        } catch (...) {
         }
-        retire(l);
       }
-    } else {
-      // Withdraw what is still posted before the buffers go.
-      for (auto& e : ex_) e.req.reset();
+      retire(l);
     }
   }
 
@@ -342,14 +354,15 @@ class gossip {
   /// Payload bytes and messages this rank sent and received (exchanges that completed),
   /// time spent encoding, decoding (and mixing) and waiting.
   const traffic_counters& counters() const noexcept { return counters_; }
-  /// Every peer skipped so far, in the order found.
+  /// Every peer found silent or failed so far, in the order found (see dropped_peer).
   std::span<const dropped_peer> dropped() const noexcept { return dropped_; }
   /// The peers that failed (peer_error) and are skipped for good, in the order found.
   std::span<const int> failed_peers() const noexcept { return failed_list_; }
   /// Bytes held by late exchanges still open (missed their deadline, not completed yet):
   /// their payloads and receive buffers, which the transport uses until they complete,
-  /// and this rank's values of their round. 0 on a transport that withdraws whole groups
-  /// (transport_withdraws_groups), where a missed exchange is withdrawn, not kept.
+  /// and this rank's values of their round. At most one a peer (nothing more is posted
+  /// to a peer while one is open): at most (distinct peers) × (two message buffers + n
+  /// floats), however long a peer stays silent.
   ///
   ///   if (g.retired_bytes() > budget) log("peers keep missing the deadline");
   std::size_t retired_bytes() const noexcept {
@@ -360,8 +373,8 @@ class gossip {
     return b;
   }
 
-  /// Late exchanges still open: missed their round's deadline and not applied yet (0 on
-  /// a transport that withdraws whole groups).
+  /// Late exchanges still open: missed their round's deadline and not applied yet; at
+  /// most one a peer (see retired_bytes()).
   std::size_t late_exchanges() const noexcept { return late_.size(); }
 
   /// The topology, the codec (the prototype each edge's encoder is copied from), the
@@ -400,12 +413,12 @@ class gossip {
   ///   g.mix(w);
   void mix(host_view<float> params) { start_mix(params).wait(); }
 
-  /// Waits up to the transport's deadline for the late exchanges still open (on a
-  /// transport that does not withdraw groups; see the top of this header) and applies to
-  /// `params` those that complete. The others stay open: their peers went silent and
-  /// applied nothing either. Returns how many stay open. Call it between rounds, on every
-  /// rank, before reading the final values: until then a rank's late terms are missing
-  /// while its peers applied theirs, so the sum over ranks is not yet the exact one.
+  /// Waits up to the transport's deadline for the late exchanges still open (see the top
+  /// of this header) and applies to `params` those that complete. The others stay open:
+  /// their peers are silent (reported in dropped() if they were not yet) and applied
+  /// nothing either. Returns how many stay open. Call it between rounds, on every rank,
+  /// before reading the final values: until then a rank's late terms are missing while
+  /// its peers applied theirs, so the sum over ranks is not yet the exact one.
   ///
   ///   for (int it = 0; it < steps; ++it) g.step(w, grads);
   ///   g.settle(w);  // the late exchanges land: Σ over the ranks is kept
@@ -416,44 +429,41 @@ class gossip {
       detail::throw_invalid_argument(
           call, "round " + std::to_string(round_) + " is still in flight: wait() for it first",
           rank());
-    if constexpr (!applies_late) {
-      return 0;
-    } else {
-      if (late_.empty()) return 0;
-      if (params.size() != n_)
-        detail::throw_invalid_argument(
-            call, std::to_string(params.size()) + " elements for a tensor of " + std::to_string(n_),
-            rank());
-      try {
-        {
-          scoped_timer timer(counters_.wait_ns);
-          const auto deadline = clock::now() + t_->timeout();
-          poll_backoff backoff;
-          for (;;) {
-            poll_late();
-            if (!any_late_open() || clock::now() >= deadline) break;
-            backoff.pause();
-          }
+    if (late_.empty()) return 0;
+    if (params.size() != n_)
+      detail::throw_invalid_argument(
+          call, std::to_string(params.size()) + " elements for a tensor of " + std::to_string(n_),
+          rank());
+    try {
+      {
+        scoped_timer timer(counters_.wait_ns);
+        const auto deadline = clock::now() + t_->timeout();
+        poll_backoff backoff;
+        for (;;) {
+          poll_late();
+          if (!any_late_open() || clock::now() >= deadline) break;
+          backoff.pause();
         }
-        scoped_timer timer(counters_.decode_ns);
-        params_ = params;
-        if (rule_ == mixing_rule::averaging) {
-          double unused = 0.0;
-          if (apply_late(unused)) add_late_delta();
-        } else {
-          // The numerator x = w z, as a round starts from.
-          const auto w0 = static_cast<float>(weight_);
-          for (std::size_t i = 0; i < n_; ++i) x_[i] = w0 * params[i];
-          std::fill(delta_.begin(), delta_.end(), 0.0f);
-          double w = weight_;
-          if (apply_late(w)) finish_push_sum(w);
-        }
-      } catch (const std::exception& x) {
-        broken_ = x.what();
-        throw;
       }
-      return late_.size();
+      scoped_timer timer(counters_.decode_ns);
+      params_ = params;
+      if (rule_ == mixing_rule::averaging) {
+        double unused = 0.0;
+        if (apply_late(unused)) add_late_delta();
+      } else {
+        // The numerator x = w z, as a round starts from.
+        const auto w0 = static_cast<float>(weight_);
+        for (std::size_t i = 0; i < n_; ++i) x_[i] = w0 * params[i];
+        std::fill(delta_.begin(), delta_.end(), 0.0f);
+        double w = weight_;
+        if (apply_late(w)) finish_push_sum(w);
+      }
+      report_silent(round_);
+    } catch (const std::exception& x) {
+      broken_ = x.what();
+      throw;
     }
+    return late_.size();
   }
 
   /// Encodes and posts one round on `params` and returns at once; the handle's wait()
@@ -480,7 +490,9 @@ class gossip {
   }
 
  private:
-  enum class outcome : unsigned char { pending, done, dropped };
+  // pending: posted, open; deferred: waits for the peer's late exchange, not posted yet;
+  // dropped: skipped in this round (its weight stays home).
+  enum class outcome : unsigned char { pending, deferred, done, dropped };
 
   // Everything exchanged with one peer in the round in flight.
   struct exchange {
@@ -495,21 +507,23 @@ class gossip {
     bool receives() const noexcept { return in_w > 0.0; }
   };
 
-  // An exchange that missed its round's deadline on a transport that does not withdraw
-  // groups: still posted, skipped in its round, applied when it completes. It owns the
-  // buffers the transport uses (the edge got new ones) and what applying it needs.
+  // An exchange that missed its round's deadline: still posted, skipped in its round,
+  // applied when it completes. It owns the buffers the transport uses (the edge got new
+  // ones) and what applying it needs.
   struct late_exchange {
     std::uint64_t round = 0;
     int peer = -1;
     double in_w = 0.0, out_w = 0.0;
     std::size_t send_bytes = 0;
     double weight_share = 0.0;
-    std::optional<typename T::request> req;
     std::vector<std::byte> send, recv;              // the edge's buffers of that round
     std::shared_ptr<std::vector<std::byte>> plain;  // plain averaging: the round's payload
     // This rank's side of the round: x_i(t) (plain averaging), x̂_{i→j}(t) (compressed),
     // the share sent (push-sum: W_ji x_i, or its public copy).
     std::vector<float> own;
+    // After the buffers: destroyed first (a withdrawing transport's request waits for
+    // copies into them to finish).
+    std::optional<typename T::request> req;
     bool complete = false;
     bool sends() const noexcept { return out_w > 0.0; }
     bool receives() const noexcept { return in_w > 0.0; }
@@ -526,8 +540,6 @@ class gossip {
   // Push-sum messages carry the weight share in front of the payload.
   static constexpr std::size_t weight_bytes = sizeof(double);
   static constexpr bool lossy = !lossless_codec<C>;
-  // Exchanges that miss the deadline stay posted and are applied late (see the top).
-  static constexpr bool applies_late = !transport_withdraws_groups<T>;
 
   using clock = std::chrono::steady_clock;
 
@@ -559,7 +571,7 @@ class gossip {
       scratch_.assign(n, 0.0f);
       delta_.assign(n, 0.0f);
       if (rule_ == mixing_rule::push_sum) x_.assign(n, 0.0f);
-      if constexpr (applies_late) late_delta_.assign(n, 0.0f);
+      late_delta_.assign(n, 0.0f);
       plain_ = std::make_shared<std::vector<std::byte>>(codec_.max_encoded_bytes(n));
     } else if (n != n_) {
       detail::throw_invalid_argument("gossip::start_mix",
@@ -597,26 +609,23 @@ class gossip {
                     .bucket = static_cast<std::uint32_t>(peer)});
   }
 
-  // A peer skipped in this round: timed out, or failed (then skipped from now on, and
-  // on a transport that does not withdraw groups its late exchanges are dropped: it
-  // applies nothing more either).
-  void record_drop(exchange& e, bool failed, std::string reason) {
+  static std::size_t idx(int peer) noexcept { return static_cast<std::size_t>(peer); }
+
+  // A failed peer (peer_error) met in this round's exchange: skipped from now on.
+  void record_failure(exchange& e, std::string reason) {
     e.state = outcome::dropped;
-    if constexpr (applies_late) {
-      if (!failed && e.req) {
-        go_late(e);
-      } else {
-        e.req.reset();
-        if (failed) drop_late_of(e.peer);
-      }
-    } else {
-      e.req.reset();  // withdraws the whole group (transport_withdraws_groups)
-    }
-    if (failed && !failed_[static_cast<std::size_t>(e.peer)]) {
-      failed_[static_cast<std::size_t>(e.peer)] = true;
-      failed_list_.push_back(e.peer);
-    }
-    dropped_.push_back({round_, e.peer, failed, std::move(reason)});
+    e.req.reset();
+    drop_late_of(e.peer);
+    mark_failed(e.peer, std::move(reason));
+  }
+
+  void mark_failed(int peer, std::string reason) {
+    const auto p = idx(peer);
+    if (failed_[p]) return;
+    failed_[p] = true;
+    silent_[p] = false;
+    failed_list_.push_back(peer);
+    dropped_.push_back({round_, peer, true, std::move(reason)});
   }
 
   // A fresh buffer of `bytes` for the edge whose buffers a late exchange took.
@@ -663,13 +672,14 @@ class gossip {
     late_.push_back(std::move(l));
   }
 
-  // The buffers of an exchange abandoned before it completed: the transport may still
-  // use them (an MPI send that no receive matched yet reads its buffer until the job
-  // ends), so they are kept until the program ends; what completed is recycled.
+  // The buffers of an exchange abandoned before it completed: unless the transport
+  // withdraws whole groups it may still use them (an MPI send that no receive matched
+  // yet reads its buffer until the job ends), so they are kept until the program ends;
+  // the others are recycled.
   void retire(late_exchange& l) noexcept {
-    l.req.reset();
+    l.req.reset();  // a withdrawing transport no longer touches the buffers after this
     try {
-      if (l.complete) {
+      if (l.complete || transport_withdraws_groups<T>) {
         recycle(l);
         return;
       }
@@ -691,26 +701,25 @@ class gossip {
     for (auto& l : late_)
       if (l.peer == peer) retire(l);
     std::erase_if(late_, [&](const late_exchange& l) { return l.peer == peer; });
+    late_open_[idx(peer)] = false;
   }
 
   void fail_peer(int peer, const std::string& reason) {
     for (auto& e : ex_)
-      if (e.peer == peer && e.state == outcome::pending) {
-        record_drop(e, true, reason);
+      if (e.peer == peer && (e.state == outcome::pending || e.state == outcome::deferred)) {
+        record_failure(e, reason);
         return;
       }
     drop_late_of(peer);
-    if (!failed_[static_cast<std::size_t>(peer)]) {
-      failed_[static_cast<std::size_t>(peer)] = true;
-      failed_list_.push_back(peer);
-      dropped_.push_back({round_, peer, true, reason});
-    }
+    mark_failed(peer, reason);
   }
 
-  // Encodes and posts every group of the round.
+  // Encodes and posts every group of the round, but those whose peer has a late exchange
+  // still open (deferred: posted when it completes, see wait_round).
   void begin_round(host_view<float> params) {
     const neighbourhood nb = topo_.peers(rank(), size(), round_);
     ex_.clear();
+    poll_late();  // a late exchange that completed since re-admits its peer now
     // The union of in- and out-peers, in rank order (both lists are sorted); failed
     // peers are left out: their weight stays with this rank.
     std::size_t a = 0, b = 0;
@@ -733,15 +742,15 @@ class gossip {
                                            std::to_string(e.peer) + " as a peer in round " +
                                            std::to_string(round_),
                                        rank());
-      if (!failed_[static_cast<std::size_t>(e.peer)]) ex_.push_back(std::move(e));
+      if (failed_[idx(e.peer)]) continue;
+      if (late_open_[idx(e.peer)]) e.state = outcome::deferred;
+      ex_.push_back(std::move(e));
     }
     params_ = params;
     const std::size_t n = n_;
     const float* z = params.data();
     // A late exchange still sends an earlier round's payload: this round writes a new one.
-    if (applies_late && plain_.use_count() > 1)
-      plain_ = std::make_shared<std::vector<std::byte>>(plain_->size());
-
+    if (plain_.use_count() > 1) plain_ = std::make_shared<std::vector<std::byte>>(plain_->size());
     {
       scoped_timer timer(counters_.encode_ns);
       if (rule_ == mixing_rule::push_sum) {
@@ -752,38 +761,39 @@ class gossip {
         key_stream(codec_, -1);
         plain_bytes_ = codec_.encode(host_view<const float>(params), *plain_);
       }
-      encode_edges(z);
     }
-    post_round();
+    for (auto& e : ex_)
+      if (e.state == outcome::pending) post_exchange(e);
   }
 
-  void encode_edges(const float* z) {
+  // This rank's message to e's peer in this round, into the edge's send buffer (plain
+  // averaging sends the round's one payload instead).
+  void encode_edge(exchange& e) {
+    if (!e.sends()) return;
     const std::size_t n = n_;
-    for (auto& e : ex_) {
-      if (!e.sends()) continue;
-      edge& ed = edge_to(e.peer);
-      key_stream(ed.codec, e.peer);
-      if (rule_ == mixing_rule::averaging) {
-        if constexpr (lossy) {
-          for (std::size_t i = 0; i < n; ++i) scratch_[i] = z[i] - ed.mine[i];
-          e.send_bytes = ed.codec.encode(host_view<const float>(scratch_), ed.send);
-        }
-      } else {
-        const auto share = static_cast<float>(e.out_w * o_.gamma);
-        if constexpr (lossy) {
-          for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i] - ed.mine[i];
-        } else {
-          for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i];
-        }
-        e.weight_share = e.out_w * o_.gamma * weight_;
-        const auto bits = std::bit_cast<std::uint64_t>(e.weight_share);
-        wire_writer w(std::span<std::byte>(ed.send).first(weight_bytes), "gossip::start_mix");
-        w.put_u64(bits);
-        e.send_bytes =
-            weight_bytes + ed.codec.encode(host_view<const float>(scratch_),
-                                           std::span<std::byte>(ed.send).subspan(weight_bytes));
+    const float* z = params_.data();
+    edge& ed = edge_to(e.peer);
+    key_stream(ed.codec, e.peer);
+    if (rule_ == mixing_rule::averaging) {
+      if constexpr (lossy) {
+        for (std::size_t i = 0; i < n; ++i) scratch_[i] = z[i] - ed.mine[i];
+        e.send_bytes = ed.codec.encode(host_view<const float>(scratch_), ed.send);
       }
+      return;
     }
+    const auto share = static_cast<float>(e.out_w * o_.gamma);
+    if constexpr (lossy) {
+      for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i] - ed.mine[i];
+    } else {
+      for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i];
+    }
+    e.weight_share = e.out_w * o_.gamma * weight_;
+    const auto bits = std::bit_cast<std::uint64_t>(e.weight_share);
+    wire_writer w(std::span<std::byte>(ed.send).first(weight_bytes), "gossip::start_mix");
+    w.put_u64(bits);
+    e.send_bytes =
+        weight_bytes + ed.codec.encode(host_view<const float>(scratch_),
+                                       std::span<std::byte>(ed.send).subspan(weight_bytes));
   }
 
   // The payload this rank sends to e's peer in this round (its public copy's update when
@@ -805,84 +815,43 @@ class gossip {
       ed.codec.decode_add(p, ed.mine);
   }
 
-  void post_round() {
+  // Encodes and posts e's group: the send to its peer and the receive from it.
+  void post_exchange(exchange& e) {
+    {
+      scoped_timer timer(counters_.encode_ns);
+      encode_edge(e);
+    }
     const int tag = o_.tag;
-    for (auto& e : ex_) {
-      send_op s{e.peer, tag, {}};
-      recv_op r{e.peer, tag, {}};
-      if (e.sends()) {
-        s.data = sent_payload(e);
-        e.send_bytes = s.data.size();
-      }
-      if (e.receives()) r.data = edge_to(e.peer).recv;
-      try {
-        e.req.emplace(t_->post(std::span<const send_op>(&s, e.sends() ? 1 : 0),
-                               std::span<const recv_op>(&r, e.receives() ? 1 : 0)));
-      } catch (const peer_error& x) {
-        if (x.peer() != e.peer) throw;
-        record_drop(e, true, x.what());
-        continue;
-      }
-      // Where a send cannot be withdrawn it is delivered unless the peer is gone: this
-      // rank's copy of what the peer knows moves now, whether or not the round waits.
-      if constexpr (applies_late && lossy)
-        if (e.sends()) update_mine(e);
+    send_op s{e.peer, tag, {}};
+    recv_op r{e.peer, tag, {}};
+    if (e.sends()) {
+      s.data = sent_payload(e);
+      e.send_bytes = s.data.size();
     }
-  }
-
-  // Whether a group that missed its deadline completed after all (its peer's post may
-  // have landed since). Never throws: a failed peer is a drop like a late one.
-  bool completed_late(exchange& e) noexcept {
+    if (e.receives()) r.data = edge_to(e.peer).recv;
     try {
-      return t_->test(*e.req);
-    } catch (...) {
-      return false;
+      e.req.emplace(t_->post(std::span<const send_op>(&s, e.sends() ? 1 : 0),
+                             std::span<const recv_op>(&r, e.receives() ? 1 : 0)));
+    } catch (const peer_error& x) {
+      if (x.peer() != e.peer) throw;
+      record_failure(e, x.what());
+      return;
     }
+    e.state = outcome::pending;
+    // A send is never withdrawn (see the top) and is delivered unless the peer is gone:
+    // this rank's copy of what the peer knows moves now, whether or not the round waits.
+    if constexpr (lossy)
+      if (e.sends()) update_mine(e);
   }
 
-  void wait_all() {
-    scoped_timer timer(counters_.wait_ns);
-    const auto deadline = clock::now() + t_->timeout();
-    for (auto& e : ex_) {
-      if (e.state != outcome::pending) continue;
-      bool ok = false;
-      try {
-        if (clock::now() < deadline) {
-          t_->wait(*e.req);
-          ok = true;
-        } else {
-          ok = t_->test(*e.req);
-        }
-        if (!ok) record_drop(e, false, missed_deadline(e.peer));
-      } catch (const timeout_error& x) {
-        if (x.peer() != e.peer && x.peer() != any_source) throw;
-        ok = completed_late(e);
-        if (!ok) record_drop(e, false, x.what());
-      } catch (const peer_error& x) {
-        if (x.peer() != e.peer) throw;
-        record_drop(e, true, x.what());
-      }
-      if (!ok) continue;
-      e.state = outcome::done;
-      if (e.sends()) counters_.add_sent(e.send_bytes);
-      if (e.receives()) counters_.add_received(e.req->received(0));
-    }
-  }
-
-  std::string missed_deadline(int peer) const {
-    return "rank " + std::to_string(peer) + " missed the deadline of round " +
-           std::to_string(round_) + " (" + std::to_string(t_->timeout().count()) + " ms)";
-  }
-
-  // Tests the late exchanges, oldest first, without blocking. Those of one peer complete
-  // in order (its messages land in the order posted, and are applied in that order):
-  // after one that has not, that peer's later ones wait (blocked_).
+  // Tests the open late exchanges (at most one a peer) without blocking. One that
+  // completed re-admits its peer; late_open_ marks the peers with one still open.
   void poll_late() {
-    blocked_.assign(static_cast<std::size_t>(size()), false);
+    std::fill(late_open_.begin(), late_open_.end(), false);
     for (std::size_t k = 0; k < late_.size(); ++k) {
       late_exchange& l = late_[k];
-      const auto p = static_cast<std::size_t>(l.peer);
-      if (l.complete || blocked_[p]) continue;
+      if (l.complete) continue;
+      const auto p = idx(l.peer);
       bool ok = false;
       try {
         ok = t_->test(*l.req);
@@ -890,14 +859,15 @@ class gossip {
         if (x.peer() != l.peer) throw;
         fail_peer(l.peer, x.what());
         k = static_cast<std::size_t>(-1);  // late_ changed: test again from the start
-        blocked_.assign(static_cast<std::size_t>(size()), false);
+        std::fill(late_open_.begin(), late_open_.end(), false);
         continue;
       }
       if (!ok) {
-        blocked_[p] = true;
+        late_open_[p] = true;
         continue;
       }
       l.complete = true;
+      silent_[p] = false;  // it answers again
       if (l.sends()) counters_.add_sent(l.send_bytes);
       if (l.receives()) counters_.add_received(l.req->received(0));
     }
@@ -907,11 +877,37 @@ class gossip {
     return std::any_of(late_.begin(), late_.end(), [](const auto& l) { return !l.complete; });
   }
 
-  // The round's wait where exchanges are applied late: polls (never waits inside the
-  // transport: MPI's wait withdraws the receives of a group when it times out) the late
-  // exchanges and the round's until all of the round's completed or the deadline passed;
-  // those still open then become late exchanges.
-  void wait_all_late() {
+  // Whether a late exchange of an earlier round is open and its peer not yet found silent:
+  // this round is its peer's second deadline.
+  bool waits_for_late() const noexcept {
+    return std::any_of(late_.begin(), late_.end(), [&](const late_exchange& l) {
+      return !l.complete && l.round < round_ && !silent_[idx(l.peer)];
+    });
+  }
+
+  // The peers whose late exchange of a round before `round` is still open: silent. Each is
+  // reported once, and skipped without waiting until that exchange completes.
+  void report_silent(std::uint64_t round) {
+    for (const auto& l : late_) {
+      const auto p = idx(l.peer);
+      if (l.complete || l.round >= round || silent_[p] || failed_[p]) continue;
+      silent_[p] = true;
+      dropped_.push_back({l.round, l.peer, false,
+                          "rank " + std::to_string(l.peer) + " missed the deadline of round " +
+                              std::to_string(l.round) + " and did not answer within the next (" +
+                              std::to_string(t_->timeout().count()) +
+                              " ms each): skipped without waiting until it answers"});
+    }
+  }
+
+  // The round's wait. It polls (never waits inside the transport: MPI's wait withdraws
+  // the receives of a group when it times out, and a transport's wait is not bounded by
+  // the round's deadline) the late exchanges and the round's until the round's exchanges
+  // completed and no peer in its second deadline has its late exchange open, or the
+  // deadline passed. A deferred exchange is posted as soon as its peer's late one
+  // completes. Then the round's exchanges still open go late (kept posted), and the peers
+  // whose late exchange of an earlier round is still open are silent.
+  void wait_round() {
     scoped_timer timer(counters_.wait_ns);
     const auto deadline = clock::now() + t_->timeout();
     poll_backoff backoff;
@@ -919,11 +915,9 @@ class gossip {
       poll_late();
       bool open = false;
       for (auto& e : ex_) {
+        if (e.state == outcome::deferred && !late_open_[idx(e.peer)])
+          post_exchange(e);  // the peer answered: its exchange of this round goes now
         if (e.state != outcome::pending) continue;
-        if (blocked_[static_cast<std::size_t>(e.peer)]) {
-          open = true;  // an earlier exchange with this peer comes first
-          continue;
-        }
         bool ok = false;
         try {
           ok = t_->test(*e.req);
@@ -940,12 +934,15 @@ class gossip {
         if (e.sends()) counters_.add_sent(e.send_bytes);
         if (e.receives()) counters_.add_received(e.req->received(0));
       }
-      if (!open) return;
+      if (!open && !waits_for_late()) break;
       if (clock::now() >= deadline) break;
       backoff.pause();
     }
-    for (auto& e : ex_)
-      if (e.state == outcome::pending) record_drop(e, false, missed_deadline(e.peer));
+    for (auto& e : ex_) {
+      if (e.state == outcome::pending) go_late(e);
+      if (e.state == outcome::pending || e.state == outcome::deferred) e.state = outcome::dropped;
+    }
+    report_silent(round_);
   }
 
   std::span<const std::byte> checked_payload(std::span<const std::byte> buf, std::size_t got,
@@ -1026,10 +1023,7 @@ class gossip {
         } catch (const decode_error& d) {
           rethrow_decode(d, e.peer);
         }
-        // This rank's own payload: the peer decodes the same bytes into its copy (where
-        // exchanges are applied late, that happened when it was posted).
-        if constexpr (!applies_late)
-          ed.codec.decode_add(std::span<const std::byte>(ed.send).first(e.send_bytes), ed.mine);
+        // ed.mine holds this rank's own payload already: added when it was posted.
         const float* th = ed.theirs.data();
         const float* mi = ed.mine.data();
         for (std::size_t i = 0; i < n; ++i) delta[i] += w * (th[i] - mi[i]);
@@ -1131,10 +1125,6 @@ class gossip {
         // The share left: what the peer decoded (the public copy), or the exact share.
         w -= e.weight_share;
         if constexpr (lossy) {
-          if constexpr (!applies_late)  // else updated when posted
-            ed.codec.decode_add(std::span<const std::byte>(ed.send).subspan(
-                                    weight_bytes, e.send_bytes - weight_bytes),
-                                ed.mine);
           const float* mi = ed.mine.data();
           for (std::size_t i = 0; i < n; ++i) delta[i] -= mi[i];
         } else {
@@ -1161,21 +1151,18 @@ class gossip {
 
   void finish_mix() {
     try {
-      if constexpr (applies_late)
-        wait_all_late();
-      else
-        wait_all();
+      wait_round();
       {
         scoped_timer timer(counters_.decode_ns);
         if (rule_ == mixing_rule::averaging) {
           double unused = 0.0;
-          const bool late = applies_late && apply_late(unused);
+          const bool late = apply_late(unused);
           apply_averaging();
           if (late) add_late_delta();
         } else {
           std::fill(delta_.begin(), delta_.end(), 0.0f);
           double w = weight_;
-          if constexpr (applies_late) (void)apply_late(w);
+          (void)apply_late(w);
           apply_push_sum(w);
         }
       }
@@ -1197,14 +1184,12 @@ class gossip {
 
   void abandon_round() noexcept {
     for (auto& e : ex_) {
-      if constexpr (applies_late) {
-        // Still posted: its buffers go with it (retired when the object goes).
-        if (e.req) {
-          try {
-            go_late(e);
-            continue;
-          } catch (...) {
-          }
+      // Still posted: its buffers go with it (retired when the object goes).
+      if (e.req) {
+        try {
+          go_late(e);
+          continue;
+        } catch (...) {
         }
       }
       e.req.reset();
@@ -1224,13 +1209,14 @@ class gossip {
   std::vector<dropped_peer> dropped_;
   std::vector<bool> failed_;
   std::vector<int> failed_list_;
+  std::vector<bool> silent_;     // found silent: skipped without waiting until it answers
+  std::vector<bool> late_open_;  // poll_late: peers with a late exchange still open
   std::vector<std::unique_ptr<edge>> edges_;
   std::vector<exchange> ex_;
   std::vector<float> scratch_, delta_, x_, late_delta_;
   std::shared_ptr<std::vector<std::byte>> plain_;
   std::size_t plain_bytes_ = 0;
   std::vector<late_exchange> late_;            // in the order of their rounds
-  std::vector<bool> blocked_;                  // poll_late: peers with an open late exchange
   std::vector<std::vector<std::byte>> spare_;  // buffers of completed late exchanges
   std::size_t n_ = 0;
   bool sized_ = false;

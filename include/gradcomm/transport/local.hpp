@@ -1225,7 +1225,9 @@ class local_transport {
 /// A world stays failed once a rank failed or a collective was abandoned (after a
 /// timeout the ranks no longer agree on the order of collectives): later
 /// collectives throw peer_error at once. Point-to-point between live ranks goes on.
-/// Each rank's buffers must be its own: two ranks may not pass the same output.
+/// Each rank's buffers must be its own: a collective in which one rank's output overlaps
+/// another rank's input or output (ranks handed the same vector) is refused on every rank
+/// with invalid_argument before any byte moves.
 class local_world {
  public:
   /// `size` ranks; every wait of every rank is bounded by `timeout`.

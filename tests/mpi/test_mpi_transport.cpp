@@ -134,6 +134,26 @@ TEST(MpiTransport, RankSizeTimeoutAndPrivateCommunicator) {
   EXPECT_EQ(cmp, MPI_CONGRUENT);  // a dup: same group, another context
 }
 
+// MPI's errors come back as gradcomm::error: the transport's communicator returns
+// them, and the caller's communicator keeps its own handler.
+TEST(MpiTransport, ErrorsReturnOnTheTransportsCommunicatorAndTheCallersHandlerIsKept) {
+  MPI_Comm mine = MPI_COMM_NULL;
+  MPI_Comm_dup(MPI_COMM_WORLD, &mine);
+  MPI_Comm_set_errhandler(mine, MPI_ERRORS_ARE_FATAL);
+  {
+    gc::mpi_transport t(mine, test_timeout);
+    MPI_Errhandler h = MPI_ERRHANDLER_NULL;
+    MPI_Comm_get_errhandler(t.communicator(), &h);
+    EXPECT_TRUE(h == MPI_ERRORS_RETURN);
+    MPI_Errhandler_free(&h);
+    MPI_Comm_get_errhandler(mine, &h);
+    EXPECT_TRUE(h == MPI_ERRORS_ARE_FATAL);
+    MPI_Errhandler_free(&h);
+    t.barrier();
+  }
+  MPI_Comm_free(&mine);
+}
+
 TEST(MpiTransport, EnvironmentFindsMpiInitialized) {
   {
     gc::mpi_environment again;  // MPI is up (main's): it must not finalize it

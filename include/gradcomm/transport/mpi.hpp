@@ -1399,8 +1399,8 @@ class mpi_transport {
   // Reduce-scatter then all-gather around the ring, N-1 steps each: at every step rank
   // r sends one chunk to r+1 and receives one from r-1 (chunk c is rank c's slice, as
   // local_transport's). Chunk c is combined along the fixed chain c, c+1, ..., c-1 and
-  // then copied, so every rank ends with the same bits. It works in place on the
-  // transport's stage (a copy of `in`, copied to `out` at the end): a ring abandoned
+  // then copied, so every rank ends with the same bits. It sends and receives only the
+  // transport's stage (combined from `in`, copied to `out` at the end): a ring abandoned
   // after a timeout leaves MPI sending and receiving the transport's memory only. An
   // agreed shape runs on its own communicator beside the check; a new one on the ring
   // communicator after it. Each wait is bounded by timeout(); when one expires the
@@ -1417,7 +1417,11 @@ class mpi_transport {
     const std::size_t count = in.size();
     const std::size_t seg = std::max<std::size_t>(1, detail::mpi_ring_segment_bytes / sizeof(E));
     E* const w = reinterpret_cast<E*>(st.stage_buffer(count * sizeof(E)));
-    copy_bytes(w, in.data(), count * sizeof(E));
+    // Only this rank's own chunk is sent as it is; the others are combined from `in`
+    // into the stage before they leave.
+    copy_bytes(w + detail::mpi_slice_lo(count, n, me),
+               in.data() + detail::mpi_slice_lo(count, n, me),
+               detail::mpi_slice_len(count, n, me) * sizeof(E));
     E* const got = reinterpret_cast<E*>(
         st.ring_buffer(detail::mpi_slice_len(count, n, 0) * sizeof(E)));  // chunk 0 is longest
     std::vector<send_op> sends;
@@ -1454,6 +1458,9 @@ class mpi_transport {
           recvs.push_back(
               {prev, tag, std::as_writable_bytes(std::span(dst + o, std::min(seg, r_len - o)))});
         req = post_group(call, sends, recvs, comm, true);
+        // All-gather: the chunk this step sends is final; it goes to `out` while the
+        // step's messages travel (the last one received, after the loop).
+        if (!reduce) copy_bytes(out.data() + s_lo, src, s_len * sizeof(E));
         // Messages from one rank under one tag arrive in order: segment j is message j.
         for (std::size_t j = 0; j < recvs.size(); ++j) {
           const detail::mpi_op& rop = req.ops_[sends.size() + j];
@@ -1468,7 +1475,7 @@ class mpi_transport {
                             " were due");
           if (reduce) {
             const std::size_t o = j * seg, len = std::min(seg, r_len - o);
-            detail::mpi_ring_combine<E>(w + r_lo + o, w + r_lo + o, got + o, len, op);
+            detail::mpi_ring_combine<E>(w + r_lo + o, in.data() + r_lo + o, got + o, len, op);
           }
         }
         // The sends too: the next step may write over what this one sends.
@@ -1492,7 +1499,10 @@ class mpi_transport {
                        -1);
       throw;
     }
-    copy_bytes(out.data(), w, count * sizeof(E));
+    const int last = (me + 2) % n;  // the chunk the all-gather's last step received
+    copy_bytes(out.data() + detail::mpi_slice_lo(count, n, last),
+               w + detail::mpi_slice_lo(count, n, last),
+               detail::mpi_slice_len(count, n, last) * sizeof(E));
   }
 
   // Waits, at most timeout(), until `done()` (tested after each poll of the group) or
@@ -1882,10 +1892,9 @@ class mpi_transport {
     drop_shapes(hits);  // several agreed shapes ran at once: they stay behind
     if (hits.empty() && every_rank_saw && st.shapes.size() < detail::mpi_max_shapes &&
         st.dropped_comms.size() < detail::mpi_max_dropped_shapes) {
-      // Agreed twice: the shape gets a communicator of its own (a blocking dup: every
-      // rank is here, it has just answered the check).
-      MPI_Comm c = MPI_COMM_NULL;
-      detail::mpi_check(MPI_Comm_dup(st.comm, &c), call, "MPI_Comm_dup", st.rank);
+      // Agreed twice: the shape gets a communicator of its own. Waited on with the
+      // deadline: a rank stopped right after the check must not hang the others here.
+      MPI_Comm c = new_shape_comm(call, d.kind);
       st.shapes.emplace(ag.key, detail::mpi_state::shape{st.next_shape_id++, c});
       st.seen.erase(ag.key);
       ag.target = c;
@@ -1894,6 +1903,37 @@ class mpi_transport {
     if (st.seen.size() >= 4 * detail::mpi_max_shapes) st.seen.clear();
     st.seen.insert(ag.key);
     ag.target = ag.fallback;
+  }
+
+  MPI_Comm new_shape_comm(const char* call, detail::mpi_coll kind) {
+    auto& st = *state_;
+    // MPI writes the handle when the dup completes: it lives on the heap, left to MPI
+    // if the dup is abandoned.
+    auto c = std::make_unique<MPI_Comm>(MPI_COMM_NULL);
+    MPI_Request r = MPI_REQUEST_NULL;
+    detail::mpi_check(MPI_Comm_idup(st.comm, c.get(), &r), call, "MPI_Comm_idup", st.rank);
+    try {
+      await(call, kind, st.coll_seq, [&] {
+        int done = 0;
+        detail::mpi_check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), call, "MPI_Comm_idup", st.rank);
+        return done != 0;
+      });
+    } catch (...) {
+      if (r != MPI_REQUEST_NULL) {
+        (void)c.release();
+        detail::mpi_orphan o;
+        o.collective = true;
+        o.req = r;
+        try {
+          st.orphans.push_back(std::move(o));
+        } catch (...) {
+        }
+      }
+      throw;
+    }
+    detail::mpi_check(MPI_Comm_set_errhandler(*c, MPI_ERRORS_RETURN), call,
+                      "MPI_Comm_set_errhandler", st.rank);
+    return *c;
   }
 
   MPI_Comm shape_comm(std::uint64_t id) const noexcept {

@@ -96,7 +96,7 @@ TEST(MpiFaults, AnIdentityAllreduceTimeoutLeavesNothingInTheCallersMemory) {
         ar.average(gc::host_view<float>(g->data(), g->size()));
         ADD_FAILURE() << "rank " << me << ": no timeout";
       } catch (const gc::timeout_error& e) {
-      if (me != sleeper()) expect_names_the_sleeper(e);
+        if (me != sleeper()) expect_names_the_sleeper(e);
       }
     }
     std::fill(g->begin(), g->end(), -7.0f);

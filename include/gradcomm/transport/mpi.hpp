@@ -46,7 +46,21 @@
 //    inside any call of their transport answer at once, so the ranks that did not
 //    reach the collective are named. The answers are awaited for half the timeout (at
 //    most 2 s), so a collective's timeout_error comes about 1.5 × timeout() after it
-//    started.
+//    started. A rank that gives up tells the others whom it blamed, so that a rank
+//    timing out after it names that rank, not the one that merely waited on it.
+//  - Every collective is checked across ranks (kind, element type, op, count, root,
+//    all-gather(v) counts, the all-to-all(v) send/receive count matrix) by a small
+//    MPI_Iallgather of fixed-size records on a fourth private communicator; ranks
+//    that disagree all throw invalid_argument naming the ranks and sizes, before any
+//    data moves. A shape every rank agreed on twice gets a communicator of its own (at
+//    most 64): from then on it is posted at once, beside its check, so the steady
+//    state adds no round trip, and a collective of another shape can never match it
+//    (different communicators); the check still names a rank that passes another one.
+//  - Collectives (MPI's and the ring) read and write only the transport's stage
+//    buffers, copied from the input and to the output: what a collective that timed
+//    out leaves with MPI (a send nobody received, a collective a rank never joined) is
+//    the transport's memory, left to MPI for good, never the caller's, who may free
+//    its buffers and finalize.
 #pragma once
 
 #include <gradcomm/core/config.hpp>
@@ -65,8 +79,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <system_error>
@@ -174,14 +191,16 @@ struct mpi_unmatched {
 // a collective a rank never joined, a control message). MPI may still use its memory.
 struct mpi_orphan {
   MPI_Request req = MPI_REQUEST_NULL;
-  std::unique_ptr<std::byte[]> memory;  // a receive's sink, a control message
-  std::unique_ptr<int[]> arrays;        // a v-collective's counts and displacements
-  bool collective = false;              // MPI forbids freeing its request
+  std::unique_ptr<std::byte[]> memory;     // a receive's sink, a control message
+  std::unique_ptr<int[]> arrays;           // a v-collective's counts and displacements
+  std::unique_ptr<std::uint64_t[]> words;  // an agreement check's records
+  bool collective = false;                 // MPI forbids freeing its request
 
   // Leaves the memory to MPI for good: it may still read or write it.
   void leak() noexcept {
     (void)memory.release();
     (void)arrays.release();
+    (void)words.release();
   }
 };
 
@@ -199,6 +218,7 @@ struct mpi_state {
 
   ~mpi_state() {
     if (!mpi_usable()) return;  // after MPI_Finalize nothing may be called
+    tainted |= !orphans.empty();
     for (auto& o : orphans) {
       int done = 0;
       if (o.req == MPI_REQUEST_NULL ||
@@ -212,14 +232,24 @@ struct mpi_state {
     if (f16_sum != MPI_OP_NULL) MPI_Op_free(&f16_sum);
     if (bf16_sum != MPI_OP_NULL) MPI_Op_free(&bf16_sum);
     if (half != MPI_DATATYPE_NULL) MPI_Type_free(&half);
+    // After a fault, messages may still be on their way to these communicators (a late
+    // rank's ring segments, checks, control messages). Open MPI holds a message for a
+    // freed communicator and hands it to the next one that gets its context id, where
+    // it would be taken for that one's: such a transport's communicators are never
+    // freed, so their ids are never given again.
+    if (tainted) return;
+    for (auto& [key, shape] : shapes) MPI_Comm_free(&shape.comm);
+    for (auto& c : dropped_comms) MPI_Comm_free(&c);
+    if (check != MPI_COMM_NULL) MPI_Comm_free(&check);
     if (ring != MPI_COMM_NULL) MPI_Comm_free(&ring);
     if (ctrl != MPI_COMM_NULL) MPI_Comm_free(&ctrl);
     if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
   }
 
-  MPI_Comm comm = MPI_COMM_NULL;  // ours: user messages and collectives
-  MPI_Comm ctrl = MPI_COMM_NULL;  // ours: "which collective are you in?"
-  MPI_Comm ring = MPI_COMM_NULL;  // ours: the ring all-reduce's messages (no user tag meets them)
+  MPI_Comm comm = MPI_COMM_NULL;   // ours: user messages and collectives
+  MPI_Comm ctrl = MPI_COMM_NULL;   // ours: "which collective are you in?"
+  MPI_Comm ring = MPI_COMM_NULL;   // ours: the ring all-reduce's messages (no user tag meets them)
+  MPI_Comm check = MPI_COMM_NULL;  // ours: the agreement records of the collectives
   MPI_Datatype half = MPI_DATATYPE_NULL;
   MPI_Op f16_sum = MPI_OP_NULL;
   MPI_Op bf16_sum = MPI_OP_NULL;
@@ -237,8 +267,30 @@ struct mpi_state {
   std::uint64_t query_id = 0;
   std::vector<std::uint64_t> answered;  // [q]: the last query id rank q answered
   bool broken = false;                  // a collective timed out: no more collectives
+  bool tainted = false;  // a wait timed out or a rank gave up: keep the communicators
   std::string broken_reason;
   int broken_peer = -1;
+  std::vector<std::uint64_t> gave_up_seq;  // [q]: the collective rank q gave up in (0: none)
+  std::vector<int> gave_up_blame;          // [q]: the rank it blamed
+
+  // Shapes every rank agreed on, each with a communicator of its own, so that a
+  // collective of one shape never matches one of another: a hit runs at once, beside
+  // the check (see the class).
+  struct shape {
+    std::uint64_t id;
+    MPI_Comm comm;
+  };
+  std::map<std::vector<std::uint64_t>, shape> shapes;
+  std::set<std::vector<std::uint64_t>> seen;  // agreed once, on the default communicator
+  std::vector<MPI_Comm> dropped_comms;        // a speculative collective may stay there
+  std::uint64_t next_shape_id = 1;
+  // The check's records (own, then every rank's); handed to MPI for good on a failure.
+  std::unique_ptr<std::uint64_t[]> records;
+  std::size_t records_len = 0;
+  // Collectives read and write only these (never the caller's buffers), so that what a
+  // timed-out collective leaves with MPI is the transport's (leaked), never the caller's.
+  std::unique_ptr<std::byte[]> stage;
+  std::size_t stage_len = 0;
 
   // Scratch for MPI_Testsome and the v-collectives' int arrays (kept between calls).
   std::vector<int> indices;
@@ -257,6 +309,36 @@ struct mpi_state {
     return arrays.get();
   }
 
+  std::byte* stage_buffer(std::size_t bytes) {
+    if (stage_len < bytes) {
+      stage.reset();
+      stage_len = 0;
+      stage.reset(new std::byte[bytes]);
+      stage_len = bytes;
+    }
+    return stage.get();
+  }
+
+  std::uint64_t* record_buffer(std::size_t words) {
+    if (records_len < words) {
+      records.reset(new std::uint64_t[words]);
+      records_len = words;
+    }
+    return records.get();
+  }
+
+  // Leaves the collective buffers to MPI for good (it may still read or write them).
+  void leak_buffers() noexcept {
+    (void)stage.release();
+    stage_len = 0;
+    (void)ring_buf.release();
+    ring_buf_len = 0;
+    (void)records.release();
+    records_len = 0;
+    (void)arrays.release();
+    arrays_len = 0;
+  }
+
   std::byte* ring_buffer(std::size_t bytes) {
     if (ring_buf_len < bytes) {
       ring_buf.reset();  // free first: the old and the new one need not coexist
@@ -270,6 +352,8 @@ struct mpi_state {
 
 inline constexpr int mpi_tag_query = 1;
 inline constexpr int mpi_tag_answer = 2;
+// "I gave up on collective #seq, blaming rank b": {b, seq}.
+inline constexpr int mpi_tag_gave_up = 3;
 // Tags on the ring communicator: the reduce-scatter's and the all-gather's messages.
 inline constexpr int mpi_tag_ring_reduce = 0;
 inline constexpr int mpi_tag_ring_gather = 1;
@@ -424,6 +508,88 @@ inline std::string mpi_rank_list(const std::vector<int>& ranks) {
   return s;
 }
 
+// ---- agreement: what a collective's arguments are, compared across ranks ----------------
+
+// Element codes of an agreement record (0: bytes).
+template <class E>
+constexpr std::uint64_t mpi_elem_code() noexcept {
+  if constexpr (std::is_same_v<E, float>)
+    return 1;
+  else if constexpr (std::is_same_v<E, double>)
+    return 2;
+  else if constexpr (std::is_same_v<E, std::int32_t>)
+    return 3;
+  else if constexpr (std::is_same_v<E, std::int64_t>)
+    return 4;
+  else if constexpr (std::is_same_v<E, f16>)
+    return 5;
+  else
+    return 6;
+}
+
+inline const char* mpi_elem_name(std::uint64_t code) noexcept {
+  static constexpr const char* names[] = {"byte", "f32", "f64", "i32", "i64", "f16", "bf16"};
+  return code < 7 ? names[code] : "?";
+}
+
+// One rank's arguments to a collective, as compared across ranks.
+struct mpi_coll_desc {
+  mpi_coll kind = mpi_coll::barrier;
+  std::uint64_t elem = 0;
+  reduce_op op = reduce_op::sum;
+  std::uint64_t count = 0;  // allreduce: elements; allgather, broadcast: bytes; alltoall: chunk
+  std::uint64_t root = 0;
+  std::span<const std::size_t> v1, v2;  // allgatherv: counts; alltoallv: send, recv counts
+};
+
+// An agreement record: a fixed number of words, whatever the collective, so that ranks
+// in different collectives still meet in the check.
+inline constexpr std::size_t mpi_record_words = 8;
+enum mpi_record_word : std::size_t { rw_kind, rw_count, rw_root, rw_hash, rw_hit, rw_seen, rw_seq };
+
+// Shapes agreed by every rank get a communicator of their own (at most this many per
+// transport); shapes that change from call to call are checked every time.
+inline constexpr std::size_t mpi_max_shapes = 64;
+// After this many shapes were dropped (a speculative collective stayed behind on their
+// communicators), no new ones are made: a pattern that keeps dropping them would leak.
+inline constexpr std::size_t mpi_max_dropped_shapes = 16;
+
+inline std::uint64_t mpi_mix(std::uint64_t h, std::uint64_t x) noexcept {
+  h ^= x + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  h ^= h >> 31;
+  h *= 0xbf58476d1ce4e5b9ull;
+  return h ^ (h >> 29);
+}
+
+inline std::uint64_t mpi_coll_word(const mpi_coll_desc& d) noexcept {
+  return static_cast<std::uint64_t>(d.kind) | d.elem << 8 | static_cast<std::uint64_t>(d.op) << 16;
+}
+
+// The key of a shape in the agreed-shape cache: every argument that must agree.
+inline std::vector<std::uint64_t> mpi_shape_key(const mpi_coll_desc& d) {
+  std::vector<std::uint64_t> k{mpi_coll_word(d), d.count, d.root, d.v1.size(), d.v2.size()};
+  k.insert(k.end(), d.v1.begin(), d.v1.end());
+  k.insert(k.end(), d.v2.begin(), d.v2.end());
+  return k;
+}
+
+inline std::uint64_t mpi_vector_hash(const mpi_coll_desc& d) noexcept {
+  std::uint64_t h = mpi_mix(d.v1.size(), d.v2.size());
+  for (auto x : d.v1) h = mpi_mix(h, x);
+  for (auto x : d.v2) h = mpi_mix(h, x);
+  return h;
+}
+
+inline mpi_coll mpi_record_kind(const std::uint64_t* r) noexcept {
+  return static_cast<mpi_coll>(r[rw_kind] & 0xff);
+}
+inline std::uint64_t mpi_record_elem(const std::uint64_t* r) noexcept {
+  return (r[rw_kind] >> 8) & 0xff;
+}
+inline reduce_op mpi_record_op(const std::uint64_t* r) noexcept {
+  return static_cast<reduce_op>((r[rw_kind] >> 16) & 0xff);
+}
+
 }  // namespace detail
 
 /// Initializes MPI for the program's lifetime, or finds it initialized: RAII around
@@ -518,21 +684,20 @@ class mpi_environment {
 ///    the message or the job ends. The group itself is spent: wait() and test() on it
 ///    throw, received() of a withdrawn receive throws.
 ///  - collectives: MPI can neither cancel nor free a collective's request, so the
-///    timed-out collective stays posted and its buffers must stay valid (MPI writes
-///    into them if the missing rank arrives). The ring all-reduce behaves alike: its
-///    sends that no receive matched stay with MPI and read `in` or `out` until the job
-///    ends, and a rank arriving late finds its neighbours gone and times out in turn.
-///    The ranks no longer agree on the order of collectives, so every later collective
-///    on this transport throws timeout_error at once. Point-to-point goes on. To carry
-///    on with collectives, every rank constructs a new mpi_transport (a fresh
-///    MPI_Comm_dup).
+///    timed-out collective stays posted, on the transport's own buffers (the caller's
+///    may be freed at once). The ring all-reduce behaves alike, and a rank arriving
+///    late finds its neighbours gone and times out in turn. The ranks no longer agree
+///    on the order of collectives, so every later collective on this transport throws
+///    timeout_error at once. Point-to-point goes on. To carry on with collectives,
+///    every rank constructs a new mpi_transport (a fresh MPI_Comm_dup); the old one's
+///    communicators are not freed (a late message must not reach a new one).
 ///
 /// Sizes: MPI counts are int, so a message, a chunk or a collective's total above
 /// INT_MAX bytes (elements, for allreduce) is rejected with invalid_argument, never
-/// truncated. The ranks' collective arguments must agree (requirement 15): checking
-/// that would cost another collective, so a rank that passes sizes the others do not
-/// is not detected here (a rank that throws on its own arguments never joins the
-/// collective: the others get timeout_error naming it).
+/// truncated. The ranks' collective arguments must agree (requirement 15): every rank
+/// throws invalid_argument naming the ranks and sizes that differ, and the transport
+/// goes on (see the header). A rank that throws on its own arguments never joins the
+/// collective: the others get timeout_error naming it.
 class mpi_transport {
  public:
   /// An outstanding point-to-point group, returned by post(). Destroying it before
@@ -660,6 +825,20 @@ class mpi_transport {
       throw error(make_error_code(errc::unsupported), call, -1,
                   "MPI was initialized with " + detail::mpi_thread_level_text(level));
     if (comm == MPI_COMM_NULL) detail::throw_invalid_argument(call, "the communicator is null");
+    // The caller's communicator returns errors too while the transport calls MPI on it
+    // (its own handler is put back afterwards).
+    MPI_Errhandler theirs = MPI_ERRHANDLER_NULL;
+    detail::mpi_check(MPI_Comm_get_errhandler(comm, &theirs), call, "MPI_Comm_get_errhandler", -1);
+    detail::mpi_check(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN), call,
+                      "MPI_Comm_set_errhandler", -1);
+    struct restore_handler {
+      MPI_Comm c;
+      MPI_Errhandler h;
+      ~restore_handler() {
+        MPI_Comm_set_errhandler(c, h);
+        MPI_Errhandler_free(&h);
+      }
+    } restore{comm, theirs};
     int inter = 0;
     detail::mpi_check(MPI_Comm_test_inter(comm, &inter), call, "MPI_Comm_test_inter", -1);
     if (inter)
@@ -676,6 +855,10 @@ class mpi_transport {
     const int me = st->rank;
     detail::mpi_check(MPI_Comm_dup(st->comm, &st->ctrl), call, "MPI_Comm_dup", me);
     detail::mpi_check(MPI_Comm_dup(st->comm, &st->ring), call, "MPI_Comm_dup", me);
+    detail::mpi_check(MPI_Comm_dup(st->comm, &st->check), call, "MPI_Comm_dup", me);
+    for (MPI_Comm c : {st->ctrl, st->ring, st->check})
+      detail::mpi_check(MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN), call,
+                        "MPI_Comm_set_errhandler", me);
     void* ub = nullptr;
     int has_ub = 0;
     detail::mpi_check(MPI_Comm_get_attr(st->comm, MPI_TAG_UB, &ub, &has_ub), call,
@@ -691,6 +874,8 @@ class mpi_transport {
     const auto n = static_cast<std::size_t>(st->size);
     st->known_seq.assign(n, 0);
     st->answered.assign(n, 0);
+    st->gave_up_seq.assign(n, 0);
+    st->gave_up_blame.assign(n, -1);
     st->indices.reserve(16);
     st->statuses.reserve(16);
     state_ = std::move(st);
@@ -800,8 +985,8 @@ class mpi_transport {
   /// Below 64 KiB, or on one rank: MPI_Iallreduce. From 64 KiB: a ring (reduce-scatter
   /// then all-gather), where element i of rank c's slice (the slices of
   /// local_transport) is combined along the chain of ranks c, c+1, ..., c-1 and then
-  /// copied to every rank. The ranks must pass the same element count (a rank whose
-  /// count differs gets buffer_too_small or timeout_error, and collectives stop).
+  /// copied to every rank. The ranks must pass the same element count, type and op
+  /// (else every rank gets invalid_argument naming them).
   ///
   ///   t.allreduce<float>(g, g, gradcomm::reduce_op::sum);  // g: a std::vector<float>
   ///   t.allreduce<gradcomm::bf16>(h, h, gradcomm::reduce_op::sum);
@@ -812,8 +997,8 @@ class mpi_transport {
     if (in.size() != out.size())
       arg_error(call, "in has " + std::to_string(in.size()) + " elements but out has " +
                           std::to_string(out.size()));
-    const bool in_place = in.data() == out.data();
-    if (!in_place && detail::mpi_overlap(in.data(), in.size_bytes(), out.data(), out.size_bytes()))
+    if (in.data() != out.data() &&
+        detail::mpi_overlap(in.data(), in.size_bytes(), out.data(), out.size_bytes()))
       arg_error(call, "in and out overlap without being the same buffer");
     if (in.size() > detail::mpi_max_count)
       arg_error(call, std::to_string(in.size()) + " elements: " + over_int_max());
@@ -831,14 +1016,22 @@ class mpi_transport {
       type = detail::mpi_datatype<E>();
       mop = detail::mpi_builtin_op(op);
     }
-    if (st.size > 1 && in.size_bytes() >= detail::mpi_ring_min_bytes) {
-      ring_allreduce<E>(call, in, out, op);
+    detail::mpi_coll_desc d;
+    d.kind = detail::mpi_coll::allreduce;
+    d.elem = detail::mpi_elem_code<E>();
+    d.op = op;
+    d.count = in.size();
+    const std::size_t bytes = in.size_bytes();
+    if (st.size > 1 && bytes >= detail::mpi_ring_min_bytes) {
+      ring_allreduce<E>(call, in, out, op, d);
     } else {
       const int count = static_cast<int>(in.size());
-      run_collective(call, detail::mpi_coll::allreduce, "MPI_Iallreduce", [&](MPI_Request* r) {
-        return MPI_Iallreduce(in_place ? MPI_IN_PLACE : static_cast<const void*>(in.data()),
-                              out.data(), count, type, mop, st.comm, r);
-      });
+      run_collective(
+          call, d, "MPI_Iallreduce", bytes, [&](std::byte* s) { copy_bytes(s, in.data(), bytes); },
+          [&](MPI_Comm c, std::byte* s, MPI_Request* r) {
+            return MPI_Iallreduce(MPI_IN_PLACE, s, count, type, mop, c, r);
+          },
+          [&](const std::byte* s) { copy_bytes(out.data(), s, bytes); });
     }
     // As local_transport counts it, whichever path ran: this rank's slice goes out to
     // and comes back from N-1 ranks, every other rank's slice once each way (the ring
@@ -872,11 +1065,18 @@ class mpi_transport {
       arg_error(call, "in overlaps out other than at this rank's place");
     if (m > detail::mpi_max_count)
       arg_error(call, "in has " + std::to_string(m) + " bytes: " + over_int_max());
-    run_collective(call, detail::mpi_coll::allgather, "MPI_Iallgather", [&](MPI_Request* r) {
-      return MPI_Iallgather(in_place ? MPI_IN_PLACE : static_cast<const void*>(in.data()),
-                            static_cast<int>(m), MPI_BYTE, out.data(), static_cast<int>(m),
-                            MPI_BYTE, st.comm, r);
-    });
+    detail::mpi_coll_desc d;
+    d.kind = detail::mpi_coll::allgather;
+    d.count = m;
+    const std::size_t at = static_cast<std::size_t>(st.rank) * m;
+    run_collective(
+        call, d, "MPI_Iallgather", out.size(),
+        [&](std::byte* s) { copy_bytes(s + at, in.data(), m); },
+        [&](MPI_Comm c, std::byte* s, MPI_Request* r) {
+          return MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, s, static_cast<int>(m),
+                                MPI_BYTE, c, r);
+        },
+        [&](const std::byte* s) { copy_bytes(out.data(), s, out.size()); });
     add_both(static_cast<std::uint64_t>(n - 1) * m, m != 0 ? n - 1 : 0);
   }
 
@@ -912,28 +1112,33 @@ class mpi_transport {
     const bool in_place = in.data() == out.data() + offset;
     if (!in_place && detail::mpi_overlap(in.data(), in.size(), out.data(), out.size()))
       arg_error(call, "in overlaps out other than at this rank's place");
-    int* a = st.int_arrays(2 * n);
-    int* recv_counts = a;
-    int* displs = a + n;
-    std::size_t at = 0;
     std::uint64_t got = 0, got_msgs = 0;
-    for (std::size_t r = 0; r < n; ++r) {
-      recv_counts[r] = static_cast<int>(counts[r]);
-      displs[r] = static_cast<int>(at);
-      at += counts[r];
+    for (std::size_t r = 0; r < n; ++r)
       if (r != me) {
         got += counts[r];
         got_msgs += counts[r] != 0;
       }
-    }
+    detail::mpi_coll_desc d;
+    d.kind = detail::mpi_coll::allgatherv;
+    d.count = total;
+    d.v1 = counts;
     run_collective(
-        call, detail::mpi_coll::allgatherv, "MPI_Iallgatherv",
-        [&](MPI_Request* r) {
-          return MPI_Iallgatherv(in_place ? MPI_IN_PLACE : static_cast<const void*>(in.data()),
-                                 static_cast<int>(in.size()), MPI_BYTE, out.data(), recv_counts,
-                                 displs, MPI_BYTE, st.comm, r);
+        call, d, "MPI_Iallgatherv", total,
+        [&](std::byte* s) { copy_bytes(s + offset, in.data(), in.size()); },
+        [&](MPI_Comm c, std::byte* s, MPI_Request* r) {
+          int* a = st.int_arrays(2 * n);
+          int* recv_counts = a;
+          int* displs = a + n;
+          std::size_t at = 0;
+          for (std::size_t q = 0; q < n; ++q) {
+            recv_counts[q] = static_cast<int>(counts[q]);
+            displs[q] = static_cast<int>(at);
+            at += counts[q];
+          }
+          return MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, s, recv_counts, displs,
+                                 MPI_BYTE, c, r);
         },
-        2 * n);
+        [&](const std::byte* s) { copy_bytes(out.data(), s, total); }, true);
     const auto others = static_cast<std::uint64_t>(n - 1);
     st.counters.add_sent(others * in.size(), in.empty() ? 0 : others);
     st.counters.add_received(got, got_msgs);
@@ -959,10 +1164,17 @@ class mpi_transport {
     const std::size_t c = in.size() / n;
     if (c > detail::mpi_max_count)
       arg_error(call, "chunks of " + std::to_string(c) + " bytes: " + over_int_max());
-    run_collective(call, detail::mpi_coll::alltoall, "MPI_Ialltoall", [&](MPI_Request* r) {
-      return MPI_Ialltoall(in.data(), static_cast<int>(c), MPI_BYTE, out.data(),
-                           static_cast<int>(c), MPI_BYTE, st.comm, r);
-    });
+    detail::mpi_coll_desc d;
+    d.kind = detail::mpi_coll::alltoall;
+    d.count = c;
+    const std::size_t bytes = in.size();
+    run_collective(
+        call, d, "MPI_Ialltoall", 2 * bytes, [&](std::byte* s) { copy_bytes(s, in.data(), bytes); },
+        [&](MPI_Comm comm, std::byte* s, MPI_Request* r) {
+          return MPI_Ialltoall(s, static_cast<int>(c), MPI_BYTE, s + bytes, static_cast<int>(c),
+                               MPI_BYTE, comm, r);
+        },
+        [&](const std::byte* s) { copy_bytes(out.data(), s + bytes, bytes); });
     add_both(static_cast<std::uint64_t>(n - 1) * c, c != 0 ? n - 1 : 0);
   }
 
@@ -1000,31 +1212,36 @@ class mpi_transport {
                           " bytes but recv_counts add up to " + std::to_string(recv_total));
     if (detail::mpi_overlap(in.data(), in.size(), out.data(), out.size()))
       arg_error(call, "in and out overlap");
-    int* a = st.int_arrays(4 * n);
-    int *sc = a, *sd = a + n, *rc = a + 2 * n, *rd = a + 3 * n;
-    std::size_t s_at = 0, r_at = 0;
     std::uint64_t got = 0, got_msgs = 0, gave = 0, gave_msgs = 0;
-    for (std::size_t r = 0; r < n; ++r) {
-      sc[r] = static_cast<int>(send_counts[r]);
-      sd[r] = static_cast<int>(s_at);
-      rc[r] = static_cast<int>(recv_counts[r]);
-      rd[r] = static_cast<int>(r_at);
-      s_at += send_counts[r];
-      r_at += recv_counts[r];
+    for (std::size_t r = 0; r < n; ++r)
       if (r != me) {
         got += recv_counts[r];
         got_msgs += recv_counts[r] != 0;
         gave += send_counts[r];
         gave_msgs += send_counts[r] != 0;
       }
-    }
+    detail::mpi_coll_desc d;
+    d.kind = detail::mpi_coll::alltoallv;
+    d.v1 = send_counts;
+    d.v2 = recv_counts;
     run_collective(
-        call, detail::mpi_coll::alltoallv, "MPI_Ialltoallv",
-        [&](MPI_Request* r) {
-          return MPI_Ialltoallv(in.data(), sc, sd, MPI_BYTE, out.data(), rc, rd, MPI_BYTE, st.comm,
-                                r);
+        call, d, "MPI_Ialltoallv", send_total + recv_total,
+        [&](std::byte* s) { copy_bytes(s, in.data(), send_total); },
+        [&](MPI_Comm comm, std::byte* s, MPI_Request* r) {
+          int* a = st.int_arrays(4 * n);
+          int *sc = a, *sd = a + n, *rc = a + 2 * n, *rd = a + 3 * n;
+          std::size_t s_at = 0, r_at = 0;
+          for (std::size_t q = 0; q < n; ++q) {
+            sc[q] = static_cast<int>(send_counts[q]);
+            sd[q] = static_cast<int>(s_at);
+            rc[q] = static_cast<int>(recv_counts[q]);
+            rd[q] = static_cast<int>(r_at);
+            s_at += send_counts[q];
+            r_at += recv_counts[q];
+          }
+          return MPI_Ialltoallv(s, sc, sd, MPI_BYTE, s + send_total, rc, rd, MPI_BYTE, comm, r);
         },
-        4 * n);
+        [&](const std::byte* s) { copy_bytes(out.data(), s + send_total, recv_total); }, true);
     st.counters.add_sent(gave, gave_msgs);
     st.counters.add_received(got, got_msgs);
   }
@@ -1040,9 +1257,22 @@ class mpi_transport {
       arg_error(call, "root " + std::to_string(root) + " is not a rank of " + world_text());
     if (buf.size() > detail::mpi_max_count)
       arg_error(call, std::to_string(buf.size()) + " bytes: " + over_int_max());
-    run_collective(call, detail::mpi_coll::broadcast, "MPI_Ibcast", [&](MPI_Request* r) {
-      return MPI_Ibcast(buf.data(), static_cast<int>(buf.size()), MPI_BYTE, root, st.comm, r);
-    });
+    detail::mpi_coll_desc d;
+    d.kind = detail::mpi_coll::broadcast;
+    d.count = buf.size();
+    d.root = static_cast<std::uint64_t>(root);
+    const bool is_root = st.rank == root;
+    run_collective(
+        call, d, "MPI_Ibcast", buf.size(),
+        [&](std::byte* s) {
+          if (is_root) copy_bytes(s, buf.data(), buf.size());
+        },
+        [&](MPI_Comm c, std::byte* s, MPI_Request* r) {
+          return MPI_Ibcast(s, static_cast<int>(buf.size()), MPI_BYTE, root, c, r);
+        },
+        [&](const std::byte* s) {
+          if (!is_root) copy_bytes(buf.data(), s, buf.size());
+        });
     const auto others = static_cast<std::uint64_t>(st.size - 1);
     if (st.rank == root)
       st.counters.add_sent(others * buf.size(), buf.empty() ? 0 : others);
@@ -1054,12 +1284,29 @@ class mpi_transport {
   ///
   ///   t.barrier();
   void barrier() {
-    auto& st = *state_;
-    run_collective("mpi_transport::barrier", detail::mpi_coll::barrier, "MPI_Ibarrier",
-                   [&](MPI_Request* r) { return MPI_Ibarrier(st.comm, r); });
+    detail::mpi_coll_desc d;
+    d.kind = detail::mpi_coll::barrier;
+    run_collective(
+        "mpi_transport::barrier", d, "MPI_Ibarrier", 0, [](std::byte*) {},
+        [](MPI_Comm c, std::byte*, MPI_Request* r) { return MPI_Ibarrier(c, r); },
+        [](const std::byte*) {});
   }
 
  private:
+  // Where one collective stands in its agreement (see the class): the check in flight,
+  // the agreed shape this rank ran at once (if any), and the verdict.
+  struct agreement {
+    MPI_Request req = MPI_REQUEST_NULL;   // the check: Iallgather of the records
+    MPI_Request vreq = MPI_REQUEST_NULL;  // its second round: the count vectors
+    std::unique_ptr<std::uint64_t[]> vectors;
+    std::vector<std::uint64_t> key;
+    MPI_Comm hit_comm = MPI_COMM_NULL;  // this rank's agreed shape, run beside the check
+    MPI_Comm fallback = MPI_COMM_NULL;  // where a shape not (yet) agreed runs
+    MPI_Comm target = MPI_COMM_NULL;    // where every rank runs it: decided by the check
+    bool decided = false;
+    bool disagreed = false;
+  };
+
   std::string world_text() const {
     return "a communicator of " + std::to_string(size()) + " ranks";
   }
@@ -1149,15 +1396,19 @@ class mpi_transport {
 
   // ---- ring all-reduce --------------------------------------------------------------
 
-  // Reduce-scatter then all-gather around the ring, N-1 steps each, on the ring
-  // communicator: at every step rank r sends one chunk to r+1 and receives one from
-  // r-1 (chunk c is rank c's slice, as local_transport's). Chunk c is combined along
-  // the fixed chain c, c+1, ..., c-1 and then copied, so every rank ends with the
-  // same bits. Each wait is bounded by timeout(); when one expires the others are
-  // asked where they are, as for MPI's collectives, so the error names the rank that
-  // did not arrive rather than a neighbour stuck behind it.
+  // Reduce-scatter then all-gather around the ring, N-1 steps each: at every step rank
+  // r sends one chunk to r+1 and receives one from r-1 (chunk c is rank c's slice, as
+  // local_transport's). Chunk c is combined along the fixed chain c, c+1, ..., c-1 and
+  // then copied, so every rank ends with the same bits. It sends and receives only the
+  // transport's stage (combined from `in`, copied to `out` at the end): a ring abandoned
+  // after a timeout leaves MPI sending and receiving the transport's memory only. An
+  // agreed shape runs on its own communicator beside the check; a new one on the ring
+  // communicator after it. Each wait is bounded by timeout(); when one expires the
+  // others are asked where they are, as for MPI's collectives, so the error names the
+  // rank that did not arrive rather than a neighbour stuck behind it.
   template <class E>
-  void ring_allreduce(const char* call, std::span<const E> in, std::span<E> out, reduce_op op) {
+  void ring_allreduce(const char* call, std::span<const E> in, std::span<E> out, reduce_op op,
+                      const detail::mpi_coll_desc& d) {
     auto& st = *state_;
     check_collectives(call);
     const std::uint64_t seq = ++st.coll_seq;
@@ -1165,12 +1416,25 @@ class mpi_transport {
     const int next = (me + 1) % n, prev = (me + n - 1) % n;
     const std::size_t count = in.size();
     const std::size_t seg = std::max<std::size_t>(1, detail::mpi_ring_segment_bytes / sizeof(E));
+    E* const w = reinterpret_cast<E*>(st.stage_buffer(count * sizeof(E)));
+    // Only this rank's own chunk is sent as it is; the others are combined from `in`
+    // into the stage before they leave.
+    copy_bytes(w + detail::mpi_slice_lo(count, n, me),
+               in.data() + detail::mpi_slice_lo(count, n, me),
+               detail::mpi_slice_len(count, n, me) * sizeof(E));
     E* const got = reinterpret_cast<E*>(
         st.ring_buffer(detail::mpi_slice_len(count, n, 0) * sizeof(E)));  // chunk 0 is longest
     std::vector<send_op> sends;
     std::vector<recv_op> recvs;
+    agreement ag;
     request req;  // the step in flight, here so that a failure sees what MPI still holds
     try {
+      start_agreement(call, d, seq, st.ring, ag);
+      MPI_Comm comm = ag.hit_comm;
+      if (comm == MPI_COMM_NULL) {
+        await(call, d.kind, seq, [&] { return test_agreement(call, d, ag); });
+        comm = ag.target;
+      }
       for (int s = 0; s < 2 * (n - 1); ++s) {
         const bool reduce = s < n - 1;
         const int k = reduce ? s : s - (n - 1);
@@ -1183,8 +1447,8 @@ class mpi_transport {
         const std::size_t s_len = detail::mpi_slice_len(count, n, cs);
         const std::size_t r_lo = detail::mpi_slice_lo(count, n, cr);
         const std::size_t r_len = detail::mpi_slice_len(count, n, cr);
-        const E* src = (reduce && k == 0 ? in.data() : out.data()) + s_lo;
-        E* dst = reduce ? got : out.data() + r_lo;
+        const E* src = w + s_lo;
+        E* dst = reduce ? got : w + r_lo;
         const int tag = reduce ? detail::mpi_tag_ring_reduce : detail::mpi_tag_ring_gather;
         sends.clear();
         recvs.clear();
@@ -1193,73 +1457,75 @@ class mpi_transport {
         for (std::size_t o = 0; o < r_len; o += seg)
           recvs.push_back(
               {prev, tag, std::as_writable_bytes(std::span(dst + o, std::min(seg, r_len - o)))});
-        req = post_group(call, sends, recvs, st.ring, true);
+        req = post_group(call, sends, recvs, comm, true);
+        // All-gather: the chunk this step sends is final; it goes to `out` while the
+        // step's messages travel (the last one received, after the loop).
+        if (!reduce) copy_bytes(out.data() + s_lo, src, s_len * sizeof(E));
         // Messages from one rank under one tag arrive in order: segment j is message j.
         for (std::size_t j = 0; j < recvs.size(); ++j) {
           const detail::mpi_op& rop = req.ops_[sends.size() + j];
-          ring_wait(req, call, seq, [&] { return rop.st == detail::mpi_op::status::done; });
+          ring_wait(req, call, seq, d, ag, [&] { return rop.st == detail::mpi_op::status::done; });
           if (!rop.error.empty())
             throw error(make_error_code(errc::buffer_too_small), call, st.rank,
                         rop.error + " (the ranks passed different element counts)");
+          if (rop.bytes != rop.size)
+            throw error(make_error_code(errc::internal), call, st.rank,
+                        "a ring message of " + std::to_string(rop.bytes) + " bytes from rank " +
+                            std::to_string(rop.source) + " where " + std::to_string(rop.size) +
+                            " were due");
           if (reduce) {
             const std::size_t o = j * seg, len = std::min(seg, r_len - o);
-            detail::mpi_ring_combine<E>(out.data() + r_lo + o, in.data() + r_lo + o, got + o, len,
-                                        op);
+            detail::mpi_ring_combine<E>(w + r_lo + o, in.data() + r_lo + o, got + o, len, op);
           }
         }
-        // The sends too: the next step may write over what this one sends (in place).
-        ring_wait(req, call, seq, [] { return false; });  // until all completed
+        // The sends too: the next step may write over what this one sends.
+        ring_wait(req, call, seq, d, ag, [] { return false; });  // until all completed
         req = request();
       }
+      await(call, d.kind, seq, [&] { return test_agreement(call, d, ag); });
     } catch (const timeout_error& e) {
-      abandon_ring(req, e.reason(), e.peer());
+      abandon_ring(req, ag);
+      stop_collectives(e.reason(), e.peer());
+      throw;
+    } catch (const error& e) {
+      abandon_ring(req, ag);
+      if (!ag.disagreed)
+        stop_collectives("collective #" + std::to_string(seq) + " (allreduce) failed: " + e.what(),
+                         -1);
       throw;
     } catch (const std::exception& e) {
-      abandon_ring(req, "collective #" + std::to_string(seq) + " (allreduce) failed: " + e.what(),
-                   -1);
+      abandon_ring(req, ag);
+      stop_collectives("collective #" + std::to_string(seq) + " (allreduce) failed: " + e.what(),
+                       -1);
       throw;
     }
+    const int last = (me + 2) % n;  // the chunk the all-gather's last step received
+    copy_bytes(out.data() + detail::mpi_slice_lo(count, n, last),
+               w + detail::mpi_slice_lo(count, n, last),
+               detail::mpi_slice_len(count, n, last) * sizeof(E));
   }
 
   // Waits, at most timeout(), until `done()` (tested after each poll of the group) or
-  // the whole group completed; then finds the missing ranks (see find_missing).
+  // the whole group completed; then finds the missing ranks (see find_missing). The
+  // agreement is decided on the way (a disagreement throws).
   template <class Done>
-  void ring_wait(request& req, const char* call, std::uint64_t seq, Done&& done) {
+  void ring_wait(request& req, const char* call, std::uint64_t seq, const detail::mpi_coll_desc& d,
+                 agreement& ag, Done&& done) {
     if (!req.ops_) return;  // empty chunks: nothing was posted
-    auto& st = *state_;
-    scoped_timer timer(st.counters.wait_ns);
-    const auto deadline = detail::mpi_clock::now() + st.timeout;
-    detail::mpi_backoff backoff;
-    auto ready = [&] { return poll(req, call) || done(); };
-    for (;;) {
-      if (progress(call)) backoff.reset();
-      if (ready()) return;
-      if (detail::mpi_clock::now() >= deadline) {
-        (void)find_missing(call, detail::mpi_coll::allreduce, seq, ready);  // or throws
-        return;
-      }
-      backoff.pause();
-    }
+    await(call, d.kind, seq, [&] {
+      (void)test_agreement(call, d, ag);
+      return poll(req, call) || done();
+    });
   }
 
-  // A failed ring stops this transport's collectives (see the class). The step's
-  // unmatched receives are withdrawn when `req` goes; a receive in transfer into the
-  // chunk buffer keeps it: MPI may still write there, so it is left to MPI.
-  void abandon_ring(request& req, const std::string& why, int peer) noexcept {
-    auto& st = *state_;
-    bool buffer_in_use = false;
-    for (std::size_t i = 0; req.ops_ && i < req.n_recvs_; ++i) {
-      const auto& op = req.ops_[req.n_sends_ + i];
-      if (op.st == detail::mpi_op::status::active &&
-          detail::mpi_overlap(op.dst, op.size, st.ring_buf.get(), st.ring_buf_len))
-        buffer_in_use = true;
-    }
-    if (buffer_in_use) {
-      (void)st.ring_buf.release();
-      st.ring_buf_len = 0;
-    }
+  // A failed ring leaves its buffers to MPI (its sends and receives in flight are the
+  // transport's stage and chunk buffer, never the caller's); the step's unmatched
+  // receives are withdrawn when `req` goes.
+  void abandon_ring(request& req, agreement& ag) noexcept {
     MPI_Request none = MPI_REQUEST_NULL;
-    abandon_collective(none, 0, why, peer);
+    leave_to_mpi(none, false, ag);
+    req = request();
+    state_->leak_buffers();
   }
 
   // ---- progress -----------------------------------------------------------------
@@ -1343,11 +1609,18 @@ class mpi_transport {
       detail::mpi_check(MPI_Mrecv(m.words, 2, MPI_UINT64_T, &msg, MPI_STATUS_IGNORE), call,
                         "MPI_Mrecv", st.rank);
       const auto q = static_cast<std::size_t>(status.MPI_SOURCE);
+      st.tainted = true;  // some rank timed out
       st.known_seq[q] = std::max(st.known_seq[q], m.words[1]);
-      if (status.MPI_TAG == detail::mpi_tag_query)
+      if (status.MPI_TAG == detail::mpi_tag_query) {
         send_control(status.MPI_SOURCE, detail::mpi_tag_answer, m.words[0], st.coll_seq, call);
-      else
+      } else if (status.MPI_TAG == detail::mpi_tag_gave_up) {
+        if (m.words[1] >= st.gave_up_seq[q]) {
+          st.gave_up_seq[q] = m.words[1];
+          st.gave_up_blame[q] = static_cast<int>(m.words[0]) - 1;
+        }
+      } else {
         st.answered[q] = std::max(st.answered[q], m.words[0]);
+      }
     }
   }
 
@@ -1457,6 +1730,7 @@ class mpi_transport {
       if (op.st == status::active && !op.is_send) what += " still in transfer";
       if (first == any_source && peer != any_source) first = peer;
     }
+    st.tainted = true;
     // Withdraw what only this transport holds; MPI keeps the rest (see the class).
     std::erase_if(st.unmatched, [&](const detail::mpi_unmatched& u) {
       if (u.op < req.ops_.get() || u.op >= req.ops_.get() + req.n_sends_ + req.n_recvs_)
@@ -1480,43 +1754,340 @@ class mpi_transport {
 
   // ---- collectives ----------------------------------------------------------------
 
-  // Posts one non-blocking collective and waits for it with the deadline. `arrays`:
-  // how many of the state's int arrays the call uses (they must live as long as it).
-  template <class Post>
-  void run_collective(const char* call, detail::mpi_coll kind, const char* mpi_function,
-                      Post&& post_it, std::size_t arrays = 0) {
+  static void copy_bytes(void* to, const void* from, std::size_t n) noexcept {
+    if (n != 0) std::memcpy(to, from, n);
+  }
+
+  // Runs one collective with the agreement: `copy_in(stage)` fills the transport's
+  // stage (stage_bytes), `post_on(comm, stage, &request)` posts the MPI collective on
+  // `comm`, `copy_out(stage)` hands the result over. A shape every rank agreed on is
+  // posted at once on its communicator, beside the check; another one after it.
+  template <class CopyIn, class Post, class CopyOut>
+  void run_collective(const char* call, const detail::mpi_coll_desc& d, const char* mpi_function,
+                      std::size_t stage_bytes, CopyIn&& copy_in, Post&& post_on, CopyOut&& copy_out,
+                      bool arrays = false) {
     auto& st = *state_;
     check_collectives(call);
-    MPI_Request r = MPI_REQUEST_NULL;
-    detail::mpi_check(post_it(&r), call, mpi_function, st.rank);
     const std::uint64_t seq = ++st.coll_seq;
     scoped_timer timer(st.counters.wait_ns);
+    MPI_Request r = MPI_REQUEST_NULL;
+    MPI_Comm posted_on = MPI_COMM_NULL;
+    agreement ag;
+    auto post = [&](MPI_Comm c) {
+      std::byte* s = st.stage_buffer(stage_bytes);
+      copy_in(s);
+      detail::mpi_check(post_on(c, s, &r), call, mpi_function, st.rank);
+      posted_on = c;
+    };
     try {
-      const auto deadline = detail::mpi_clock::now() + st.timeout;
-      detail::mpi_backoff backoff;
-      for (;;) {
+      if (st.size == 1) {
+        post(st.comm);
+      } else {
+        start_agreement(call, d, seq, st.comm, ag);
+        if (ag.hit_comm != MPI_COMM_NULL) post(ag.hit_comm);
+        await(call, d.kind, seq, [&] { return test_agreement(call, d, ag); });
+        if (ag.target != posted_on) {
+          if (posted_on != MPI_COMM_NULL) leave_to_mpi(r, arrays, ag);  // several shapes ran
+          post(ag.target);
+        }
+      }
+      await(call, d.kind, seq, [&] {
         int done = 0;
         detail::mpi_check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), call, mpi_function, st.rank);
-        if (done) return;
-        progress(call);
-        if (detail::mpi_clock::now() >= deadline) {
-          const bool completed = find_missing(call, kind, seq, [&] {
-            detail::mpi_check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), call, "MPI_Test", st.rank);
-            return done != 0;
-          });
-          if (completed) return;
-        }
-        backoff.pause();
-      }
+        return done != 0;
+      });
     } catch (const timeout_error& e) {
-      abandon_collective(r, arrays, e.reason(), e.peer());
+      leave_to_mpi(r, arrays, ag);
+      stop_collectives(e.reason(), e.peer());
       throw;
-    } catch (const std::exception& e) {
-      abandon_collective(r, arrays,
-                         "collective #" + std::to_string(seq) + " (" + detail::mpi_coll_name(kind) +
-                             ") failed: " + e.what(),
+    } catch (const error& e) {
+      leave_to_mpi(r, arrays, ag);
+      if (!ag.disagreed)
+        stop_collectives("collective #" + std::to_string(seq) + " (" +
+                             detail::mpi_coll_name(d.kind) + ") failed: " + e.what(),
                          -1);
       throw;
+    } catch (const std::exception& e) {
+      leave_to_mpi(r, arrays, ag);
+      stop_collectives("collective #" + std::to_string(seq) + " (" + detail::mpi_coll_name(d.kind) +
+                           ") failed: " + e.what(),
+                       -1);
+      throw;
+    }
+    copy_out(st.stage.get());
+  }
+
+  // Posts the check of collective #seq: every rank's record (kind, element type, op,
+  // count, root, a hash of its count vectors, the agreed shape it ran at once, whether
+  // it saw this shape agreed before), gathered on the check communicator.
+  void start_agreement(const char* call, const detail::mpi_coll_desc& d, std::uint64_t seq,
+                       MPI_Comm fallback, agreement& ag) {
+    auto& st = *state_;
+    constexpr std::size_t w = detail::mpi_record_words;
+    ag.fallback = fallback;
+    ag.key = detail::mpi_shape_key(d);
+    std::uint64_t hit = 0;
+    if (auto it = st.shapes.find(ag.key); it != st.shapes.end()) {
+      hit = it->second.id;
+      ag.hit_comm = it->second.comm;
+    }
+    std::uint64_t* rec = st.record_buffer(w * (static_cast<std::size_t>(st.size) + 1));
+    std::fill(rec, rec + w, std::uint64_t{0});
+    rec[detail::rw_kind] = detail::mpi_coll_word(d);
+    rec[detail::rw_count] = d.count;
+    rec[detail::rw_root] = d.root;
+    rec[detail::rw_hash] = detail::mpi_vector_hash(d);
+    rec[detail::rw_hit] = hit;
+    rec[detail::rw_seen] = st.seen.count(ag.key);
+    rec[detail::rw_seq] = seq;
+    detail::mpi_check(MPI_Iallgather(rec, static_cast<int>(w), MPI_UINT64_T, rec + w,
+                                     static_cast<int>(w), MPI_UINT64_T, st.check, &ag.req),
+                      call, "MPI_Iallgather", st.rank);
+  }
+
+  // True once the check completed and was decided; throws invalid_argument (on every
+  // rank alike: they all decide from the same records) when the ranks disagree.
+  bool test_agreement(const char* call, const detail::mpi_coll_desc& d, agreement& ag) {
+    if (ag.decided) return true;
+    auto& st = *state_;
+    int done = 0;
+    detail::mpi_check(MPI_Test(&ag.req, &done, MPI_STATUS_IGNORE), call, "MPI_Iallgather", st.rank);
+    if (!done) return false;
+    decide(call, d, ag);
+    return true;
+  }
+
+  void decide(const char* call, const detail::mpi_coll_desc& d, agreement& ag) {
+    auto& st = *state_;
+    const int n = st.size;
+    constexpr std::size_t w = detail::mpi_record_words;
+    // Copied out: a second round may reuse the records' buffer.
+    std::vector<std::uint64_t> all(st.records.get() + w,
+                                   st.records.get() + w * (static_cast<std::size_t>(n) + 1));
+    auto rec = [&](int q) { return all.data() + w * static_cast<std::size_t>(q); };
+    std::set<std::uint64_t> hits;
+    bool every_rank_hit = true, every_rank_saw = true;
+    for (int q = 0; q < n; ++q) {
+      if (rec(q)[detail::rw_hit] != 0)
+        hits.insert(rec(q)[detail::rw_hit]);
+      else
+        every_rank_hit = false;
+      every_rank_saw &= rec(q)[detail::rw_seen] != 0;
+    }
+    const bool one_shape = every_rank_hit && hits.size() == 1;
+    const std::string why = disagreement(call, d, ag, rec, one_shape);
+    ag.decided = true;
+    if (!why.empty()) {
+      drop_shapes(hits);
+      ag.disagreed = true;
+      detail::throw_invalid_argument(call,
+                                     "the ranks disagree on collective #" +
+                                         std::to_string(rec(0)[detail::rw_seq]) + ": " + why,
+                                     st.rank);
+    }
+    if (hits.size() == 1) {  // every rank runs it there (all-to-all(v): some may join)
+      ag.target = shape_comm(*hits.begin());
+      return;
+    }
+    drop_shapes(hits);  // several agreed shapes ran at once: they stay behind
+    if (hits.empty() && every_rank_saw && st.shapes.size() < detail::mpi_max_shapes &&
+        st.dropped_comms.size() < detail::mpi_max_dropped_shapes) {
+      // Agreed twice: the shape gets a communicator of its own. Waited on with the
+      // deadline: a rank stopped right after the check must not hang the others here.
+      MPI_Comm c = new_shape_comm(call, d.kind);
+      st.shapes.emplace(ag.key, detail::mpi_state::shape{st.next_shape_id++, c});
+      st.seen.erase(ag.key);
+      ag.target = c;
+      return;
+    }
+    if (st.seen.size() >= 4 * detail::mpi_max_shapes) st.seen.clear();
+    st.seen.insert(ag.key);
+    ag.target = ag.fallback;
+  }
+
+  MPI_Comm new_shape_comm(const char* call, detail::mpi_coll kind) {
+    auto& st = *state_;
+    // MPI writes the handle when the dup completes: it lives on the heap, left to MPI
+    // if the dup is abandoned.
+    auto c = std::make_unique<MPI_Comm>(MPI_COMM_NULL);
+    MPI_Request r = MPI_REQUEST_NULL;
+    detail::mpi_check(MPI_Comm_idup(st.comm, c.get(), &r), call, "MPI_Comm_idup", st.rank);
+    try {
+      await(call, kind, st.coll_seq, [&] {
+        int done = 0;
+        detail::mpi_check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), call, "MPI_Comm_idup", st.rank);
+        return done != 0;
+      });
+    } catch (...) {
+      if (r != MPI_REQUEST_NULL) {
+        (void)c.release();
+        detail::mpi_orphan o;
+        o.collective = true;
+        o.req = r;
+        try {
+          st.orphans.push_back(std::move(o));
+        } catch (...) {
+        }
+      }
+      throw;
+    }
+    detail::mpi_check(MPI_Comm_set_errhandler(*c, MPI_ERRORS_RETURN), call,
+                      "MPI_Comm_set_errhandler", st.rank);
+    return *c;
+  }
+
+  MPI_Comm shape_comm(std::uint64_t id) const noexcept {
+    for (const auto& [key, shape] : state_->shapes)
+      if (shape.id == id) return shape.comm;
+    return MPI_COMM_NULL;
+  }
+
+  // Every rank drops the same shapes (a collective may stay behind on their
+  // communicators, which are never used again).
+  void drop_shapes(const std::set<std::uint64_t>& ids) {
+    auto& st = *state_;
+    for (auto it = st.shapes.begin(); it != st.shapes.end();) {
+      if (ids.count(it->second.id)) {
+        st.dropped_comms.push_back(it->second.comm);
+        it = st.shapes.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // Why the records (and, for the v-collectives, the count vectors) disagree; empty
+  // when they agree.
+  template <class Rec>
+  std::string disagreement(const char* call, const detail::mpi_coll_desc& d, agreement& ag,
+                           Rec&& rec, bool one_shape) {
+    const int n = state_->size;
+    auto rk = [](int q) { return "rank " + std::to_string(q); };
+    // "rank 0 <a> but rank q <b>, rank p <c>" over the ranks where `differs`.
+    auto list = [&](auto&& differs, auto&& text0, auto&& text) {
+      std::string s;
+      for (int q = 1; q < n; ++q)
+        if (differs(rec(q))) s += (s.empty() ? "" : ", ") + rk(q) + " " + text(rec(q));
+      return s.empty() ? s : "rank 0 " + text0(rec(0)) + " but " + s;
+    };
+    const auto* r0 = rec(0);
+    using namespace detail;
+    if (std::string s =
+            list([&](const std::uint64_t* r) { return mpi_record_kind(r) != mpi_record_kind(r0); },
+                 [](const std::uint64_t* r) {
+                   return std::string("called ") + mpi_coll_name(mpi_record_kind(r));
+                 },
+                 [](const std::uint64_t* r) {
+                   return std::string("called ") + mpi_coll_name(mpi_record_kind(r));
+                 });
+        !s.empty())
+      return s;
+    auto count = [](const std::uint64_t* r) { return std::to_string(r[rw_count]); };
+    switch (mpi_record_kind(r0)) {
+      case mpi_coll::allreduce: {
+        auto what = [](const std::uint64_t* r) {
+          return "reduces " + std::to_string(r[rw_count]) + " " +
+                 mpi_elem_name(mpi_record_elem(r)) + " elements (" +
+                 mpi_reduce_op_name(mpi_record_op(r)) + ")";
+        };
+        return list(
+            [&](const std::uint64_t* r) {
+              return r[rw_kind] != r0[rw_kind] || r[rw_count] != r0[rw_count];
+            },
+            what, what);
+      }
+      case mpi_coll::allgather:
+        return list([&](const std::uint64_t* r) { return r[rw_count] != r0[rw_count]; },
+                    [&](const std::uint64_t* r) { return "passes " + count(r) + " bytes"; },
+                    [&](const std::uint64_t* r) { return "passes " + count(r); });
+      case mpi_coll::alltoall:
+        return list(
+            [&](const std::uint64_t* r) { return r[rw_count] != r0[rw_count]; },
+            [&](const std::uint64_t* r) { return "passes chunks of " + count(r) + " bytes"; },
+            [&](const std::uint64_t* r) { return "chunks of " + count(r); });
+      case mpi_coll::broadcast:
+        if (std::string s = list(
+                [&](const std::uint64_t* r) { return r[rw_root] != r0[rw_root]; },
+                [](const std::uint64_t* r) {
+                  return "broadcasts from root " + std::to_string(r[rw_root]);
+                },
+                [](const std::uint64_t* r) { return "from root " + std::to_string(r[rw_root]); });
+            !s.empty())
+          return s;
+        return list(
+            [&](const std::uint64_t* r) { return r[rw_count] != r0[rw_count]; },
+            [&](const std::uint64_t* r) { return "has a buffer of " + count(r) + " bytes"; },
+            [&](const std::uint64_t* r) { return "one of " + count(r); });
+      case mpi_coll::allgatherv: {
+        bool same = true;
+        for (int q = 1; q < n; ++q)
+          same &= rec(q)[rw_hash] == r0[rw_hash] && rec(q)[rw_count] == r0[rw_count];
+        if (same) return {};
+        const auto v = exchange_vectors(call, d, ag, static_cast<std::size_t>(n));
+        const auto un = static_cast<std::size_t>(n);
+        for (std::size_t q = 1; q < un; ++q)
+          for (std::size_t p = 0; p < un; ++p)
+            if (v[q * un + p] != v[p])
+              return "rank 0 has counts[" + std::to_string(p) + "] = " + std::to_string(v[p]) +
+                     " but " + rk(static_cast<int>(q)) + " has " + std::to_string(v[q * un + p]);
+        return {};
+      }
+      case mpi_coll::alltoallv: {
+        if (one_shape) return {};  // every rank's counts are those of one agreed call
+        const auto un = static_cast<std::size_t>(n);
+        const auto v = exchange_vectors(call, d, ag, 2 * un);
+        // v[q * 2n + p]: what q sends to p; v[q * 2n + n + p]: what q expects from p.
+        for (std::size_t q = 0; q < un; ++q)
+          for (std::size_t p = 0; p < un; ++p)
+            if (const auto sent = v[q * 2 * un + p], expected = v[p * 2 * un + un + q];
+                sent != expected)
+              return rk(static_cast<int>(q)) + " sends " + std::to_string(sent) + " bytes to " +
+                     rk(static_cast<int>(p)) + " but " + rk(static_cast<int>(p)) + " expects " +
+                     std::to_string(expected) + " bytes from " + rk(static_cast<int>(q));
+        return {};
+      }
+      case mpi_coll::barrier: return {};
+    }
+    return {};
+  }
+
+  // The check's second round (every rank decides alike to run it): every rank's count
+  // vectors, `words` each.
+  std::vector<std::uint64_t> exchange_vectors(const char* call, const detail::mpi_coll_desc& d,
+                                              agreement& ag, std::size_t words) {
+    auto& st = *state_;
+    const auto n = static_cast<std::size_t>(st.size);
+    ag.vectors.reset(new std::uint64_t[words * (n + 1)]);
+    std::uint64_t* mine = ag.vectors.get();
+    std::size_t k = 0;
+    for (auto x : d.v1) mine[k++] = x;
+    for (auto x : d.v2) mine[k++] = x;
+    detail::mpi_check(MPI_Iallgather(mine, static_cast<int>(words), MPI_UINT64_T, mine + words,
+                                     static_cast<int>(words), MPI_UINT64_T, st.check, &ag.vreq),
+                      call, "MPI_Iallgather", st.rank);
+    await(call, d.kind, st.coll_seq, [&] {
+      int done = 0;
+      detail::mpi_check(MPI_Test(&ag.vreq, &done, MPI_STATUS_IGNORE), call, "MPI_Iallgather",
+                        st.rank);
+      return done != 0;
+    });
+    return std::vector<std::uint64_t>(mine + words, mine + words * (n + 1));
+  }
+
+  // Waits, at most timeout(), until `done()`; then finds the missing ranks (see
+  // find_missing), which throws unless `done()` became true meanwhile.
+  template <class Done>
+  void await(const char* call, detail::mpi_coll kind, std::uint64_t seq, Done&& done) {
+    const auto deadline = detail::mpi_clock::now() + state_->timeout;
+    detail::mpi_backoff backoff;
+    for (;;) {
+      if (progress(call)) backoff.reset();
+      if (done()) return;
+      if (detail::mpi_clock::now() >= deadline) {
+        (void)find_missing(call, kind, seq, done);  // or throws
+        return;
+      }
+      backoff.pause();
     }
   }
 
@@ -1529,28 +2100,68 @@ class mpi_transport {
                               "; every rank needs a new mpi_transport (a fresh communicator)");
   }
 
-  // The collective stays MPI's; the transport keeps its request and int arrays alive.
-  void abandon_collective(MPI_Request& r, std::size_t arrays, const std::string& why,
-                          int peer) noexcept {
+  void stop_collectives(const std::string& why, int peer) noexcept {
     auto& st = *state_;
     st.broken = true;
+    st.tainted = true;
     st.broken_peer = peer;
     try {
       st.broken_reason = why;
     } catch (...) {
     }
-    if (r == MPI_REQUEST_NULL) return;
-    detail::mpi_orphan o;
-    o.collective = true;
-    o.req = r;
-    if (arrays != 0) {
-      o.arrays = std::move(st.arrays);
-      st.arrays_len = 0;
+  }
+
+  // What MPI still holds of a collective that will not complete here (its data
+  // request `r`, the check's rounds) stays MPI's, with the transport buffers they use:
+  // MPI can neither cancel nor free a collective's request. None is the caller's.
+  void leave_to_mpi(MPI_Request& r, bool arrays, agreement& ag) noexcept {
+    auto& st = *state_;
+    auto keep = [&](detail::mpi_orphan&& o) {
+      try {
+        st.orphans.push_back(std::move(o));
+      } catch (...) {
+        o.leak();  // MPI may still use its memory
+      }
+    };
+    if (ag.req != MPI_REQUEST_NULL) {
+      detail::mpi_orphan o;
+      o.collective = true;
+      o.req = std::exchange(ag.req, MPI_REQUEST_NULL);
+      o.words = std::move(st.records);
+      st.records_len = 0;
+      keep(std::move(o));
     }
+    if (ag.vreq != MPI_REQUEST_NULL) {
+      detail::mpi_orphan o;
+      o.collective = true;
+      o.req = std::exchange(ag.vreq, MPI_REQUEST_NULL);
+      o.words = std::move(ag.vectors);
+      keep(std::move(o));
+    }
+    if (r != MPI_REQUEST_NULL) {
+      detail::mpi_orphan o;
+      o.collective = true;
+      o.req = std::exchange(r, MPI_REQUEST_NULL);
+      o.memory = std::move(st.stage);
+      st.stage_len = 0;
+      if (arrays) {
+        o.arrays = std::move(st.arrays);
+        st.arrays_len = 0;
+      }
+      keep(std::move(o));
+    }
+  }
+
+  // Tells the other ranks that this one gave up on collective #seq blaming `peer`, so
+  // that a rank timing out later blames that rank and not this one (which no longer
+  // answers once it returned).
+  void announce_gave_up(const char* call, std::uint64_t seq, int peer) noexcept {
+    auto& st = *state_;
     try {
-      st.orphans.push_back(std::move(o));
-    } catch (...) {
-      o.leak();  // MPI may still read the arrays
+      for (int q = 0; q < st.size; ++q)
+        if (q != st.rank)
+          send_control(q, detail::mpi_tag_gave_up, static_cast<std::uint64_t>(peer + 1), seq, call);
+    } catch (...) {  // best effort: the timeout is what the caller hears about
     }
   }
 
@@ -1562,6 +2173,7 @@ class mpi_transport {
   template <class Done>
   bool find_missing(const char* call, detail::mpi_coll kind, std::uint64_t seq, Done&& done) {
     auto& st = *state_;
+    st.tainted = true;
     const auto n = static_cast<std::size_t>(st.size);
     const std::uint64_t id = ++st.query_id;
     std::vector<int> asked;
@@ -1597,10 +2209,25 @@ class mpi_transport {
     const std::string what =
         "collective #" + std::to_string(seq) + " (" + detail::mpi_coll_name(kind) + ")";
     const std::string waited = " within " + std::to_string(st.timeout.count()) + " ms";
-    if (missing.empty())
+    if (missing.empty()) {
+      // Every rank reached it. A rank that gave up on it before this one named the
+      // rank that stopped answering it: the one to blame (the others only waited).
+      for (std::size_t q = 0; q < n; ++q) {
+        const int blamed = st.gave_up_blame[q];
+        if (st.gave_up_seq[q] == seq && blamed >= 0 && blamed != st.rank) {
+          announce_gave_up(call, seq, blamed);
+          throw timeout_error(call, st.rank, blamed,
+                              what + " did not complete" + waited + ": rank " + std::to_string(q) +
+                                  " gave up on it waiting for rank " + std::to_string(blamed) +
+                                  ", which stopped answering");
+        }
+      }
+      announce_gave_up(call, seq, -1);
       throw timeout_error(call, st.rank, -1,
                           what + " did not complete" + waited +
                               ", though every rank reached it (MPI made no progress)");
+    }
+    announce_gave_up(call, seq, missing.front());
     throw timeout_error(call, st.rank, missing.front(),
                         std::string(missing.size() == 1 ? "rank " : "ranks ") +
                             detail::mpi_rank_list(missing) + " did not reach " + what + waited +

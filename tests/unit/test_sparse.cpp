@@ -1148,6 +1148,45 @@ TEST(Dgc, StateSavesLoadsAndRejectsMalformedBytes) {
   reject(x, "non-finite v at index 9");
 }
 
+TEST(Dgc, AStatefulInnerCodecIsSizedWithTheMemory) {
+  // Found by fuzz_dgc_state: an unsized memory around a sized inner codec (what reset()
+  // left, and what load_state accepted) encoded only inputs of the inner size; any other
+  // threw "input has 17 elements, the residual 10". reset() now resets the inner codec
+  // too, and load_state refuses that pair.
+  using inner = gc::error_feedback<gc::topk_codec>;
+  using dgc_t = gc::dgc_memory<inner>;
+  const auto state_of = [](const auto& c) {
+    bytes s(c.state_bytes());
+    s.resize(c.save_state(s));
+    return s;
+  };
+  dgc_t d(inner(gc::topk_codec({.ratio = 0.2})));
+  encode(d, gaussian(10, 1));
+  d.reset();
+  EXPECT_FALSE(d.inner().sized());
+  EXPECT_NO_THROW(encode(d, gaussian(17, 2)));
+  EXPECT_EQ(d.size(), 17u);
+  // An unsized memory's state with a sized inner state in it.
+  const dgc_t fresh(inner(gc::topk_codec({.ratio = 0.2})));
+  bytes st = state_of(fresh);
+  inner sized_inner(gc::topk_codec({.ratio = 0.2}));
+  encode(sized_inner, gaussian(10, 3));
+  const bytes is = state_of(sized_inner);
+  st.resize(gc::dgc_state_header_bytes);
+  st.insert(st.end(), is.begin(), is.end());
+  const std::uint64_t inner_bytes = is.size();
+  std::memcpy(st.data() + 24, &inner_bytes, 8);
+  dgc_t e(inner(gc::topk_codec({.ratio = 0.2})));
+  try {
+    e.load_state(st);
+    ADD_FAILURE() << "accepted an unsized memory around a sized inner codec";
+  } catch (const gc::decode_error& x) {
+    EXPECT_NE(std::string(x.what()).find("inner state sized for 10"), std::string::npos)
+        << x.what();
+  }
+  EXPECT_NO_THROW(encode(e, gaussian(17, 2)));
+}
+
 TEST(Dgc, FailedEncodeLeavesTheStateAlone) {
   const std::size_t n = 1000;
   gc::dgc_memory<gc::topk_codec> dgc(gc::topk_codec({.ratio = 0.05}));

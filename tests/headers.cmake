@@ -6,6 +6,10 @@
 #                                -Wpedantic -Werror, no optional part linked
 #   gradcomm_header_check_parts  the same with every optional part this build has
 #                                (GRADCOMM_HAS_CUDA/NCCL/MPI/EIGEN=1 and their headers)
+#   headers.clang.<h>            (ctest, where a clang++ is found and the build's compiler
+#                                is not clang) the same generated .cpp under clang++
+#                                -std=c++20 -fsyntax-only -Wall -Wextra -Wpedantic -Werror:
+#                                the headers compile with both compilers
 #   gradcomm_cuh_check           (where nvcc is) one generated .cu per
 #                                include/gradcomm/**/*.cuh, compiled by nvcc
 #   headers.cuh_needs_nvcc.<h>   (ctest) a .cuh included from plain C++ stops with
@@ -61,6 +65,26 @@ if(_gc_hpp_sources)
     target_link_libraries(gradcomm_header_check_parts PRIVATE gradcomm::gradcomm ${_gc_hdr_parts})
     target_compile_options(gradcomm_header_check_parts PRIVATE ${_gc_hdr_warnings})
     set_target_properties(gradcomm_header_check_parts PROPERTIES CXX_EXTENSIONS OFF)
+  endif()
+endif()
+
+# ---- every .hpp under clang++ as well (a build with g++ would not see clang's errors) ---
+if(_gc_hpp_sources AND NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+  find_program(GRADCOMM_HEADER_CLANGXX NAMES clang++ clang++-18 clang++-17 clang++-16 clang++-15
+               clang++-14 DOC "clang++ for the headers.clang.* checks")
+  if(GRADCOMM_HEADER_CLANGXX)
+    foreach(_h IN LISTS _gc_hpp)
+      file(RELATIVE_PATH _rel ${_gc_hdr_include}/gradcomm ${_h})
+      file(RELATIVE_PATH _src_rel ${_gc_hdr_include} ${_h})
+      string(REPLACE "/" "__" _src "${_src_rel}")
+      string(REGEX REPLACE "\\.[^.]*$" ".cpp" _src "${_src}")
+      add_test(NAME headers.clang.${_rel}
+               COMMAND ${GRADCOMM_HEADER_CLANGXX} -std=c++20 -fsyntax-only -Wall -Wextra
+                       -Wpedantic -Werror -I${_gc_hdr_include} -x c++ ${_gc_hdr_out}/hpp/${_src})
+      set_tests_properties(headers.clang.${_rel} PROPERTIES LABELS headers)
+    endforeach()
+  else()
+    message(STATUS "gradcomm: no clang++ found; headers.clang.* checks skipped")
   endif()
 endif()
 

@@ -1,7 +1,7 @@
 // Fuzzes vector_quant_codec: its decoder (any bytes decode or throw decode_error, a rejected
-// payload leaves the output as it was, decode_add onto zeros agrees with decode) and the
-// learned codebook's load_state (rejects, changing nothing, or accepts a state that saves
-// back to the same bytes and encodes).
+// payload leaves the output as it was, an accepted one decodes to finite values, decode_add
+// onto zeros agrees with decode) and the learned codebook's load_state (rejects, changing
+// nothing, or accepts a state that saves back to the same bytes and encodes).
 //
 // Input: bytes 0..1 the output length n (u16, little-endian); byte 2: bit 0 clear, the rest
 // is a payload to decode; set, a state to load into a learned codec of dim 2, 4, 8 (bits
@@ -39,7 +39,7 @@ void decode(std::span<const std::byte> payload, std::size_t n) {
         "decode_add accepts what decode accepts");
   for (std::size_t i = 0; i < n; ++i) {
     check(std::isnan(out[i]) ? std::isnan(acc[i]) : acc[i] == out[i], "0 + decode == decode_add");
-    check(!std::isnan(out[i]), "no NaN from checked scales and codewords");
+    check(std::isfinite(out[i]), "an accepted payload decodes to finite values");
   }
 }
 
@@ -66,6 +66,7 @@ void load(std::span<const std::byte> state, unsigned dim, std::size_t n) {
   wire.resize(c.encode(g, wire));
   std::vector<float> out(n);
   check(gradcomm_fuzz::decodes([&] { c.decode(wire, out); }), "decodes its own payload");
+  for (float v : out) check(std::isfinite(v), "its own payload decodes to finite values");
 }
 
 }  // namespace
@@ -101,6 +102,20 @@ std::vector<gradcomm_fuzz::bytes> gradcomm_fuzz::seeds() {
       out.push_back(seed({lo, hi, 0}, wire));
       if (n == 100) out.push_back(seed({0, 0, sel}, saved(l)));
     }
+    // Blocks at the top of f32's range: scales at the largest the codebook allows, one
+    // mutation away from those a decoder must refuse.
+    std::vector<float> g(64);
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      g[i] = (i % 3 ? 3e38f : -3.4028234e38f) * (i % 5 == 0 ? 0.5f : 1.0f);
+    }
+    gc::vq_gaussian_codec a({.dim = dim, .block = 16});
+    std::vector<std::byte> wire(a.max_encoded_bytes(g.size()));
+    a.encode(g, wire);
+    out.push_back(seed({64, 0, 0}, wire));
+    gc::vq_learned_codec l({.dim = dim, .block = 32});
+    wire.resize(l.max_encoded_bytes(g.size()));
+    l.encode(g, wire);
+    out.push_back(seed({64, 0, 0}, wire));
   }
   return out;
 }

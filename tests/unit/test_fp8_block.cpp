@@ -424,3 +424,34 @@ TEST_P(Fp8Block, MalformedPayloadsAreRejected) {
     }
   }
 }
+
+TEST_P(Fp8Block, FiniteInputNearTheFloatRangeDecodesFinite) {
+  // The largest scale code (254 − emax) times the largest element is 1.75 · 2^127 <
+  // FLT_MAX: ±FLT_MAX, ±3e38 and mixtures with ordinary values all decode finite.
+  constexpr float top = std::numeric_limits<float>::max();
+  const gc::fp8_block_codec c(GetParam());
+  const std::size_t n = 1000;
+  const auto g = gaussian(n, 91);
+  std::vector<std::vector<float>> inputs;
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i % 2 ? -top : top;
+  inputs.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = g[i] < 0 ? -3e38f : 3e38f;
+  inputs.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = std::clamp(g[i] * 1.5e38f, -3e38f, 3e38f);
+  inputs.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i % 37 == 5 ? (i % 2 ? -top : 3e38f) : g[i];
+  inputs.push_back(v);
+  for (const auto& in : inputs) {
+    const auto w = encode(c, in);
+    const auto out = decode(w, n);
+    std::vector<float> sum(n, 0.0f);
+    c.decode_add(w, sum);
+    for (std::size_t i = 0; i < n; ++i) {
+      ASSERT_TRUE(std::isfinite(out[i]) && std::isfinite(sum[i])) << i << " of " << in[0];
+      if (std::fabs(in[i]) >= 3e38f) {
+        ASSERT_EQ(std::signbit(out[i]), std::signbit(in[i])) << i;
+      }
+    }
+  }
+}

@@ -624,6 +624,56 @@ TEST(PowerSgd, LoadStateRejectsMalformedBytesAndChangesNothing) {
   expect_rejected(huge, "truncated");
 }
 
+TEST(PowerSgd, LoadStateRefusesAResidualNoPayloadCanCarry) {
+  // Every encode checks Σ_k max|P̂_k| · max|Q_k| < 2^127 (psgd_safe_bound), and P̂'s columns
+  // are unit vectors: no accepted payload holds a value of 2^127 or more, so a residual
+  // element that large is never sent. A state holding 3e38 loaded, and then every encode
+  // threw ("Q ... overflows f32") and nothing could ever clear it.
+  constexpr std::size_t n = 12 * 10;
+  gc::powersgd_codec a({.rank = 2});
+  encode(a, gaussian(n, 2));
+  const auto good = saved(a);
+  const std::size_t e0 = gc::powersgd_state_header_bytes + 4 * 12 * 2;  // the residual
+  auto with_residual = [&](std::size_t i, float v) {
+    auto b = good;
+    std::memcpy(b.data() + e0 + 4 * i, &v, 4);
+    return b;
+  };
+  for (float bad : {3e38f, -3e38f, std::numeric_limits<float>::max(), 0x1p127f}) {
+    gc::powersgd_codec c({.rank = 2});
+    encode(c, gaussian(n, 3));
+    const auto before = saved(c);
+    try {
+      c.load_state(with_residual(7, bad));
+      ADD_FAILURE() << "accepted a residual of " << bad;
+    } catch (const gc::decode_error& e) {
+      EXPECT_NE(std::string(e.what()).find("residual"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("at index 7"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("2^127"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(saved(c), before);
+  }
+  // Below the bound a state loads, and an encode sends the spike and clears it.
+  gc::powersgd_codec c({.rank = 2});
+  c.load_state(with_residual(7, std::nextafter(0x1p127f, 0.0f)));
+  c.load_state(with_residual(7, 1e38f));
+  const auto w = encode(c, std::vector<float>(n, 0.0f));
+  std::vector<float> out(n);
+  c.decode(w, out);
+  EXPECT_NEAR(out[7], 1e38f, 1e33f);
+  for (float x : c.residual()) EXPECT_LT(std::fabs(x), 1e34f);
+  // set_residual refuses the same values.
+  std::vector<float> e(n, 0.0f);
+  e[3] = -3e38f;
+  try {
+    c.set_residual(e);
+    ADD_FAILURE() << "set_residual accepted -3e38";
+  } catch (const gc::error& x) {
+    EXPECT_EQ(x.code(), gc::make_error_code(gc::errc::invalid_argument));
+    EXPECT_NE(std::string(x.what()).find("index 3"), std::string::npos) << x.what();
+  }
+}
+
 // ---- payload validation -----------------------------------------------------------------
 
 struct malformed_case {

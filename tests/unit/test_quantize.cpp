@@ -895,3 +895,55 @@ TEST(ScalarQuant, BitFlipsAreRejectedOrDecodeInBounds) {
     }
   }
 }
+
+namespace {
+
+// Finite inputs at the top of f32's range: ±FLT_MAX alternating, ±3e38, magnitudes spread
+// up to 3e38, and mixtures with ordinary values (in one block, and block by block).
+std::vector<std::vector<float>> near_the_float_range(std::size_t n) {
+  std::vector<std::vector<float>> out;
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i % 2 ? -fltmax : fltmax;
+  out.push_back(v);
+  const auto g = normal_values(n, 91);
+  for (std::size_t i = 0; i < n; ++i) v[i] = g[i] < 0 ? -3e38f : 3e38f;
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = std::clamp(g[i] * 1.5e38f, -3e38f, 3e38f);
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i % 37 == 5 ? (i % 2 ? -fltmax : 3e38f) : g[i];
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) {
+    v[i] = i / 64 % 2 ? std::clamp(g[i] * 5e37f, -3e38f, 3e38f) : g[i];
+  }
+  out.push_back(v);
+  return out;
+}
+
+}  // namespace
+
+TEST(ScalarQuant, FiniteInputNearTheFloatRangeDecodesFinite) {
+  // The step keeps qmax × step <= FLT_MAX (scalar_quant_step), so the largest scale a
+  // payload may carry, FLT_MAX, still decodes finite: every width, rule and rounding.
+  for (unsigned bits = 1; bits <= 8; ++bits) {
+    for (auto rule : {gc::quant_scale::max_abs, gc::quant_scale::l2_norm}) {
+      for (auto rounding : {gc::quant_rounding::nearest, gc::quant_rounding::stochastic}) {
+        for (std::uint32_t block : {8u, 256u}) {
+          gc::scalar_quant_codec c(
+              {.bits = bits, .block = block, .scale = rule, .rounding = rounding});
+          c.set_stream({.seed = 5});
+          for (const auto& in : near_the_float_range(1000)) {
+            SCOPED_TRACE(testing::Message() << bits << " bits, rule " << static_cast<int>(rule)
+                                            << ", block " << block << ", input " << in[0]);
+            const bytes w = encode(c, in);
+            const auto out = decode(c, w, in.size());
+            std::vector<float> sum(in.size(), 0.0f);
+            c.decode_add(w, sum);
+            for (std::size_t i = 0; i < in.size(); ++i) {
+              ASSERT_TRUE(std::isfinite(out[i]) && std::isfinite(sum[i])) << i;
+            }
+          }
+        }
+      }
+    }
+  }
+}

@@ -564,3 +564,60 @@ TEST(SignCodec, EncodeWithResidualRejectsWhatEncodeRejects) {
   bytes w16(c.max_encoded_bytes(16));
   EXPECT_THROW(c.encode_with_residual(big, big, w16, n16), gc::error);
 }
+
+namespace {
+
+// Finite inputs at the top of f32's range: ±FLT_MAX alternating, ±3e38, magnitudes spread
+// up to 3e38, and mixtures with ordinary values (in one block, and block by block).
+std::vector<std::vector<float>> near_the_float_range(std::size_t n) {
+  constexpr float top = std::numeric_limits<float>::max();
+  std::vector<std::vector<float>> out;
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i % 2 ? -top : top;
+  out.push_back(v);
+  const auto g = normal_values(n, 91);
+  for (std::size_t i = 0; i < n; ++i) v[i] = g[i] < 0 ? -3e38f : 3e38f;
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = std::clamp(g[i] * 1.5e38f, -3e38f, 3e38f);
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i % 37 == 5 ? (i % 2 ? -top : 3e38f) : g[i];
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) {
+    v[i] = i / 64 % 2 ? std::clamp(g[i] * 5e37f, -3e38f, 3e38f) : g[i];
+  }
+  out.push_back(v);
+  return out;
+}
+
+}  // namespace
+
+TEST(SignAndTernary, FiniteInputNearTheFloatRangeDecodesFinite) {
+  // A scale is at most FLT_MAX (mean or max |g|, capped) and a value is ±scale or 0, so
+  // every payload of finite input decodes finite; the fused error-feedback step refuses
+  // g + e that overflows instead of sending it.
+  for (std::uint32_t block : {8u, 256u}) {
+    gc::sign_codec s(block);
+    gc::ternary_codec t(block);
+    t.set_stream({.seed = 3});
+    for (const auto& in : near_the_float_range(1000)) {
+      SCOPED_TRACE(testing::Message() << "block " << block << ", input " << in[0]);
+      const auto decodes_finite = [&](const auto& c) {
+        const bytes w = encode(c, in);
+        std::vector<float> out(in.size(), -7.0f), sum(in.size(), 0.0f);
+        c.decode(w, out);
+        c.decode_add(w, sum);
+        for (std::size_t i = 0; i < in.size(); ++i) {
+          ASSERT_TRUE(std::isfinite(out[i]) && std::isfinite(sum[i])) << i;
+        }
+      };
+      decodes_finite(s);
+      decodes_finite(t);
+      const std::vector<float> zero(in.size(), 0.0f);
+      std::vector<float> next(in.size());
+      bytes w(s.max_encoded_bytes(in.size()));
+      s.encode_with_residual(in, zero, w, next);
+      for (float x : next) ASSERT_TRUE(std::isfinite(x));
+      for (float x : decode(s, w, in.size())) ASSERT_TRUE(std::isfinite(x));
+    }
+  }
+}

@@ -449,6 +449,35 @@ TEST(SparseSelect, EveryInstructionSetAgrees) {
   EXPECT_GT(loop.sum, 1100.0 * 1e40);
 }
 
+TEST(TopK, ManyTiesOnEveryPath) {
+  // 100,000 values of a few magnitudes, 1 %: every chunk of 16 has hits. GCC 12 with
+  // -fsanitize=undefined read the AVX-512 path's 16-bit masks with 16 stale bits above
+  // them (sparse_mask_bits): elements visited twice, pairs stored past the scratch.
+  using isa = gc::detail::sparse_isa;
+  std::vector<isa> paths = {isa::portable};
+  if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx2)) paths.push_back(isa::avx2);
+  if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx512)) paths.push_back(isa::avx512);
+  const std::size_t n = 100000, k = 1000;
+  for (int levels : {2, 3, 5, 16}) {
+    std::vector<float> g(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      g[i] = static_cast<float>(static_cast<int>(i * 7919 % static_cast<std::size_t>(levels)) -
+                                levels / 2);
+    }
+    const auto want = reference_topk(g, k);
+    for (isa p : paths) {
+      SCOPED_TRACE(testing::Message() << "levels " << levels << " path " << static_cast<int>(p));
+      gc::detail::sparse_scratch s;
+      gc::detail::sparse_top_k(g.data(), n, k, gc::nonfinite_policy::reject, s, "test", p);
+      ASSERT_GE(s.index.size(), k);
+      for (std::size_t j = 0; j < k; ++j) {
+        ASSERT_EQ(s.index[j], want[j]) << j;
+        ASSERT_EQ(s.value[j], g[want[j]]) << j;
+      }
+    }
+  }
+}
+
 TEST(TopK, NonfinitePolicy) {
   auto g = gaussian(5000, 8);
   g[1234] = nan_f;
@@ -1117,6 +1146,45 @@ TEST(Dgc, StateSavesLoadsAndRejectsMalformedBytes) {
   x = st;
   write_at<float>(x, 32 + 4 * n + 4 * 9, inf_f);
   reject(x, "non-finite v at index 9");
+}
+
+TEST(Dgc, AStatefulInnerCodecIsSizedWithTheMemory) {
+  // Found by fuzz_dgc_state: an unsized memory around a sized inner codec (what reset()
+  // left, and what load_state accepted) encoded only inputs of the inner size; any other
+  // threw "input has 17 elements, the residual 10". reset() now resets the inner codec
+  // too, and load_state refuses that pair.
+  using inner = gc::error_feedback<gc::topk_codec>;
+  using dgc_t = gc::dgc_memory<inner>;
+  const auto state_of = [](const auto& c) {
+    bytes s(c.state_bytes());
+    s.resize(c.save_state(s));
+    return s;
+  };
+  dgc_t d(inner(gc::topk_codec({.ratio = 0.2})));
+  encode(d, gaussian(10, 1));
+  d.reset();
+  EXPECT_FALSE(d.inner().sized());
+  EXPECT_NO_THROW(encode(d, gaussian(17, 2)));
+  EXPECT_EQ(d.size(), 17u);
+  // An unsized memory's state with a sized inner state in it.
+  const dgc_t fresh(inner(gc::topk_codec({.ratio = 0.2})));
+  bytes st = state_of(fresh);
+  inner sized_inner(gc::topk_codec({.ratio = 0.2}));
+  encode(sized_inner, gaussian(10, 3));
+  const bytes is = state_of(sized_inner);
+  st.resize(gc::dgc_state_header_bytes);
+  st.insert(st.end(), is.begin(), is.end());
+  const std::uint64_t inner_bytes = is.size();
+  std::memcpy(st.data() + 24, &inner_bytes, 8);
+  dgc_t e(inner(gc::topk_codec({.ratio = 0.2})));
+  try {
+    e.load_state(st);
+    ADD_FAILURE() << "accepted an unsized memory around a sized inner codec";
+  } catch (const gc::decode_error& x) {
+    EXPECT_NE(std::string(x.what()).find("inner state sized for 10"), std::string::npos)
+        << x.what();
+  }
+  EXPECT_NO_THROW(encode(e, gaussian(17, 2)));
 }
 
 TEST(Dgc, FailedEncodeLeavesTheStateAlone) {

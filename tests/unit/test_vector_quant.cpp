@@ -150,6 +150,54 @@ std::string defect(const std::vector<std::byte>& wire, std::size_t n, bool add =
   return "";
 }
 
+// Finite inputs at the top of f32's range, n values each: ±FLT_MAX alternating, ±3e38,
+// magnitudes spread up to 3e38, and mixtures of those with ordinary values (in one block,
+// and block by block).
+std::vector<std::vector<float>> near_the_float_range(std::size_t n) {
+  constexpr float top = std::numeric_limits<float>::max();
+  std::vector<std::vector<float>> out;
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i % 2 ? -top : top;
+  out.push_back(v);
+  const auto g = gaussian(n, 91);
+  for (std::size_t i = 0; i < n; ++i) v[i] = g[i] < 0 ? -3e38f : 3e38f;
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = std::clamp(g[i] * 1.5e38f, -3e38f, 3e38f);
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i) v[i] = i % 37 == 5 ? (i % 2 ? -top : 3e38f) : g[i];
+  out.push_back(v);
+  for (std::size_t i = 0; i < n; ++i)
+    v[i] = i / 64 % 2 ? std::clamp(g[i] * 5e37f, -3e38f, 3e38f) : g[i];
+  out.push_back(v);
+  return out;
+}
+
+// The largest float s with s × m <= FLT_MAX in exact arithmetic (f32 × f32 is exact in
+// double), by bisection on the bits: the bound a decoder must hold scales to.
+float largest_safe_scale(float m) {
+  constexpr double top = std::numeric_limits<float>::max();
+  std::uint32_t lo = 0, hi = 0x7f7fffffu;  // lo safe; find the last safe
+  auto safe = [&](std::uint32_t u) {
+    float s;
+    std::memcpy(&s, &u, 4);
+    return static_cast<double>(s) * m <= top;
+  };
+  if (safe(hi)) return std::numeric_limits<float>::max();
+  while (hi - lo > 1) {
+    const std::uint32_t mid = lo + (hi - lo) / 2;
+    (safe(mid) ? lo : hi) = mid;
+  }
+  float s;
+  std::memcpy(&s, &lo, 4);
+  return s;
+}
+
+float largest_coordinate(const float* rows, std::size_t count) {
+  float m = 0.0f;
+  for (std::size_t i = 0; i < count; ++i) m = std::max(m, std::fabs(rows[i]));
+  return m;
+}
+
 template <class C>
 std::vector<std::byte> saved(const C& c) {
   std::vector<std::byte> s(c.state_bytes());
@@ -662,11 +710,108 @@ TEST_P(VectorQuant, MalformedPayloadsAreRejected) {
         std::vector<float> out(n);
         try {
           gc::vq_gaussian_codec().decode_add(v, out);
+          for (float x : out) ASSERT_TRUE(std::isfinite(x)) << "byte " << i << " bit " << bit;
         } catch (const gc::decode_error&) {
         }
       }
     }
   }
+}
+
+TEST_P(VectorQuant, FiniteInputNearTheFloatRangeDecodesFinite) {
+  // RMS scales of these blocks times the codebook's largest coordinates passed FLT_MAX:
+  // payloads decoded to ±Inf. The encoder now holds each scale to what the codewords allow.
+  const unsigned d = GetParam();
+  for (std::uint32_t block : {8u, 256u}) {
+    gc::vq_gaussian_codec g({.dim = d, .block = block});
+    gc::vq_learned_codec l({.dim = d, .block = block});
+    for (const auto& in : near_the_float_range(1000)) {
+      SCOPED_TRACE(testing::Message() << "block " << block << " input " << in[0] << ", " << in[1]);
+      const auto payloads = {encode(g, in), encode(l, in)};
+      for (const auto& wire : payloads) {
+        std::vector<float> out(in.size(), -7.0f), sum(in.size(), 0.0f);
+        gc::vq_gaussian_codec().decode(wire, out);
+        gc::vq_gaussian_codec().decode_add(wire, sum);
+        std::size_t nonfinite = 0, nonzero = 0;
+        for (std::size_t i = 0; i < in.size(); ++i) {
+          nonfinite += !std::isfinite(out[i]) || !std::isfinite(sum[i]);
+          nonzero += out[i] != 0.0f;
+        }
+        EXPECT_EQ(nonfinite, 0u);
+        EXPECT_GT(nonzero, in.size() / 2);
+      }
+      // Every path clamps alike.
+      EXPECT_EQ(encode(g, in), encode_portable(g, in));
+    }
+  }
+}
+
+TEST_P(VectorQuant, ScalesThatWouldOverflowAreRejected) {
+  const unsigned d = GetParam();
+  const std::size_t n = 100;
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  gc::vq_gaussian_codec codec({.dim = d, .block = 32});
+  const auto wire = encode(codec, gaussian(n, 3));
+  const std::size_t s0 = gc::wire_header_bytes + 8;
+  const float m = largest_coordinate(gc::detail::vq_gaussian(d).fine.data(), 256u * d);
+  const float limit = largest_safe_scale(m);
+  EXPECT_EQ(gc::detail::vq_gaussian_tables(d).max_scale, limit);
+  auto v = wire;
+  for (float s : {limit, 1.0f}) {  // the limit itself decodes, to finite values
+    std::memcpy(v.data() + s0 + 4 * 1, &s, 4);
+    EXPECT_EQ(defect(v, n), "");
+    for (float x : decode(v, n)) ASSERT_TRUE(std::isfinite(x));
+  }
+  for (float bad : {std::nextafter(limit, inf), std::numeric_limits<float>::max(), 3e38f}) {
+    v = wire;
+    std::memcpy(v.data() + s0 + 4 * 1, &bad, 4);
+    for (bool add : {false, true}) {
+      const std::string w = defect(v, n, add);
+      EXPECT_NE(w.find("scale of block 1"), std::string::npos) << w;
+      EXPECT_NE(w.find("overflows f32"), std::string::npos) << w;
+    }
+  }
+  // A carried codebook with a coordinate of 65536: scales above FLT_MAX / 65536 overflow.
+  gc::vq_learned_codec lc({.dim = d, .block = 32});
+  auto carried = encode(lc, gaussian(n, 3));
+  const float big = 65536.0f;
+  std::memcpy(carried.data() + s0 + 4 * 7, &big, 4);
+  const std::size_t c0 = s0 + 4 * 256 * d;  // the scales after the codewords
+  const float ok = largest_safe_scale(65536.0f);
+  std::memcpy(carried.data() + c0, &ok, 4);
+  EXPECT_EQ(defect(carried, n), "");
+  const float over = std::nextafter(ok, inf);
+  std::memcpy(carried.data() + c0, &over, 4);
+  EXPECT_NE(defect(carried, n).find("scale of block 0"), std::string::npos);
+}
+
+TEST_P(VectorQuant, OrdinaryPayloadsKeepTheirBytes) {
+  // Payload bytes of ordinary inputs are promised stable: a hash of the bytes of both
+  // codecs, blocks of 8 and 256, on inputs from 1e-40 (subnormal) to 1e37 (an LCG, exact
+  // arithmetic, so the inputs are the same everywhere). Recorded before scales were held
+  // below FLT_MAX / the largest coordinate, which changes nothing here; the same on the
+  // portable, AVX2 and AVX-512 paths.
+  const unsigned d = GetParam();
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  std::uint32_t x = 12345;
+  for (float scale : {1e-40f, 1e-3f, 1.0f, 3.0f, 1e30f, 1e37f}) {
+    std::vector<float> in(1001);
+    for (auto& v : in) {
+      x = x * 1664525u + 1013904223u;
+      v = static_cast<float>(static_cast<std::int32_t>(x) >> 8) * 0x1p-23f * scale;
+    }
+    for (std::uint32_t block : {8u, 256u}) {
+      gc::vq_gaussian_codec g({.dim = d, .block = block});
+      gc::vq_learned_codec l({.dim = d, .block = block});
+      for (const auto& wire : {encode(g, in), encode(l, in)}) {
+        for (std::byte b : wire) h = (h ^ std::to_integer<std::uint64_t>(b)) * 0x100000001b3ull;
+      }
+    }
+  }
+  const std::uint64_t want = d == 2   ? 0xa080dabd20950979ull
+                             : d == 4 ? 0xfe50eb904d5af0fcull
+                                      : 0x92cc8dfe4234c93cull;
+  EXPECT_EQ(h, want) << std::hex << h;
 }
 
 TEST(VectorQuant, UnderErrorFeedbackTheLearnedStateTravelsInTheCheckpoint) {

@@ -44,7 +44,8 @@ inline float ef_finite_or_zero(float v) noexcept {
 }
 // Loads a wrapper's inner codec state (error feedback, DGC memory) into a copy first, so
 // that a rejected state leaves the inner codec as it was. An inner codec that is itself
-// sized (nested feedback) must cover the wrapper's n elements, or the next encode would
+// sized (nested feedback) must cover the wrapper's n elements, and may not be sized when
+// the wrapper is not (whose next encode sizes it from the input), or the next encode would
 // fail on a state this load accepted.
 template <class Inner>
 void load_inner_state(Inner& inner, std::span<const std::byte> bytes, bool sized, std::uint64_t n,
@@ -58,6 +59,10 @@ void load_inner_state(Inner& inner, std::span<const std::byte> bytes, bool sized
     if (sized && loaded.sized() && loaded.size() != n) {
       throw decode_error(call, "inner state sized for " + std::to_string(loaded.size()) +
                                    " elements, the outer state has " + std::to_string(n));
+    }
+    if (!sized && loaded.sized()) {
+      throw decode_error(call, "inner state sized for " + std::to_string(loaded.size()) +
+                                   " elements, the outer state is unsized");
     }
   }
   inner = std::move(loaded);
@@ -153,11 +158,13 @@ class error_feedback {
     scratch_.resize(n);
     sized_ = true;
   }
-  /// Discards the residual and its size; the next encode (or resize) sizes it anew.
+  /// Discards the residual and its size (a stateful inner codec's too, where it has
+  /// reset()); the next encode (or resize) sizes it anew.
   void reset() noexcept {
     residual_.clear();
     scratch_.clear();
     sized_ = false;
+    if constexpr (requires { inner_.reset(); }) inner_.reset();
   }
   /// Replaces the residual by `e` (and sizes it to e.size()), e.g. after re-sharding.
   /// Throws invalid_argument for a non-finite value.

@@ -667,6 +667,18 @@ std::size_t psgd_first_nonfinite(const Src* p, std::size_t n) noexcept {
   return n;
 }
 
+// Index of the first of n floats at p whose magnitude is not below psgd_safe_bound (NaN
+// included), or n. No payload an encode accepts holds such a value (its factors' bound is
+// below psgd_safe_bound and P̂'s columns are unit vectors), so a residual element that
+// large could never be sent: every later encode would throw on it.
+template <class Src>
+std::size_t psgd_first_unsendable(const Src* p, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!(std::fabs(psgd_load(p, i)) < static_cast<float>(psgd_safe_bound))) return i;
+  }
+  return n;
+}
+
 }  // namespace detail
 
 /// The PowerSGD codec (layouts below). Traits: not linear (two workers' payloads do not
@@ -879,7 +891,7 @@ class powersgd_codec {
 
   /// Replaces the residual (e.g. after reshard_residuals, codec/error_feedback.hpp).
   /// Throws invalid_argument without error feedback, for a size other than the state's,
-  /// or for a non-finite value.
+  /// or for a non-finite value or one of magnitude 2^127 or more (as load_state).
   void set_residual(host_view<const float> e) {
     static constexpr const char* call = "powersgd_codec::set_residual";
     if (!params_.error_feedback) detail::throw_invalid_argument(call, "no error feedback");
@@ -887,8 +899,12 @@ class powersgd_codec {
       detail::throw_invalid_argument(call, "residual of " + std::to_string(e.size()) +
                                                " elements, the state holds " + std::to_string(n_));
     }
-    if (const std::size_t i = detail::psgd_first_nonfinite(e.data(), e.size()); i < e.size()) {
-      detail::throw_invalid_argument(call, "non-finite value at index " + std::to_string(i));
+    if (const std::size_t i = detail::psgd_first_unsendable(e.data(), e.size()); i < e.size()) {
+      detail::throw_invalid_argument(
+          call, std::isfinite(e[i])
+                    ? "value " + std::to_string(e[i]) + " at index " + std::to_string(i) +
+                          " is at or beyond ±2^127, more than any payload carries"
+                    : "non-finite value at index " + std::to_string(i));
     }
     std::copy(e.begin(), e.end(), residual_.begin());
     deferred_ = false;
@@ -1065,7 +1081,8 @@ class powersgd_codec {
   /// Replaces the state by one save_state wrote for the same settings (rank, shape, error
   /// feedback). Throws decode_error naming the defect (truncated, trailing bytes, bad
   /// magic or version, unknown flags, another rank or shape, non-finite values, a warm
-  /// start whose columns are not of unit norm, more than powersgd_max_state_elements);
+  /// start whose columns are not of unit norm, a residual element of magnitude 2^127 or
+  /// more, which no payload carries, more than powersgd_max_state_elements);
   /// then nothing has changed. Allocates what `bytes` hold, and buffers of rows·r and cols
   /// floats.
   void load_state(std::span<const std::byte> bytes) {
@@ -1156,8 +1173,15 @@ class powersgd_codec {
                                      std::to_string(std::sqrt(sq)) + ", expected 1");
       }
     }
-    if (const std::size_t i = detail::psgd_first_nonfinite(eb.data(), e_floats); i < e_floats) {
-      throw decode_error(call, "non-finite residual at index " + std::to_string(i));
+    if (const std::size_t i = detail::psgd_first_unsendable(eb.data(), e_floats); i < e_floats) {
+      const float v = detail::psgd_load(eb.data(), i);
+      if (!std::isfinite(v)) {
+        throw decode_error(call, "non-finite residual at index " + std::to_string(i));
+      }
+      throw decode_error(call, "residual of " + std::to_string(v) + " at index " +
+                                   std::to_string(i) +
+                                   ": at or beyond ±2^127, more than any payload carries "
+                                   "(every encode would overflow f32)");
     }
     powersgd_codec next(params_);
     next.resize(count);

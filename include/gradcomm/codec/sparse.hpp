@@ -1280,7 +1280,8 @@ class dgc_memory {
     b_.resize(n);
     sized_ = true;
   }
-  /// Forgets u, v, their size and the step count.
+  /// Forgets u, v, their size and the step count, and a stateful Inner's state (where it
+  /// has reset()), so that the next encode sizes both from its input.
   void reset() noexcept {
     u_.clear();
     v_.clear();
@@ -1288,6 +1289,7 @@ class dgc_memory {
     b_.clear();
     sized_ = false;
     step_ = 0;
+    if constexpr (requires { inner_.reset(); }) inner_.reset();
   }
   /// Replaces u and v (e.g. after re-sharding each with reshard_residuals); throws
   /// invalid_argument for different sizes or a nonfinite value.

@@ -51,10 +51,16 @@
 // then the body:
 //
 //   256·dim f32   the codewords, code 0 first (only when param 2 is 1)
-//   ceil(n / block) f32   block scales (RMS, ≥ 0, finite)
+//   ceil(n / block) f32   block scales (RMS, ≥ 0, finite, at most max_scale: see below)
 //   ceil(n / dim)   u8    codes; a last partial group is encoded padded with zeros
 //
-// A value x of a group coded c in block b decodes to scale[b] · codeword[c][k].
+// A value x of a group coded c in block b decodes to scale[b] · codeword[c][k]. So that a
+// decoded value is always finite, a scale may not exceed the codebook's max_scale, the
+// largest f32 whose product with every codeword coordinate is at most FLT_MAX (exactly:
+// f32 × f32 is exact in double); decoders reject a larger one. The encoder holds a block's
+// RMS to it: only blocks whose RMS is within a factor of the largest coordinate (about 4
+// for the built-in codebooks) of FLT_MAX, i.e. inputs near f32's range, see a difference,
+// their values then normalized to at most that coordinate.
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
@@ -135,6 +141,8 @@ struct vq_tree {
 ///
 ///   gradcomm::vq_search_tables t = gradcomm::vq_search_tables::of(tree);
 struct vq_search_tables {
+  /// The largest block scale whose products with every codeword coordinate stay finite.
+  float max_scale;
   float norm[1 + vq_branches][vq_branches];
   float minus2c[1 + vq_branches][8][vq_branches];
   // The children's tables again, by child j first and coarse centroid i last
@@ -145,6 +153,7 @@ struct vq_search_tables {
 
   static vq_search_tables of(const vq_tree& tree) noexcept {
     vq_search_tables t{};
+    t.max_scale = max_scale_of(tree.fine.data(), std::size_t{vq_codewords} * tree.dim);
     auto fill = [&](unsigned stage, const float* rows) {
       for (unsigned j = 0; j < vq_branches; ++j) {
         float nn = 0.0f;
@@ -167,6 +176,18 @@ struct vq_search_tables {
       }
     }
     return t;
+  }
+
+  /// max_scale of `count` codeword coordinates: the largest f32 s with s · max |c| at most
+  /// FLT_MAX (f32 products are exact in double, so the comparison is).
+  static float max_scale_of(const float* coords, std::size_t count) noexcept {
+    constexpr float top = 3.40282347e38f;
+    float m = 0.0f;
+    for (std::size_t i = 0; i < count; ++i) m = std::fabs(coords[i]) > m ? std::fabs(coords[i]) : m;
+    if (!(m > 1.0f)) return top;  // s <= FLT_MAX anyway (and NaN rows never get here)
+    float s = static_cast<float>(static_cast<double>(top) / m);
+    while (static_cast<double>(s) * m > static_cast<double>(top)) s = std::nextafter(s, 0.0f);
+    return s;
   }
 };
 
@@ -194,11 +215,11 @@ GRADCOMM_HD inline std::uint32_t vq_bits(float f) noexcept {
   return u;
 }
 
-// A block's scale (its RMS) and how to normalize its values. The sum of squares is taken
-// in double, products exact, into 8 interleaved partial sums added in a fixed order, so
-// that every path (and a fused multiply-add) gets the same bits; it is not finite exactly
-// when the block holds ±Inf or NaN. Blocks whose RMS lies outside f32's normal range
-// normalize in double.
+// A block's scale (its RMS, held to max_scale: vq_search_tables) and how to normalize its
+// values. The sum of squares is taken in double, products exact, into 8 interleaved partial
+// sums added in a fixed order, so that every path (and a fused multiply-add) gets the same
+// bits; it is not finite exactly when the block holds ±Inf or NaN. Blocks whose scale lies
+// outside f32's normal range normalize in double.
 struct vq_norm {
   double sum_squares;
   float scale;   // RMS as f32: what the payload stores
@@ -217,9 +238,11 @@ GRADCOMM_HD inline float vq_load(const float* x, std::size_t i) noexcept {
   }
 }
 
-// Zero: ±Inf and NaN read as 0 (nonfinite_policy::zero).
+// Zero: ±Inf and NaN read as 0 (nonfinite_policy::zero). A block whose RMS as f32 is above
+// max_scale gets max_scale (its values then normalize to at most the largest coordinate).
 template <bool Zero>
-GRADCOMM_HD inline vq_norm vq_block_norm(const float* x, std::size_t count) noexcept {
+GRADCOMM_HD inline vq_norm vq_block_norm(const float* x, std::size_t count,
+                                         float max_scale = 3.40282347e38f) noexcept {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::size_t i = 0;
   for (; i + 8 <= count; i += 8) {
@@ -235,7 +258,8 @@ GRADCOMM_HD inline vq_norm vq_block_norm(const float* x, std::size_t count) noex
   const double ss =
       ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
   if (!(ss > 0.0)) return {ss, 0.0f, 0.0f, 0.0, true};  // zeros (NaN too: the caller checks)
-  const double rms = vq_sqrt(ss / static_cast<double>(count));
+  double rms = vq_sqrt(ss / static_cast<double>(count));
+  if (static_cast<float>(rms) > max_scale) rms = max_scale;
   const double inv = 1.0 / rms;
   return {ss, static_cast<float>(rms), static_cast<float>(inv), inv,
           rms >= 0x1p-126 && rms <= 0x1p126};
@@ -374,7 +398,7 @@ inline std::size_t vq_encode_blocks(const float* __restrict src, std::size_t n, 
   for (std::size_t b = first; b < nb; ++b) {
     const std::size_t begin = b * block;
     const std::size_t count = n - begin < block ? n - begin : block;
-    const vq_norm norm = vq_block_norm<false>(src + begin, count);
+    const vq_norm norm = vq_block_norm<false>(src + begin, count, t.max_scale);
     if (!std::isfinite(norm.sum_squares)) return b;
     std::memcpy(scales + 4 * b, &norm.scale, 4);
     vq_encode_block<D, false>(src + begin, count, norm, t, codes + begin / D);
@@ -519,13 +543,15 @@ template <int D>
   if (first >= nb) return nb;
   // Each block's norm is taken one block ahead, so that its chain of dependent additions
   // runs beside the previous block's search.
-  vq_norm next = vq_block_norm<false>(src + first * block, vq_block_count(n, block, first));
+  vq_norm next =
+      vq_block_norm<false>(src + first * block, vq_block_count(n, block, first), t.max_scale);
   for (std::size_t b = first; b < nb; ++b) {
     const std::size_t begin = b * block;
     const vq_norm norm = next;
     if (!std::isfinite(norm.sum_squares)) return b;
     if (b + 1 < nb)
-      next = vq_block_norm<false>(src + begin + block, vq_block_count(n, block, b + 1));
+      next =
+          vq_block_norm<false>(src + begin + block, vq_block_count(n, block, b + 1), t.max_scale);
     std::memcpy(scales + 4 * b, &norm.scale, 4);
     vq_encode_block_avx2<D>(src + begin, vq_block_count(n, block, b), norm, t, codes + begin / D);
   }
@@ -682,13 +708,15 @@ vq_encode_blocks_avx512(const float* __restrict src, std::size_t n, std::size_t 
                         std::uint8_t* __restrict codes) noexcept {
   const std::size_t nb = n / block + (n % block != 0 ? 1 : 0);
   if (first >= nb) return nb;
-  vq_norm next = vq_block_norm<false>(src + first * block, vq_block_count(n, block, first));
+  vq_norm next =
+      vq_block_norm<false>(src + first * block, vq_block_count(n, block, first), t.max_scale);
   for (std::size_t b = first; b < nb; ++b) {
     const std::size_t begin = b * block;
     const vq_norm norm = next;
     if (!std::isfinite(norm.sum_squares)) return b;
     if (b + 1 < nb)
-      next = vq_block_norm<false>(src + begin + block, vq_block_count(n, block, b + 1));
+      next =
+          vq_block_norm<false>(src + begin + block, vq_block_count(n, block, b + 1), t.max_scale);
     std::memcpy(scales + 4 * b, &norm.scale, 4);
     vq_encode_block_avx512<D>(src + begin, vq_block_count(n, block, b), norm, t, codes + begin / D);
   }
@@ -1081,7 +1109,7 @@ class vector_quant_codec {
     const std::size_t begin = b * block;
     const std::size_t count = in.size() - begin < block ? in.size() - begin : block;
     if (params_.nonfinite != nonfinite_policy::zero) reject_nonfinite(in, begin);
-    const detail::vq_norm norm = detail::vq_block_norm<true>(in.data() + begin, count);
+    const detail::vq_norm norm = detail::vq_block_norm<true>(in.data() + begin, count, t.max_scale);
     std::memcpy(scales + 4 * b, &norm.scale, 4);
     detail::vq_encode_block<D, true>(in.data() + begin, count, norm, t, codes + begin / D);
   }
@@ -1192,20 +1220,32 @@ class vector_quant_codec {
     // Every field before any output: a rejected payload leaves `out` as it was.
     float carried_rows[vq_codewords * 8];
     const float* cb = detail::vq_gaussian(dim).fine.data();
+    float max_scale = detail::vq_gaussian_tables(dim).max_scale;
     if (carried) {
       read_rows(r, carried_rows, std::size_t{vq_codewords} * dim, "codeword", call);
       cb = carried_rows;
+      max_scale = vq_search_tables::max_scale_of(carried_rows, std::size_t{vq_codewords} * dim);
     }
     const std::size_t nb = n / block + (n % block != 0 ? 1 : 0);
     const std::byte* scales = r.take(4 * nb).data();
+    // Non-negative floats order like their bits; negative ones (the sign bit), ±Inf and
+    // NaN all sort above max_scale's: one compare a block.
+    const std::uint32_t max_bits = detail::vq_bits(max_scale);
     for (std::size_t b = 0; b < nb; ++b) {
       std::uint32_t u;
       std::memcpy(&u, scales + 4 * b, 4);
-      if (u >= 0x7f800000u) {  // negative (sign bit), ±Inf or NaN
+      if (u > max_bits) {
         float v;
         std::memcpy(&v, &u, 4);
+        if (u >= 0x7f800000u) {
+          throw decode_error(call, "scale of block " + std::to_string(b) + " is " +
+                                       std::to_string(v) + ", expected finite and non-negative");
+        }
         throw decode_error(call, "scale of block " + std::to_string(b) + " is " +
-                                     std::to_string(v) + ", expected finite and non-negative");
+                                     std::to_string(v) +
+                                     ": times the codebook's largest coordinate it overflows f32 "
+                                     "(the largest scale it allows is " +
+                                     std::to_string(max_scale) + ")");
       }
     }
     const auto* codes =

@@ -171,7 +171,10 @@ struct torus_topology {
 
   neighbourhood peers(int rank, int size, std::uint64_t /*round*/) const {
     detail::check_rank_in_world("torus_topology::peers", rank, size);
-    const auto [rows, cols] = shape(size);
+    // Plain variables, not a structured binding: C++20 lets a lambda capture a binding,
+    // clang before 16 does not.
+    const std::pair<int, int> grid = shape(size);
+    const int rows = grid.first, cols = grid.second;
     const int r = rank / cols, c = rank % cols;
     auto at = [&](int rr, int cc) {
       return detail::wrap(rr, rows) * cols + detail::wrap(cc, cols);

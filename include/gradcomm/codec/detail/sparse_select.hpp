@@ -392,11 +392,27 @@ template <>
   }
   return m;
 }
+// A 16-bit mask as the low bits of a u32, the others surely 0. A workaround for GCC 12
+// (wrong code, not a fault of this loop): where the compaction loop runs out of registers
+// (seen under -fsanitize=undefined, -O2, AVX-512), GCC spills the u32 zero-extension of the
+// mask register with `kmovw k, mem` (2 bytes) and reloads it with `movl` / `tzcnt` /
+// `blsr` (4 bytes), so bits 16..31 held stale stack bytes: chunk i visited elements i + 16
+// and up, and the loop stored up to 32 pairs where room() had reserved 16 (ASan:
+// heap-buffer-overflow). An empty asm makes the value opaque, so that the AND, which GCC
+// would otherwise fold away as known, clears those bits whatever the spill did; it costs
+// one instruction a chunk with a hit. tests/unit/test_sparse.cpp, TopK.ManyTiesOnEveryPath,
+// catches the old code in such a build.
+[[gnu::target("avx512f"), gnu::always_inline]] inline std::uint32_t sparse_mask_bits(
+    __mmask16 k) noexcept {
+  std::uint32_t m = k;
+  asm("" : "+r"(m));
+  return m & 0xffffu;
+}
 template <>
 [[gnu::target("avx512f")]] inline std::uint32_t sparse_mask16<sparse_isa::avx512, false>(
     const float* g, std::int32_t t) noexcept {
   const __m512i a = _mm512_and_si512(_mm512_loadu_si512(g), _mm512_set1_epi32(0x7fffffff));
-  return _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(t));
+  return sparse_mask_bits(_mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(t)));
 }
 template <>
 [[gnu::target("avx512f")]] inline std::uint32_t sparse_mask16<sparse_isa::avx512, true>(
@@ -404,7 +420,7 @@ template <>
   __m512i a = _mm512_and_si512(_mm512_loadu_si512(g), _mm512_set1_epi32(0x7fffffff));
   const __mmask16 bad = _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(sparse_nonfinite_key));
   a = _mm512_mask_mov_epi32(a, bad, _mm512_setzero_si512());
-  return _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(t));
+  return sparse_mask_bits(_mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(t)));
 }
 #endif
 
@@ -669,9 +685,9 @@ inline std::size_t sparse_sample_size(std::size_t n, std::size_t k) {
 /// keeps the candidates above the bound (a few per cent more than k) and nth_element on
 /// them finishes. Where the sample misleads (many equal values), the radix selection
 /// (three histogram passes) and a last pass that breaks ties by index. Throws as
-/// sparse_compact for nonfinite values.
+/// sparse_compact for nonfinite values. `isa`: the compaction's path (tests take each).
 inline void sparse_top_k(const float* g, std::size_t n, std::size_t k, nonfinite_policy policy,
-                         sparse_scratch& s, const char* call) {
+                         sparse_scratch& s, const char* call, sparse_isa isa = sparse_best_isa()) {
   if (k == 0) {
     // Still one pass: a nonfinite value is rejected whatever k is.
     if (policy != nonfinite_policy::zero) {
@@ -681,7 +697,7 @@ inline void sparse_top_k(const float* g, std::size_t n, std::size_t k, nonfinite
   }
   if (k == n) {
     s.reserve_pairs(n + 16);
-    sparse_compact(g, n, {.key = 0}, n, policy, s, call);
+    sparse_compact(g, n, {.key = 0}, n, policy, s, call, isa);
     return;
   }
   {
@@ -696,7 +712,7 @@ inline void sparse_top_k(const float* g, std::size_t n, std::size_t k, nonfinite
     const double expect = static_cast<double>(r) * static_cast<double>(n) / static_cast<double>(m);
     const auto cap =
         static_cast<std::size_t>(std::max(2.0 * static_cast<double>(k), 2.0 * expect)) + 1024;
-    const sparse_compaction c = sparse_compact(g, n, {.key = bound}, cap, policy, s, call);
+    const sparse_compaction c = sparse_compact(g, n, {.key = bound}, cap, policy, s, call, isa);
     if (c.complete() && c.total >= k) {
       sparse_keep_largest(s, c.total, k);
       return;
@@ -705,7 +721,7 @@ inline void sparse_top_k(const float* g, std::size_t n, std::size_t k, nonfinite
   // The pass above saw every value: each is finite, or policy is zero.
   const sparse_kth kth = sparse_radix_kth(g, n, k, policy, s);
   s.reserve_pairs(k + 16);
-  sparse_compact(g, n, {.key = kth.key, .ties = k - kth.greater}, k, policy, s, call);
+  sparse_compact(g, n, {.key = kth.key, .ties = k - kth.greater}, k, policy, s, call, isa);
 }
 
 }  // namespace detail

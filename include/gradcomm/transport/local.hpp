@@ -29,6 +29,9 @@
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/counters.hpp>
 #include <gradcomm/core/error.hpp>
+#include <gradcomm/transport/detail/common.hpp>
+#include <gradcomm/transport/detail/local_reduce.hpp>
+#include <gradcomm/transport/detail/local_state.hpp>
 #include <gradcomm/transport/transport.hpp>
 
 #include <algorithm>
@@ -55,287 +58,6 @@ inline namespace v0 {
 
 class local_transport;
 class local_world;
-
-namespace detail {
-
-using local_clock = std::chrono::steady_clock;
-
-// memcpy with null pointers is undefined even for zero bytes; empty spans have them.
-inline void local_copy(void* dst, const void* src, std::size_t n) noexcept {
-  if (n != 0) std::memcpy(dst, src, n);
-}
-
-inline bool local_overlap(const void* a, std::size_t na, const void* b, std::size_t nb) noexcept {
-  if (na == 0 || nb == 0) return false;
-  const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
-  return x < y + nb && y < x + na;
-}
-
-// One posted send or receive. It lives in its request's array; the world's queues
-// point at it while it is pending.
-struct local_op {
-  enum class status : unsigned char { idle, pending, copying, done, cancelled };
-  int owner = 0;
-  int peer = 0;
-  int tag = 0;
-  bool is_send = false;
-  bool copy_here = false;  // matched by the post that owns it: that thread copies
-  status st = status::idle;
-  const std::byte* src = nullptr;  // send: the message
-  std::byte* dst = nullptr;        // receive: the buffer
-  std::size_t size = 0;            // send: message length; receive: buffer length
-  std::size_t bytes = 0;           // receive: the length of the message it got
-  int source = -1;                 // receive: the rank the message came from
-  local_op* match = nullptr;
-  std::string error;  // receive: why it failed (the message was longer than the buffer)
-};
-
-enum class coll_kind : unsigned char {
-  barrier,
-  allreduce,
-  allgather,
-  allgatherv,
-  alltoall,
-  alltoallv,
-  broadcast
-};
-
-inline const char* coll_name(coll_kind k) noexcept {
-  switch (k) {
-    case coll_kind::barrier: return "barrier";
-    case coll_kind::allreduce: return "allreduce";
-    case coll_kind::allgather: return "allgather";
-    case coll_kind::allgatherv: return "allgatherv";
-    case coll_kind::alltoall: return "alltoall";
-    case coll_kind::alltoallv: return "alltoallv";
-    case coll_kind::broadcast: return "broadcast";
-  }
-  return "collective";
-}
-
-template <class E>
-inline constexpr unsigned char local_elem_code = std::is_same_v<E, float>          ? 0
-                                                 : std::is_same_v<E, double>       ? 1
-                                                 : std::is_same_v<E, std::int32_t> ? 2
-                                                                                   : 3;
-
-inline const char* local_elem_name(unsigned char code) noexcept {
-  static constexpr const char* names[] = {"f32", "f64", "i32", "i64"};
-  return code < 4 ? names[code] : "?";
-}
-
-inline const char* reduce_op_name(reduce_op op) noexcept {
-  switch (op) {
-    case reduce_op::sum: return "sum";
-    case reduce_op::max: return "max";
-    case reduce_op::min: return "min";
-  }
-  return "?";
-}
-
-// What one rank passed to collective number k. Written by its rank before it
-// arrives at step 1 and read by the others after they pass it. Two slots (k % 2)
-// suffice: no rank can start collective k + 2 before every rank finished k.
-struct coll_desc {
-  coll_kind kind = coll_kind::barrier;
-  unsigned char elem = 0;
-  reduce_op op = reduce_op::sum;
-  int root = 0;
-  std::size_t count = 0;  // allreduce: elements; otherwise the bytes of `in`
-  const std::byte* in = nullptr;
-  std::byte* out = nullptr;
-  std::size_t out_bytes = 0;
-  std::span<const std::size_t> counts;   // allgatherv counts, alltoallv send counts
-  std::span<const std::size_t> counts2;  // alltoallv receive counts
-  std::string error;                     // this rank's own arguments are wrong
-  // Copies of counts and counts2 that the slot owns: a rank that finds the ranks
-  // disagree throws and may free its own arrays while the others still read them.
-  std::vector<std::size_t> counts_store, counts2_store;
-};
-
-inline std::size_t local_elem_bytes(unsigned char code) noexcept { return code % 2 == 0 ? 4 : 8; }
-
-// The bytes of `in` that a collective's descriptor names.
-inline std::size_t local_in_bytes(const coll_desc& d) noexcept {
-  return d.kind == coll_kind::allreduce ? d.count * local_elem_bytes(d.elem) : d.count;
-}
-
-struct local_rank_slot {
-  traffic_counters counters;
-  std::condition_variable cv;  // this rank waits here, for anything
-  // Guarded by local_state::mu:
-  bool failed = false;
-  std::uint64_t fail_order = 0;
-  std::string fail_reason;
-  std::uint64_t coll_seq = 0;  // collectives this rank started
-  std::uint64_t progress = 0;  // 4 × collective number + step reached
-  bool busy = false;           // between steps: reading and writing the others' buffers
-  // Protocol-guarded (see coll_desc):
-  coll_desc desc[2];
-};
-
-// Set once by the first rank that leaves a collective with an error; from then on
-// collectives on this world fail fast (the ranks no longer agree on the sequence).
-struct coll_broken {
-  bool set = false;
-  int rank = -1;
-  std::uint64_t seq = 0;
-  bool timeout = false;  // it gave up waiting, as opposed to a peer failing
-  std::string reason;
-};
-
-struct local_failure {
-  int rank;
-  std::exception_ptr error;
-  bool caused_by_peer;  // a peer_error: the effect of another rank's failure
-};
-
-struct local_state {
-  local_state(int n, std::chrono::milliseconds t)
-      : size(n),
-        timeout(t),
-        slots(std::make_unique<local_rank_slot[]>(static_cast<std::size_t>(n))),
-        sends_to(static_cast<std::size_t>(n)),
-        recvs_at(static_cast<std::size_t>(n)) {}
-
-  const int size;
-  const std::chrono::milliseconds timeout;
-  std::mutex mu;
-  std::unique_ptr<local_rank_slot[]> slots;
-  // Guarded by mu:
-  std::vector<std::deque<local_op*>> sends_to;  // [dst]: unmatched sends to dst, in post order
-  std::vector<std::deque<local_op*>> recvs_at;  // [dst]: unmatched receives of dst, in post order
-  std::uint64_t fail_counter = 0;
-  coll_broken broken;
-  std::vector<local_failure> failures;
-
-  local_rank_slot& slot(int r) noexcept { return slots[static_cast<std::size_t>(r)]; }
-
-  void notify_all_ranks() noexcept {
-    for (int r = 0; r < size; ++r) slot(r).cv.notify_all();
-  }
-
-  static void erase(std::deque<local_op*>& q, local_op* op) {
-    if (auto it = std::find(q.begin(), q.end(), op); it != q.end()) q.erase(it);
-  }
-
-  // Takes a pending operation out of the matching queues. Lock held.
-  void unqueue(local_op& op) {
-    if (op.is_send)
-      erase(sends_to[static_cast<std::size_t>(op.peer)], &op);
-    else
-      erase(recvs_at[static_cast<std::size_t>(op.owner)], &op);
-    op.st = local_op::status::cancelled;
-  }
-
-  // Marks rank r failed and withdraws its unmatched operations, whose buffers may
-  // be gone by now. Lock held.
-  void mark_failed(int r, std::string reason) {
-    auto& s = slot(r);
-    if (s.failed) return;
-    s.failed = true;
-    s.fail_order = ++fail_counter;
-    s.fail_reason = std::move(reason);
-    for (auto& q : sends_to)
-      std::erase_if(q, [r](local_op* op) {
-        if (op->owner != r) return false;
-        op->st = local_op::status::cancelled;
-        return true;
-      });
-    for (local_op* op : recvs_at[static_cast<std::size_t>(r)]) op->st = local_op::status::cancelled;
-    recvs_at[static_cast<std::size_t>(r)].clear();
-    notify_all_ranks();
-  }
-
-  // The failed rank among those `pred` selects that failed first, or -1. Lock held.
-  template <class Pred>
-  int first_failed(Pred pred) const {
-    int best = -1;
-    for (int r = 0; r < size; ++r) {
-      const auto& s = slots[static_cast<std::size_t>(r)];
-      if (s.failed && pred(r) &&
-          (best < 0 || s.fail_order < slots[static_cast<std::size_t>(best)].fail_order))
-        best = r;
-    }
-    return best;
-  }
-
-  std::string failure_text(int r) const {
-    return "rank " + std::to_string(r) +
-           " failed: " + slots[static_cast<std::size_t>(r)].fail_reason;
-  }
-};
-
-inline std::string rank_list(const std::vector<int>& ranks) {
-  std::string s;
-  for (std::size_t i = 0; i < ranks.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(ranks[i]);
-  }
-  return s;
-}
-
-// The slice [lo, hi) of `count` elements that rank r reduces: sizes differ by at most one.
-struct local_slice {
-  std::size_t lo, hi;
-};
-inline local_slice slice_of(std::size_t count, int n, int r) noexcept {
-  const auto un = static_cast<std::size_t>(n), ur = static_cast<std::size_t>(r);
-  const std::size_t base = count / un, extra = count % un;
-  const std::size_t lo = base * ur + std::min(ur, extra);
-  return {lo, lo + base + (ur < extra ? 1 : 0)};
-}
-
-template <class E, reduce_op Op>
-inline E local_combine(E a, E b) noexcept {
-  if constexpr (Op == reduce_op::sum) {
-    if constexpr (std::is_integral_v<E>) {
-      // Wraps instead of overflowing (undefined for signed types).
-      using U = std::make_unsigned_t<E>;
-      return static_cast<E>(static_cast<U>(a) + static_cast<U>(b));
-    } else {
-      return a + b;
-    }
-  } else if constexpr (Op == reduce_op::max) {
-    return a < b ? b : a;
-  } else {
-    return b < a ? b : a;
-  }
-}
-
-template <class E, reduce_op Op, std::size_t N>
-inline void local_fold_fixed(E* acc, const E* x) noexcept {
-  for (std::size_t i = 0; i < N; ++i) acc[i] = local_combine<E, Op>(acc[i], x[i]);
-}
-
-template <class E, reduce_op Op>
-inline void local_fold(E* acc, const E* x, std::size_t n) noexcept {
-  for (std::size_t i = 0; i < n; ++i) acc[i] = local_combine<E, Op>(acc[i], x[i]);
-}
-
-// For every rank q: out(q)[lo, hi) = in(0) op in(1) op ... op in(n-1), left to
-// right, in blocks that stay in L1. Each block is read from every input before it
-// is written anywhere, and only this call touches [lo, hi) of any buffer, so an
-// output may be its rank's input.
-template <class E, reduce_op Op, class In, class Out>
-void local_reduce_slice(In in, Out out, int n, std::size_t lo, std::size_t hi) {
-  constexpr std::size_t block = 2048;
-  alignas(64) E acc[block];
-  for (std::size_t b = lo; b < hi; b += block) {
-    const std::size_t len = std::min(block, hi - b);
-    local_copy(acc, in(0) + b, len * sizeof(E));
-    for (int q = 1; q < n; ++q) {
-      // A constant trip count lets the compiler vectorize without a cost model.
-      if (len == block)
-        local_fold_fixed<E, Op, block>(acc, in(q) + b);
-      else
-        local_fold<E, Op>(acc, in(q) + b, len);
-    }
-    for (int q = 0; q < n; ++q) local_copy(out(q) + b, acc, len * sizeof(E));
-  }
-}
-
-}  // namespace detail
 
 /// One rank of a local_world. Models AsyncTransport. Use it from one thread (the
 /// rank's); the world's ranks run concurrently.
@@ -573,7 +295,7 @@ class local_transport {
       d.error = "in has " + std::to_string(in.size()) + " elements but out has " +
                 std::to_string(out.size());
     else if (in.data() != out.data() &&
-             detail::local_overlap(in.data(), in.size_bytes(), out.data(), out.size_bytes()))
+             detail::overlap(in.data(), in.size_bytes(), out.data(), out.size_bytes()))
       d.error = "in and out overlap without being the same buffer";
     const std::uint64_t seq = begin_collective(call, std::move(d));
     const int n = size();
@@ -624,14 +346,14 @@ class local_transport {
       d.error = "out has " + std::to_string(out.size()) + " bytes, expected " + std::to_string(n) +
                 " ranks x " + std::to_string(m) + " bytes";
     else if (in.data() != out.data() + static_cast<std::size_t>(rank_) * m &&
-             detail::local_overlap(in.data(), m, out.data(), out.size()))
+             detail::overlap(in.data(), m, out.data(), out.size()))
       d.error = "in overlaps out other than at this rank's place";
     const std::uint64_t seq = begin_collective(call, std::move(d));
     const auto k = seq % 2;
     for (int q = 0; q < size(); ++q) {
       std::byte* to = out.data() + static_cast<std::size_t>(q) * m;
       const std::byte* from = state_->slot(q).desc[k].in;
-      if (to != from) detail::local_copy(to, from, m);
+      if (to != from) detail::copy_bytes(to, from, m);
     }
     collective_step(call, seq, 2, true);
     add_both(static_cast<std::uint64_t>(n - 1) * m, m != 0 ? n - 1 : 0);
@@ -661,7 +383,7 @@ class local_transport {
       d.error = "out has " + std::to_string(out.size()) + " bytes but the counts add up to " +
                 std::to_string(total);
     else if (in.data() != out.data() + offset &&
-             detail::local_overlap(in.data(), in.size(), out.data(), out.size()))
+             detail::overlap(in.data(), in.size(), out.data(), out.size()))
       d.error = "in overlaps out other than at this rank's place";
     const std::uint64_t seq = begin_collective(call, std::move(d));
     const auto k = seq % 2;
@@ -670,7 +392,7 @@ class local_transport {
     for (int q = 0; q < size(); ++q) {
       const std::size_t c = counts[static_cast<std::size_t>(q)];
       const std::byte* from = state_->slot(q).desc[k].in;
-      if (out.data() + at != from) detail::local_copy(out.data() + at, from, c);
+      if (out.data() + at != from) detail::copy_bytes(out.data() + at, from, c);
       if (q != rank_) {
         got += c;
         got_msgs += c != 0;
@@ -696,13 +418,13 @@ class local_transport {
                 std::to_string(out.size());
     else if (in.size() % n != 0)
       d.error = "in has " + std::to_string(in.size()) + " bytes, not a multiple of " + world_text();
-    else if (detail::local_overlap(in.data(), in.size(), out.data(), out.size()))
+    else if (detail::overlap(in.data(), in.size(), out.data(), out.size()))
       d.error = "in and out overlap";
     const std::uint64_t seq = begin_collective(call, std::move(d));
     const auto k = seq % 2;
     const std::size_t c = in.size() / n;
     for (std::size_t q = 0; q < n; ++q)
-      detail::local_copy(
+      detail::copy_bytes(
           out.data() + q * c,
           state_->slot(static_cast<int>(q)).desc[k].in + static_cast<std::size_t>(rank_) * c, c);
     collective_step(call, seq, 2, true);
@@ -734,7 +456,7 @@ class local_transport {
     else if (out.size() != recv_total)
       d.error = "out has " + std::to_string(out.size()) + " bytes but recv_counts add up to " +
                 std::to_string(recv_total);
-    else if (detail::local_overlap(in.data(), in.size(), out.data(), out.size()))
+    else if (detail::overlap(in.data(), in.size(), out.data(), out.size()))
       d.error = "in and out overlap";
     const std::uint64_t seq = begin_collective(call, std::move(d));
     const auto k = seq % 2;
@@ -745,7 +467,7 @@ class local_transport {
       const auto& dq = state_->slot(static_cast<int>(q)).desc[k];
       std::size_t from = 0;  // where q's chunk for this rank starts in q's input
       for (std::size_t p = 0; p < me; ++p) from += dq.counts[p];
-      detail::local_copy(out.data() + at, dq.in + from, recv_counts[q]);
+      detail::copy_bytes(out.data() + at, dq.in + from, recv_counts[q]);
       at += recv_counts[q];
       if (q != me) {
         got += recv_counts[q];
@@ -770,7 +492,7 @@ class local_transport {
       d.error = "root " + std::to_string(root) + " is not a rank of " + world_text();
     const std::uint64_t seq = begin_collective(call, std::move(d));
     if (rank_ != root)
-      detail::local_copy(buf.data(), state_->slot(root).desc[seq % 2].in, buf.size());
+      detail::copy_bytes(buf.data(), state_->slot(root).desc[seq % 2].in, buf.size());
     collective_step(call, seq, 2, true);
     const auto others = static_cast<std::uint64_t>(size() - 1);
     if (rank_ == root)
@@ -885,7 +607,7 @@ class local_transport {
   static void copy_pair(detail::local_op& op) {
     const detail::local_op& send = op.is_send ? op : *op.match;
     detail::local_op& recv = op.is_send ? *op.match : op;
-    if (send.size <= recv.size) detail::local_copy(recv.dst, send.src, send.size);
+    if (send.size <= recv.size) detail::copy_bytes(recv.dst, send.src, send.size);
   }
 
   // Lock held.
@@ -1041,11 +763,11 @@ class local_transport {
   static std::string shared_buffers(const detail::coll_desc& a, int qa, const detail::coll_desc& b,
                                     int qb) {
     auto r = [](int q) { return "rank " + std::to_string(q); };
-    if (detail::local_overlap(a.out, a.out_bytes, b.out, b.out_bytes))
+    if (detail::overlap(a.out, a.out_bytes, b.out, b.out_bytes))
       return r(qa) + " and " + r(qb) + " pass overlapping output buffers";
-    if (detail::local_overlap(a.out, a.out_bytes, b.in, detail::local_in_bytes(b)))
+    if (detail::overlap(a.out, a.out_bytes, b.in, detail::local_in_bytes(b)))
       return r(qa) + "'s output overlaps " + r(qb) + "'s input";
-    if (detail::local_overlap(b.out, b.out_bytes, a.in, detail::local_in_bytes(a)))
+    if (detail::overlap(b.out, b.out_bytes, a.in, detail::local_in_bytes(a)))
       return r(qb) + "'s output overlaps " + r(qa) + "'s input";
     return {};
   }

@@ -29,6 +29,7 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <type_traits>
 
 namespace gradcomm {
 inline namespace v0 {
@@ -107,6 +108,9 @@ class cast_codec {
       .linear = To == dtype::f16 || To == dtype::bf16, .fixed_size = true, .stateful = false};
   static constexpr codec_id id = codec_id::cast;
   static constexpr dtype wire_dtype = To;
+  /// The 16-bit casts' bodies are the n values as f16 / bf16, summed natively by a
+  /// transport that sums them (codec.hpp, T2); fp8 is not linear.
+  using linear_element = std::conditional_t<traits.linear, element, void>;
   /// Payload bytes per value.
   static constexpr std::size_t element_bytes = dtype_size(To);
   static_assert(sizeof(element) == element_bytes, "storage types are their bits");

@@ -183,6 +183,22 @@ concept AsyncTransport = Transport<T> && requires(T& t, int tag, std::span<std::
   { t.recv_any(tag, buf) } -> std::same_as<recv_result>;
 };
 
+/// Transport traits: what a transport declares about itself, read by communicators
+/// through the names below (never by the transport's type). Each is optional:
+///
+///  T1. `static constexpr bool withdraws_groups = true;` when destroying a request
+///      withdraws all of its group, sends included, and returns only when the transport
+///      no longer touches the group's buffers (local_transport). Read by
+///      `transport_withdraws_groups<T>`; false when not declared (MPI cannot withdraw a
+///      send). Gossip then withdraws the exchanges it still holds open when it goes and
+///      frees their buffers, instead of keeping them until the program ends.
+///
+///   static_assert(gradcomm::transport_withdraws_groups<gradcomm::local_transport>);
+template <class T>
+inline constexpr bool transport_withdraws_groups = requires {
+  requires T::withdraws_groups;
+};
+
 /// Checks T against Transport one group at a time, each failure with its own
 /// sentence; true when T models it.
 ///

@@ -101,6 +101,22 @@ concept Codec = std::same_as<typename C::value_type, float> &&
        c.load_state(bytes);
      });
 
+namespace detail {
+// The least a codec can be: models Codec and declares no trait. A communicator's header
+// instantiates itself with it (and transport_archetype, transport/transport.hpp) to check
+// that it models Communicator without naming a concrete codec. Never run it.
+struct codec_archetype {
+  using value_type = float;
+  static constexpr codec_traits traits{};
+  static constexpr codec_id id = codec_id::none;
+  std::size_t max_encoded_bytes(std::size_t) const noexcept { return 0; }
+  std::size_t encode(host_view<const float>, std::span<std::byte>) { return 0; }
+  void decode(std::span<const std::byte>, host_view<float>) {}
+  void decode_add(std::span<const std::byte>, host_view<float>) {}
+};
+static_assert(Codec<codec_archetype>);
+}  // namespace detail
+
 /// Codec traits: what a codec declares about itself besides `traits`. Communicators read
 /// them only through the names below and never name a concrete codec; a new codec
 /// declares what applies to it and every communicator treats it as it treats the

@@ -31,6 +31,7 @@
 #include <gradcomm/codec/codec.hpp>
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/comm/allgather_reduce.hpp>
+#include <gradcomm/comm/communicator.hpp>
 #include <gradcomm/comm/optimizer.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/counters.hpp>
@@ -1188,6 +1189,11 @@ class allreduce {
   std::exception_ptr failure_;
   std::thread worker_;
 };
+
+// The backend models Communicator over any codec and transport that model their concepts:
+// checked here, with the least of each, so that a change that breaks it fails in this
+// header and not in a user's code.
+static_assert(Communicator<allreduce<detail::codec_archetype, detail::transport_archetype>>);
 
 }  // namespace v0
 }  // namespace gradcomm

@@ -91,6 +91,7 @@
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
+#include <gradcomm/comm/communicator.hpp>
 #include <gradcomm/comm/optimizer.hpp>
 #include <gradcomm/comm/topology.hpp>
 #include <gradcomm/core/config.hpp>
@@ -1197,6 +1198,11 @@ class gossip {
   host_view<float> params_;
   std::string broken_;
 };
+
+// The backend models Communicator over any codec and transport that model their concepts
+// (checked with the least of each; comm/allreduce.hpp says why).
+static_assert(
+    Communicator<gossip<detail::codec_archetype, detail::transport_archetype, ring_topology>>);
 
 }  // namespace v0
 }  // namespace gradcomm

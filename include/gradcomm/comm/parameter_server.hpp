@@ -64,6 +64,7 @@
 
 #include <gradcomm/codec/codec.hpp>
 #include <gradcomm/codec/identity.hpp>
+#include <gradcomm/comm/communicator.hpp>
 #include <gradcomm/comm/optimizer.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/counters.hpp>
@@ -1297,6 +1298,10 @@ class parameter_server {
   std::vector<ps_update> log_;
   std::vector<lost_worker> lost_;
 };
+
+// The backend models Communicator over any codec and AsyncTransport that model their
+// concepts (checked with the least of each; comm/allreduce.hpp says why).
+static_assert(Communicator<parameter_server<detail::codec_archetype, detail::transport_archetype>>);
 
 }  // namespace v0
 }  // namespace gradcomm

@@ -20,6 +20,7 @@
 //   bytes_per_round_per_rank is what rank 0 sent in a round (payload bytes);
 //   ratio_to_allreduce divides the all-reduce's time per call (same ranks, same run) by the
 //   round's: above 1, the round is faster.
+#include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/comm/gossip.hpp>

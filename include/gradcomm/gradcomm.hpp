@@ -12,6 +12,7 @@
 
 #include <gradcomm/core/bitpack.hpp>
 #include <gradcomm/core/config.hpp>
+#include <gradcomm/core/convert.hpp>
 #include <gradcomm/core/counters.hpp>
 #include <gradcomm/core/dtype.hpp>
 #include <gradcomm/core/error.hpp>

@@ -4,6 +4,7 @@
 // and the bytes scatter-reduce-allgather sends.
 #include "mpi_gtest_main.hpp"
 
+#include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <gradcomm/codec/error_feedback.hpp>
+#include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/comm/communicator.hpp>

@@ -1,6 +1,7 @@
 // The allreduce communicator over threads: exact sums with the identity codec, the
 // bounds lossy codecs imply, bitwise identical ranks, the bytes each algorithm sends,
 // buckets and overlap, failures named by rank.
+#include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>

@@ -10,6 +10,7 @@
 #include "gossip_test_bodies.hpp"
 
 #include <gradcomm/codec/error_feedback.hpp>
+#include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/comm/communicator.hpp>

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 namespace gradcomm {
 inline namespace v0 {
@@ -99,6 +100,120 @@ concept Codec = std::same_as<typename C::value_type, float> &&
        { c.save_state(buf) } -> std::same_as<std::size_t>;
        c.load_state(bytes);
      });
+
+namespace detail {
+// The least a codec can be: models Codec and declares no trait. A communicator's header
+// instantiates itself with it (and transport_archetype, transport/transport.hpp) to check
+// that it models Communicator without naming a concrete codec. Never run it.
+struct codec_archetype {
+  using value_type = float;
+  static constexpr codec_traits traits{};
+  static constexpr codec_id id = codec_id::none;
+  std::size_t max_encoded_bytes(std::size_t) const noexcept { return 0; }
+  std::size_t encode(host_view<const float>, std::span<std::byte>) { return 0; }
+  void decode(std::span<const std::byte>, host_view<float>) {}
+  void decode_add(std::span<const std::byte>, host_view<float>) {}
+};
+static_assert(Codec<codec_archetype>);
+}  // namespace detail
+
+/// Codec traits: what a codec declares about itself besides `traits`. Communicators read
+/// them only through the names below and never name a concrete codec; a new codec
+/// declares what applies to it and every communicator treats it as it treats the
+/// library's own. Each is optional; the default is in brackets.
+///  T1. `static constexpr bool lossless = true;` when decode(encode(x)) == x bit for bit
+///      [false]. Read by `lossless_codec<C>`: gossip then exchanges the values themselves
+///      and keeps no public copies.
+///  T2. `using linear_element = E;` for a linear codec whose payload ends with its n values
+///      as E, so that a transport's native sum of the bodies sums the payloads [void: no
+///      such body]. Read by `linear_element_t<C>`: the all-reduce reduces natively where
+///      the transport sums E. A wrapper whose payload is its inner codec's declares the
+///      inner codec's (error_feedback).
+///  T3. `using inner_type = I;` and `inner()` for a wrapper around another codec (error
+///      feedback, DGC's memory) [not a wrapper]. Read by `wrapper_codec<C>` and
+///      `inner_codec_t<C>`.
+///  T4. `pull_codec() const` returning a stateless Codec: what a parameter server pulls
+///      with when its workers push with C (error_feedback: its inner codec's, since the
+///      server's public copies already are the feedback) [C itself when stateless;
+///      otherwise none, and the server sends f32 values]. Read by `has_pull_codec<C>` and
+///      `pull_codec_of(c)`.
+///  T5. `residual_norm() const` convertible to double: ||e|| of the error the codec still
+///      owes, for statistics [0]. Read by `residual_norm_of(c)`.
+///
+///   static_assert(gradcomm::lossless_codec<gradcomm::identity_codec>);
+///   static_assert(std::same_as<gradcomm::linear_element_t<gradcomm::bf16_codec>, gradcomm::bf16>);
+///   auto pull = gradcomm::pull_codec_of(ef);   // ef: error_feedback<sign_codec> -> sign_codec
+
+/// T1: a Codec that declares `static constexpr bool lossless = true`.
+template <class C>
+concept lossless_codec = Codec<C> && requires {
+  requires C::lossless;
+};
+
+namespace detail {
+template <class C>
+struct linear_element_of {
+  using type = void;
+};
+template <class C>
+requires requires { typename C::linear_element; }
+struct linear_element_of<C> {
+  using type = typename C::linear_element;
+};
+}  // namespace detail
+
+/// T2: the element type of a linear codec's payload body, void where it declares none.
+template <class C>
+using linear_element_t = typename detail::linear_element_of<C>::type;
+
+/// A codec whose payloads carry the values themselves, unchanged (lossless, stateless, its
+/// body n f32): a communicator may reduce the tensor natively and skip encoding and
+/// decoding, with the same result bit for bit.
+///
+///   static_assert(gradcomm::value_codec<gradcomm::identity_codec>);
+template <class C>
+concept value_codec =
+    lossless_codec<C> && !C::traits.stateful && std::same_as<linear_element_t<C>, float>;
+
+/// T3: a Codec wrapped around another one, `inner_codec_t<C>`.
+template <class C>
+concept wrapper_codec = Codec<C> && requires(const C& c) {
+  typename C::inner_type;
+  { c.inner() } -> std::convertible_to<const typename C::inner_type&>;
+};
+template <wrapper_codec C>
+using inner_codec_t = typename C::inner_type;
+
+namespace detail {
+template <class C>
+concept declares_pull_codec = requires(const C& c) {
+  { c.pull_codec() } -> Codec;
+};
+}  // namespace detail
+
+/// T4: C declares the codec a parameter server pulls with, or is stateless (pulls with itself).
+template <class C>
+concept has_pull_codec = Codec<C> &&(detail::declares_pull_codec<C> || !C::traits.stateful);
+
+/// T4: the pull codec for pushes with c: c.pull_codec() where declared, else c itself.
+template <has_pull_codec C>
+auto pull_codec_of(const C& c) {
+  if constexpr (detail::declares_pull_codec<C>)
+    return c.pull_codec();
+  else
+    return c;
+}
+
+/// T5: c.residual_norm() where C declares it, else 0.
+template <class C>
+double residual_norm_of(const C& c) {
+  if constexpr (requires {
+                  { c.residual_norm() } -> std::convertible_to<double>;
+                })
+    return c.residual_norm();
+  else
+    return 0.0;
+}
 
 /// TwoRoundCodec<C>: a Codec with `traits.two_round` whose encoding a communicator
 /// runs as two reductions over caller-owned f32 buffers (PowerSGD). Every worker, in

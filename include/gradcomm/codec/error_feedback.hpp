@@ -129,6 +129,8 @@ class error_feedback {
       .linear = Inner::traits.linear, .fixed_size = Inner::traits.fixed_size, .stateful = true};
   /// The inner codec's id: the payload is the inner codec's.
   static constexpr codec_id id = Inner::id;
+  /// The payload is the inner codec's, so is its body (codec.hpp, T2).
+  using linear_element = linear_element_t<Inner>;
 
   /// A default inner codec; the residual is sized by the first encode.
   error_feedback() requires std::default_initializable<Inner> {}
@@ -142,6 +144,10 @@ class error_feedback {
   /// The inner codec (its parameters, its own state).
   const Inner& inner() const noexcept { return inner_; }
   Inner& inner() noexcept { return inner_; }
+
+  /// What a parameter server pulls with (codec.hpp, T4): the inner codec's pull codec, since
+  /// the server's public copies already are the error feedback.
+  auto pull_codec() const requires has_pull_codec<Inner> { return pull_codec_of(inner_); }
 
   /// Whether the residual has a size yet.
   bool sized() const noexcept { return sized_; }

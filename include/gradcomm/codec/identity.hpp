@@ -35,6 +35,8 @@ class identity_codec {
   static constexpr dtype wire_dtype = dtype::f32;
   /// D(C(x)) == x bit for bit: gossip with it keeps no public copies (comm/gossip.hpp).
   static constexpr bool lossless = true;
+  /// The body is the n values as f32: a native float sum of bodies sums payloads.
+  using linear_element = float;
 
   std::size_t max_encoded_bytes(std::size_t n) const noexcept {
     return wire_header_bytes + n * sizeof(float);

@@ -29,9 +29,9 @@
 
 #include <gradcomm/codec/cast.hpp>
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/comm/allgather_reduce.hpp>
+#include <gradcomm/comm/communicator.hpp>
 #include <gradcomm/comm/optimizer.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/counters.hpp>
@@ -121,26 +121,6 @@ inline ar_range ar_chunk(std::size_t n, int parts, int i) noexcept {
   return {std::min(lo, n), std::min(hi, n)};
 }
 
-// The element type of a linear codec's body, where a native sum of it is meaningful.
-template <class C>
-struct linear_element {
-  using type = void;
-};
-template <>
-struct linear_element<identity_codec> {
-  using type = float;
-};
-template <>
-struct linear_element<cast_codec<dtype::bf16>> {
-  using type = bf16;
-};
-template <>
-struct linear_element<cast_codec<dtype::f16>> {
-  using type = f16;
-};
-template <class I>
-struct linear_element<error_feedback<I>> : linear_element<I> {};
-
 template <class T, class E>
 concept reduces_natively =
     !std::is_void_v<E> && requires(T & t, std::span<const E> in, std::span<E> out) {
@@ -153,23 +133,13 @@ template <Codec C, Transport T>
 constexpr ar_algorithm algorithm_for() {
   if constexpr (TwoRoundCodec<C>) {
     return ar_algorithm::two_round;
-  } else if constexpr (C::traits.linear && reduces_natively<T, typename linear_element<C>::type>) {
+  } else if constexpr (C::traits.linear && reduces_natively<T, linear_element_t<C>>) {
     return ar_algorithm::native;
   } else if constexpr (C::traits.fixed_size) {
     return ar_algorithm::scatter_reduce_allgather;
   } else {
     return ar_algorithm::allgather;
   }
-}
-
-template <class C>
-double residual_norm_of(const C& c) {
-  if constexpr (requires {
-                  { c.residual_norm() } -> std::convertible_to<double>;
-                })
-    return c.residual_norm();
-  else
-    return 0.0;
 }
 
 inline void scale(float* v, std::size_t n, float s) noexcept {
@@ -203,8 +173,7 @@ class bucket_engine {
       if constexpr (algorithm == ar_algorithm::two_round) {
         p_.resize(proto.p_floats(n));
         q_.resize(proto.q_floats(n));
-      } else if constexpr (!std::is_same_v<C, identity_codec> ||
-                           algorithm != ar_algorithm::native) {
+      } else if constexpr (!value_codec<C> || algorithm != ar_algorithm::native) {
         send_.resize(proto.max_encoded_bytes(n));
       }
     }
@@ -227,7 +196,7 @@ class bucket_engine {
     } else if constexpr (algorithm == ar_algorithm::two_round) {
       chunk_codecs_[0].compute_p(in, host_view<float>(p_.data(), p_.size()));
       return (p_.size() + q_.size()) * sizeof(float);
-    } else if constexpr (std::is_same_v<C, identity_codec> && algorithm == ar_algorithm::native) {
+    } else if constexpr (value_codec<C> && algorithm == ar_algorithm::native) {
       return n_ * sizeof(float);
     } else {
       set_key(chunk_codecs_[0], seed, step, key_bucket(0, 0));
@@ -243,13 +212,13 @@ class bucket_engine {
               std::uint32_t step, std::uint64_t seed, Counters& st) {
     const float inv = op == reduction::mean ? 1.0f / static_cast<float>(ranks_) : 1.0f;
     if constexpr (algorithm == ar_algorithm::native) {
-      if constexpr (std::is_same_v<C, identity_codec>) {
+      if constexpr (value_codec<C>) {  // the payload would be the values: sum them as they are
         t.allreduce(std::span<const float>(in.data(), n_), std::span<float>(out.data(), n_),
                     reduce_op::sum);
         scoped_timer d(st.decode_ns);
         if (inv != 1.0f) scale(out.data(), n_, inv);
       } else {
-        using E = typename linear_element<C>::type;
+        using E = linear_element_t<C>;
         const std::size_t head = mine_ - n_ * sizeof(E);
         auto body = std::span<E>(reinterpret_cast<E*>(send_.data() + head), n_);
         t.allreduce(std::span<const E>(body), body, reduce_op::sum);
@@ -1220,6 +1189,11 @@ class allreduce {
   std::exception_ptr failure_;
   std::thread worker_;
 };
+
+// The backend models Communicator over any codec and transport that model their concepts:
+// checked here, with the least of each, so that a change that breaks it fails in this
+// header and not in a user's code.
+static_assert(Communicator<allreduce<detail::codec_archetype, detail::transport_archetype>>);
 
 }  // namespace v0
 }  // namespace gradcomm

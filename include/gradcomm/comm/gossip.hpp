@@ -91,7 +91,7 @@
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/identity.hpp>
+#include <gradcomm/comm/communicator.hpp>
 #include <gradcomm/comm/optimizer.hpp>
 #include <gradcomm/comm/topology.hpp>
 #include <gradcomm/core/config.hpp>
@@ -121,32 +121,6 @@
 namespace gradcomm {
 inline namespace v0 {
 
-/// True for a codec that declares `static constexpr bool lossless = true` (decoding gives
-/// back the encoded values bit for bit): gossip then exchanges the values themselves and
-/// keeps no public copies.
-///
-///   static_assert(gradcomm::lossless_codec<gradcomm::identity_codec>);
-template <class C>
-concept lossless_codec = Codec<C> && requires {
-  requires C::lossless;
-};
-
-class local_transport;
-
-/// Whether destroying a request of transport T withdraws all of its group, sends
-/// included, and returns only when T no longer touches the group's buffers. Then the
-/// exchanges that a gossip object still holds open (late, see the top of
-/// comm/gossip.hpp) are withdrawn when it goes and their buffers freed; otherwise (the
-/// default: MPI cannot withdraw a send) they are abandoned, their buffers kept until the
-/// program ends. Specialize it for a transport that withdraws whole groups.
-///
-///   template <> inline constexpr bool gradcomm::transport_withdraws_groups<my_transport> = true;
-template <class T>
-inline constexpr bool transport_withdraws_groups = false;
-/// The local transport withdraws whole groups (transport/local.hpp, request).
-template <>
-inline constexpr bool transport_withdraws_groups<local_transport> = true;
-
 namespace detail {
 
 // Keeps `p` alive until the program ends: buffers a transport may still use after their
@@ -161,7 +135,7 @@ inline void keep_until_exit(std::shared_ptr<void> p) {
 }  // namespace detail
 
 /// GossipCodec<C>: a Codec that gossip can use, which is any Codec but a wrapper that keeps
-/// a residual of its own (a stateful codec with an `inner_type`: error_feedback,
+/// a residual of its own (a stateful wrapper_codec, codec/codec.hpp T3: error_feedback,
 /// dgc_memory). Compressed gossip's public copies already are error feedback; feedback
 /// inside the codec as well counts every error twice, and the values diverge (measured:
 /// error_feedback<sign_codec> on a ring of 8 grows without bound at every γ from 0.1 to
@@ -170,7 +144,7 @@ inline void keep_until_exit(std::shared_ptr<void> p) {
 ///   static_assert(gradcomm::GossipCodec<gradcomm::sign_codec>);
 ///   static_assert(!gradcomm::GossipCodec<gradcomm::error_feedback<gradcomm::sign_codec>>);
 template <class C>
-concept GossipCodec = Codec<C> && !(requires { typename C::inner_type; } && C::traits.stateful);
+concept GossipCodec = Codec<C> && !(wrapper_codec<C> && C::traits.stateful);
 
 /// How gossip mixes: `automatic` averages on undirected topologies and runs push-sum on
 /// directed ones; `push_sum` may be asked for on any topology; `averaging` on an
@@ -1224,6 +1198,11 @@ class gossip {
   host_view<float> params_;
   std::string broken_;
 };
+
+// The backend models Communicator over any codec and transport that model their concepts
+// (checked with the least of each; comm/allreduce.hpp says why).
+static_assert(
+    Communicator<gossip<detail::codec_archetype, detail::transport_archetype, ring_topology>>);
 
 }  // namespace v0
 }  // namespace gradcomm

@@ -63,8 +63,8 @@
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
+#include <gradcomm/comm/communicator.hpp>
 #include <gradcomm/comm/optimizer.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/counters.hpp>
@@ -247,22 +247,18 @@ inline ps_range ps_shard(std::size_t n, int parts, int s) noexcept {
   return {lo, lo + base + (us < extra ? 1 : 0)};
 }
 
-// The default pull codec: error_feedback's inner codec (the public copies already are
-// the feedback), a stateless codec itself, otherwise f32.
+// The default pull codec: the one C declares (codec.hpp, T4: error_feedback's inner codec),
+// C itself when stateless, otherwise the f32 values (identity_codec, the protocol's own
+// body format).
 template <class C>
 struct ps_pull_codec {
-  using type = std::conditional_t<C::traits.stateful, identity_codec, C>;
-  static type make(const C& c) {
-    if constexpr (C::traits.stateful)
-      return identity_codec{};
-    else
-      return c;
-  }
+  using type = identity_codec;
+  static type make(const C&) { return identity_codec{}; }
 };
-template <class I>
-struct ps_pull_codec<error_feedback<I>> {
-  using type = typename ps_pull_codec<I>::type;
-  static type make(const error_feedback<I>& c) { return ps_pull_codec<I>::make(c.inner()); }
+template <has_pull_codec C>
+struct ps_pull_codec<C> {
+  using type = decltype(pull_codec_of(std::declval<const C&>()));
+  static type make(const C& c) { return pull_codec_of(c); }
 };
 
 // Polling with a backoff: yield while the wait is young, then short, growing sleeps.
@@ -1302,6 +1298,10 @@ class parameter_server {
   std::vector<ps_update> log_;
   std::vector<lost_worker> lost_;
 };
+
+// The backend models Communicator over any codec and AsyncTransport that model their
+// concepts (checked with the least of each; comm/allreduce.hpp says why).
+static_assert(Communicator<parameter_server<detail::codec_archetype, detail::transport_archetype>>);
 
 }  // namespace v0
 }  // namespace gradcomm

@@ -4,8 +4,8 @@
 //   std::size_t n = gradcomm::dtype_size(gradcomm::dtype::f16);  // 2
 //
 // The 16- and 8-bit formats are storage types: a struct around the raw bits, so a
-// `bf16*` cannot be mistaken for a `uint16_t*` or a `float*`. Conversions live with
-// the cast codecs (codec/cast.hpp).
+// `bf16*` cannot be mistaken for a `uint16_t*` or a `float*`. Conversions are in
+// core/convert.hpp.
 #pragma once
 
 #include <gradcomm/core/config.hpp>

@@ -73,6 +73,10 @@ class local_world;
 /// timeout), gradcomm::error (invalid_argument) when the ranks' arguments disagree.
 class local_transport {
  public:
+  /// Destroying a request withdraws its whole group, sends included (transport trait T1,
+  /// transport/transport.hpp).
+  static constexpr bool withdraws_groups = true;
+
   /// An outstanding point-to-point group, returned by post(). Destroying it before
   /// wait() returned withdraws the operations that were not matched yet (and waits
   /// for copies in flight to finish, so its buffers may be freed afterwards).

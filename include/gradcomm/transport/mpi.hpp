@@ -33,7 +33,7 @@
 //  - Collectives are the non-blocking MPI-3 ones (MPI_Iallreduce, MPI_Iallgather(v),
 //    MPI_Ialltoall(v), MPI_Ibcast, MPI_Ibarrier) waited on with the same deadline. f16
 //    and bf16 sums use an MPI_Op of this transport on a 2-byte type: each combine
-//    widens to float, adds and rounds back to nearest even (codec/cast.hpp).
+//    widens to float, adds and rounds back to nearest even (core/convert.hpp).
 //  - All-reduces of 64 KiB and more on two ranks or more are this transport's own ring
 //    (reduce-scatter, then all-gather: 2(N-1) steps, each a send to the next rank and
 //    a receive from the previous one, in messages of at most 512 KiB so that reducing

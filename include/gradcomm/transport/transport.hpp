@@ -183,6 +183,53 @@ concept AsyncTransport = Transport<T> && requires(T& t, int tag, std::span<std::
   { t.recv_any(tag, buf) } -> std::same_as<recv_result>;
 };
 
+namespace detail {
+// The least a transport can be: models AsyncTransport and declares no trait. A
+// communicator's header instantiates itself with it (and codec_archetype, codec/codec.hpp)
+// to check that it models Communicator without naming a concrete transport. Its calls do
+// nothing; never run it.
+struct transport_archetype {
+  struct request {
+    std::size_t received(std::size_t) const noexcept { return 0; }
+  };
+  int rank() const noexcept { return 0; }
+  int size() const noexcept { return 1; }
+  std::chrono::milliseconds timeout() const noexcept { return {}; }
+  const traffic_counters& counters() const noexcept { return counters_; }
+  request post(std::span<const send_op>, std::span<const recv_op>) { return {}; }
+  void wait(request&) {}
+  bool test(request&) { return true; }
+  recv_result recv_any(int, std::span<std::byte>) { return {}; }
+  template <native_reduce_type E>
+  void allreduce(std::span<const E>, std::span<E>, reduce_op) {}
+  void allgather(std::span<const std::byte>, std::span<std::byte>) {}
+  void allgatherv(std::span<const std::byte>, std::span<std::byte>, std::span<const std::size_t>) {}
+  void alltoall(std::span<const std::byte>, std::span<std::byte>) {}
+  void alltoallv(std::span<const std::byte>, std::span<const std::size_t>, std::span<std::byte>,
+                 std::span<const std::size_t>) {}
+  void broadcast(std::span<std::byte>, int) {}
+  void barrier() {}
+  traffic_counters counters_;
+};
+static_assert(AsyncTransport<transport_archetype>);
+}  // namespace detail
+
+/// Transport traits: what a transport declares about itself, read by communicators
+/// through the names below (never by the transport's type). Each is optional:
+///
+///  T1. `static constexpr bool withdraws_groups = true;` when destroying a request
+///      withdraws all of its group, sends included, and returns only when the transport
+///      no longer touches the group's buffers (local_transport). Read by
+///      `transport_withdraws_groups<T>`; false when not declared (MPI cannot withdraw a
+///      send). Gossip then withdraws the exchanges it still holds open when it goes and
+///      frees their buffers, instead of keeping them until the program ends.
+///
+///   static_assert(gradcomm::transport_withdraws_groups<gradcomm::local_transport>);
+template <class T>
+inline constexpr bool transport_withdraws_groups = requires {
+  requires T::withdraws_groups;
+};
+
 /// Checks T against Transport one group at a time, each failure with its own
 /// sentence; true when T models it.
 ///

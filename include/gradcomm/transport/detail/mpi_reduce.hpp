@@ -7,7 +7,7 @@
 
 #if GRADCOMM_HAS_MPI
 
-#include <gradcomm/codec/cast.hpp>
+#include <gradcomm/core/convert.hpp>
 #include <gradcomm/core/dtype.hpp>
 #include <gradcomm/transport/detail/common.hpp>
 #include <gradcomm/transport/transport.hpp>

@@ -6,7 +6,9 @@ set(_gc_cf_cases
   "allreduce_not_a_codec|C must model gradcomm::Codec"
   "allreduce_not_a_transport|T must model gradcomm::Transport"
   "gossip_error_feedback|GossipCodec"
-  "parameter_server_without_recv_any|T must model gradcomm::AsyncTransport")
+  "parameter_server_without_recv_any|T must model gradcomm::AsyncTransport"
+  "device_view_on_host|a view's memory space must match its execution context"
+  "device_view_decode_add_on_host|a view's memory space must match its execution context")
 foreach(_case IN LISTS _gc_cf_cases)
   string(REPLACE "|" ";" _parts "${_case}")
   list(GET _parts 0 _name)
@@ -19,3 +21,20 @@ foreach(_case IN LISTS _gc_cf_cases)
   set_tests_properties(compile_fail.${_name} PROPERTIES
     LABELS compile_fail PASS_REGULAR_EXPRESSION "${_expect}")
 endforeach()
+
+# Under nvcc (GRADCOMM_CUDA_LANGUAGE), the refusals that name core/cuda/stream.cuh's
+# cuda_stream: compiled to an object file, since nvcc has no -fsyntax-only.
+if(GRADCOMM_CUDA_LANGUAGE)
+  set(_gc_cf_cuda_cases
+    "host_view_on_cuda_stream|a view's memory space must match its execution context")
+  foreach(_case IN LISTS _gc_cf_cuda_cases)
+    string(REPLACE "|" ";" _parts "${_case}")
+    list(GET _parts 0 _name)
+    list(GET _parts 1 _expect)
+    add_test(NAME compile_fail.${_name}
+             COMMAND ${CMAKE_CUDA_COMPILER} -std=c++20 -c -I${gradcomm_SOURCE_DIR}/include
+                     ${_gc_cf_dir}/${_name}.cu -o ${CMAKE_CURRENT_BINARY_DIR}/compile_fail_${_name}.o)
+    set_tests_properties(compile_fail.${_name} PROPERTIES
+      LABELS compile_fail PASS_REGULAR_EXPRESSION "${_expect}")
+  endforeach()
+endif()

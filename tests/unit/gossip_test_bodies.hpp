@@ -165,6 +165,15 @@ struct unflagged_identity {
   }
   void decode(std::span<const std::byte> p, gc::host_view<float> out) { c.decode(p, out); }
   void decode_add(std::span<const std::byte> p, gc::host_view<float> acc) { c.decode_add(p, acc); }
+  std::size_t encode(gc::host_context x, gc::host_view<const float> in, std::span<std::byte> out) {
+    return c.encode(x, in, out);
+  }
+  void decode(gc::host_context x, std::span<const std::byte> p, gc::host_view<float> out) {
+    c.decode(x, p, out);
+  }
+  void decode_add(gc::host_context x, std::span<const std::byte> p, gc::host_view<float> acc) {
+    c.decode_add(x, p, acc);
+  }
   gc::identity_codec c;
 };
 static_assert(gc::Codec<unflagged_identity> && !gc::lossless_codec<unflagged_identity>);

@@ -60,6 +60,11 @@ struct stateful_without_state {
   std::size_t encode(gc::host_view<const float>, std::span<std::byte>) { return 0; }
   void decode(std::span<const std::byte>, gc::host_view<float>) {}
   void decode_add(std::span<const std::byte>, gc::host_view<float>) {}
+  std::size_t encode(gc::host_context, gc::host_view<const float>, std::span<std::byte>) {
+    return 0;
+  }
+  void decode(gc::host_context, std::span<const std::byte>, gc::host_view<float>) {}
+  void decode_add(gc::host_context, std::span<const std::byte>, gc::host_view<float>) {}
 };
 static_assert(!gc::Codec<stateful_without_state>);
 

@@ -78,6 +78,15 @@ struct user_f32_codec {
   }
   void decode(std::span<const std::byte> p, gc::host_view<float> out) { c.decode(p, out); }
   void decode_add(std::span<const std::byte> p, gc::host_view<float> acc) { c.decode_add(p, acc); }
+  std::size_t encode(gc::host_context x, gc::host_view<const float> in, std::span<std::byte> out) {
+    return c.encode(x, in, out);
+  }
+  void decode(gc::host_context x, std::span<const std::byte> p, gc::host_view<float> out) {
+    c.decode(x, p, out);
+  }
+  void decode_add(gc::host_context x, std::span<const std::byte> p, gc::host_view<float> acc) {
+    c.decode_add(x, p, acc);
+  }
 };
 static_assert(gc::value_codec<user_f32_codec>);
 static_assert(gc::allreduce<user_f32_codec, gc::local_transport>::algorithm ==

@@ -83,6 +83,17 @@ class toy_sign_codec {
       acc[i] += gc::get_code(body, i, 1) ? -scale : scale;
     }
   }
+  // The context forms (Codec requirement 7): on_host is the host code above.
+  std::size_t encode(gc::host_context, gc::host_view<const float> in,
+                     std::span<std::byte> out) const {
+    return encode(in, out);
+  }
+  void decode(gc::host_context, std::span<const std::byte> p, gc::host_view<float> out) const {
+    decode(p, out);
+  }
+  void decode_add(gc::host_context, std::span<const std::byte> p, gc::host_view<float> acc) const {
+    decode_add(p, acc);
+  }
 
  private:
   static const std::byte* open(std::span<const std::byte> payload, std::size_t n, float& scale) {
@@ -588,6 +599,17 @@ struct unfused_sign {
   void decode(std::span<const std::byte> p, gc::host_view<float> out) const { c.decode(p, out); }
   void decode_add(std::span<const std::byte> p, gc::host_view<float> acc) const {
     c.decode_add(p, acc);
+  }
+  std::size_t encode(gc::host_context x, gc::host_view<const float> in,
+                     std::span<std::byte> out) const {
+    return c.encode(x, in, out);
+  }
+  void decode(gc::host_context x, std::span<const std::byte> p, gc::host_view<float> out) const {
+    c.decode(x, p, out);
+  }
+  void decode_add(gc::host_context x, std::span<const std::byte> p,
+                  gc::host_view<float> acc) const {
+    c.decode_add(x, p, acc);
   }
 };
 static_assert(gc::Codec<unfused_sign> && !gc::ResidualCodec<unfused_sign>);

@@ -283,6 +283,39 @@ TEST(PowerSgd, DecompressMayWriteOverItsInput) {
   EXPECT_EQ(saved(a), saved(b));
 }
 
+// Codec requirement 7: the on_host forms of encode, decode, decode_add and the three
+// rounds give the short forms' bytes, values and state, step after step.
+TEST(PowerSgd, OnHostFormsGiveTheShortFormsResults) {
+  constexpr std::size_t n = 32 * 24;
+  gc::powersgd_codec a({.rank = 2}), b({.rank = 2});
+  for (unsigned step = 0; step < 3; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    const auto g = gaussian(n, 20 + step);
+    std::vector<std::byte> wa(a.max_encoded_bytes(n)), wb(b.max_encoded_bytes(n));
+    wa.resize(a.encode(g, wa));
+    wb.resize(b.encode(gc::on_host, g, wb));
+    ASSERT_EQ(wa, wb);
+    std::vector<float> da(n), db(n), sa = gaussian(n, 5), sb = sa;
+    a.decode(wa, da);
+    b.decode(gc::on_host, wb, db);
+    EXPECT_EQ(std::memcmp(da.data(), db.data(), 4 * n), 0);
+    a.decode_add(wa, sa);
+    b.decode_add(gc::on_host, wb, sb);
+    EXPECT_EQ(std::memcmp(sa.data(), sb.data(), 4 * n), 0);
+
+    std::vector<float> pa(a.p_floats(n)), qa(a.q_floats(n)), oa(n);
+    auto pb = pa, qb = qa, ob = oa;
+    a.compute_p(g, pa);
+    b.compute_p(gc::on_host, g, pb);
+    a.compute_q(g, pa, qa);
+    b.compute_q(gc::on_host, g, pb, qb);
+    a.decompress(g, pa, qa, oa);
+    b.decompress(gc::on_host, g, pb, qb, ob);
+    EXPECT_EQ(std::memcmp(oa.data(), ob.data(), 4 * n), 0);
+    EXPECT_EQ(saved(a), saved(b));
+  }
+}
+
 TEST(PowerSgd, RoundsOutOfTurnOrOfTheWrongSizeThrow) {
   constexpr std::size_t n = 20 * 30;
   gc::powersgd_codec c({.rank = 2, .rows = 20, .cols = 30});

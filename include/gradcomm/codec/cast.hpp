@@ -153,6 +153,21 @@ class cast_codec {
     decode_adding(body, acc.data(), acc.size());
   }
 
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// (codec.hpp, Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    decode_add(payload, host_output(ctx, acc));
+  }
+
  private:
   // The loops live apart, with restrict pointers (the payload is bytes, which may alias
   // anything), and have AVX2 clones chosen at run time (detail/cpu_dispatch.hpp).

@@ -5,9 +5,11 @@
 //   std::vector<std::byte> wire(c.max_encoded_bytes(g.size()));
 //   wire.resize(c.encode(g, wire));   // g: std::vector<float>
 //   c.decode_add(wire, sum);          // sum += decode(wire)
+//   c.encode(gradcomm::on_host, g, wire);   // the same call, its execution context first
 #pragma once
 
 #include <gradcomm/core/config.hpp>
+#include <gradcomm/core/execution.hpp>
 #include <gradcomm/core/tensor.hpp>
 #include <gradcomm/core/wire.hpp>
 
@@ -71,6 +73,52 @@ concept StochasticCodec = requires(C& c, const C& cc, stream_key k) {
   { cc.stream() } -> std::convertible_to<stream_key>;
 };
 
+namespace detail {
+// The memory space of what a codec call is handed: a view's own; host for the containers
+// that convert to host views.
+template <class V>
+inline constexpr memory_space space_of = memory_space::host;
+template <class T, memory_space S>
+inline constexpr memory_space space_of<tensor_view<T, S>> = S;
+
+// Refuses, at compile time and with a sentence, a view whose memory space is not its
+// context's, and any context but on_host (the only one a codec runs on today).
+template <class T, class Ctx, class V>
+constexpr host_view<T> host_view_under(V&& v) {
+  using view = std::remove_cvref_t<V>;
+  if constexpr (space_of<view> != Ctx::space) {
+    static_assert(space_of<view> == Ctx::space,
+                  "a view's memory space must match its execution context: on_host takes host "
+                  "views (host_view, std::vector), a cuda_stream takes device views (device_view)");
+    return {};
+  } else if constexpr (!std::same_as<Ctx, host_context>) {
+    static_assert(std::same_as<Ctx, host_context>,
+                  "gradcomm codecs run on the host only for now: pass gradcomm::on_host (the "
+                  "cuda_stream paths come with the CUDA kernels)");
+    return {};
+  } else {
+    return host_view<T>(v);
+  }
+}
+}  // namespace detail
+
+/// The host view that a codec's context form reads: `in` (a host_view or a host container)
+/// under `ctx`. A view in another memory space than ctx's, or a context other than
+/// on_host, does not compile and says why (Codec requirement 7).
+///
+///   std::size_t encode(ExecutionContext auto ctx, auto&& in, std::span<std::byte> out) const {
+///     return encode(gradcomm::host_input(ctx, in), out);
+///   }
+template <ExecutionContext Ctx, class V>
+constexpr host_view<const float> host_input(Ctx, const V& in) {
+  return detail::host_view_under<const float, Ctx>(in);
+}
+/// The host view that a codec's context form writes (decode's out, decode_add's acc).
+template <ExecutionContext Ctx, class V>
+constexpr host_view<float> host_output(Ctx, V&& out) {
+  return detail::host_view_under<float, Ctx>(out);
+}
+
 /// Codec<C>: a compressor of f32 gradients. Requirements:
 ///  1. `C::value_type` is float (the element type of the uncompressed tensor);
 ///  2. `C::traits` is a constexpr `codec_traits`; `C::id` a constexpr `codec_id`;
@@ -83,7 +131,18 @@ concept StochasticCodec = requires(C& c, const C& cc, stream_key k) {
 ///     reduction); both throw gradcomm::decode_error naming the defect for any
 ///     malformed payload and never touch memory outside `payload` and `out`;
 ///  6. if `C::traits.stateful`: `c.state_bytes()`, `c.save_state(out) -> size_t`
-///     and `c.load_state(bytes)` round-trip the state (checkpoints).
+///     and `c.load_state(bytes)` round-trip the state (checkpoints);
+///  7. every call that touches tensor memory also takes an execution context
+///     (core/execution.hpp) first: `c.encode(ctx, in, out)`, `c.decode(ctx, payload, out)`,
+///     `c.decode_add(ctx, payload, acc)`, with the same result byte for byte. A view whose
+///     memory space is not the context's does not compile (host_input / host_output say
+///     why). Today only `on_host` is accepted (it finishes before returning); the short
+///     forms of 4 and 5, without a context, are the host calls and mean `on_host`. A
+///     wrapper (error feedback, DGC) hands its context on to its inner codec;
+///  8. optional: `cc.workspace_bytes(n)`, the caller-owned scratch (bytes) a call on n
+///     elements needs, asked before the call as with CUB's two-phase calls. Read through
+///     `gradcomm::workspace_bytes(c, n)`, which is 0 where a codec declares none. No
+///     codec declares it yet: their host paths keep their scratch in the codec object.
 template <class C>
 concept Codec = std::same_as<typename C::value_type, float> &&
     std::same_as<std::remove_cv_t<decltype(C::traits)>, codec_traits> &&
@@ -94,6 +153,9 @@ concept Codec = std::same_as<typename C::value_type, float> &&
   { c.encode(in, buf) } -> std::same_as<std::size_t>;
   c.decode(payload, out);
   c.decode_add(payload, out);
+  { c.encode(on_host, in, buf) } -> std::same_as<std::size_t>;
+  c.decode(on_host, payload, out);
+  c.decode_add(on_host, payload, out);
 } &&(!C::traits.stateful ||
      requires(C & c, std::span<std::byte> buf, std::span<const std::byte> bytes) {
        { c.state_bytes() } -> std::same_as<std::size_t>;
@@ -113,6 +175,9 @@ struct codec_archetype {
   std::size_t encode(host_view<const float>, std::span<std::byte>) { return 0; }
   void decode(std::span<const std::byte>, host_view<float>) {}
   void decode_add(std::span<const std::byte>, host_view<float>) {}
+  std::size_t encode(host_context, host_view<const float>, std::span<std::byte>) { return 0; }
+  void decode(host_context, std::span<const std::byte>, host_view<float>) {}
+  void decode_add(host_context, std::span<const std::byte>, host_view<float>) {}
 };
 static_assert(Codec<codec_archetype>);
 }  // namespace detail
@@ -215,6 +280,20 @@ double residual_norm_of(const C& c) {
     return 0.0;
 }
 
+/// Requirement 8: the caller-owned scratch, in bytes, that c's calls on n elements need;
+/// 0 where C declares no `workspace_bytes(n)`.
+///
+///   std::vector<std::byte> scratch(gradcomm::workspace_bytes(codec, g.size()));
+template <class C>
+std::size_t workspace_bytes(const C& c, std::size_t n) {
+  if constexpr (requires {
+                  { c.workspace_bytes(n) } -> std::convertible_to<std::size_t>;
+                })
+    return c.workspace_bytes(n);
+  else
+    return 0;
+}
+
 /// TwoRoundCodec<C>: a Codec with `traits.two_round` whose encoding a communicator
 /// runs as two reductions over caller-owned f32 buffers (PowerSGD). Every worker, in
 /// the same order:
@@ -226,7 +305,9 @@ double residual_norm_of(const C& c) {
 ///  5. `c.decompress(in, p, q, out)` writes the summed low-rank tensor into out
 ///     (which may be `in` itself) and ends the step (error feedback, warm start).
 /// `in` holds the same values in steps 1, 3 and 5. Every worker ends with bitwise
-/// the same `out`.
+/// the same `out`. Each step also takes an execution context first (Codec requirement
+/// 7): `c.compute_p(on_host, in, p)`, `c.compute_q(on_host, in, p, q)`,
+/// `c.decompress(on_host, in, p, q, out)`.
 ///
 ///   codec.compute_p(g, p);   allreduce_sum(p);
 ///   codec.compute_q(g, p, q); allreduce_sum(q);
@@ -241,6 +322,9 @@ concept TwoRoundCodec = Codec<C> && C::traits.two_round&& requires(C& c, const C
   c.compute_p(in, buf);
   c.compute_q(in, buf, buf);
   c.decompress(in, cbuf, cbuf, buf);
+  c.compute_p(on_host, in, buf);
+  c.compute_q(on_host, in, buf, buf);
+  c.decompress(on_host, in, cbuf, cbuf, buf);
 };
 
 }  // namespace v0

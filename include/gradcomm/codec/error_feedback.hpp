@@ -205,6 +205,16 @@ class error_feedback {
   /// codec's policy) is set to zero: it is not a debt that can be paid, and it would
   /// poison every later step.
   std::size_t encode(host_view<const float> in, std::span<std::byte> out) {
+    return encode(on_host, in, out);
+  }
+  /// encode under an execution context, which the inner codec's calls get too (codec.hpp,
+  /// Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
+    return encode(ctx, host_input(ctx, in), out);
+  }
+  /// The host implementation of both forms of encode.
+  std::size_t encode(host_context ctx, host_view<const float> in, std::span<std::byte> out) {
     const std::size_t n = in.size();
     const bool first = !sized_;
     if (first) {
@@ -235,7 +245,7 @@ class error_feedback {
     for (std::size_t i = 0; i < n; ++i) t[i] = g[i] + e[i];
     std::size_t bytes = 0;
     try {
-      bytes = inner_.encode(host_view<const float>(t, n), out);
+      bytes = inner_.encode(ctx, host_view<const float>(t, n), out);
     } catch (...) {
       if (first) reset();  // as before the call: unsized
       throw;
@@ -243,7 +253,7 @@ class error_feedback {
     // D(C(g + e)) lands in the residual's storage, then becomes the residual: no second
     // buffer of n.
     try {
-      inner_.decode(std::span<const std::byte>(out.data(), bytes), host_view<float>(e, n));
+      inner_.decode(ctx, std::span<const std::byte>(out.data(), bytes), host_view<float>(e, n));
     } catch (...) {
       // The inner codec rejected its own bytes (a bug there). The caller sends nothing,
       // so all of g + e is still owed.
@@ -261,6 +271,15 @@ class error_feedback {
   /// The inner codec's decode_add.
   void decode_add(std::span<const std::byte> payload, host_view<float> acc) const {
     inner_.decode_add(payload, acc);
+  }
+  /// The inner codec's decode and decode_add under the same context.
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    inner_.decode(ctx, payload, std::forward<Out>(out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    inner_.decode_add(ctx, payload, std::forward<Acc>(acc));
   }
 
   /// Forwards the random stream's key to a stochastic inner codec.

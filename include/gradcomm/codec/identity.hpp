@@ -71,6 +71,21 @@ class identity_codec {
     }
   }
 
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// (codec.hpp, Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    decode_add(payload, host_output(ctx, acc));
+  }
+
  private:
   static const std::byte* open(std::span<const std::byte> payload, std::size_t n,
                                const char* call) {

@@ -958,6 +958,21 @@ class powersgd_codec {
     decode_into<true>(payload, acc, "powersgd_codec::decode_add");
   }
 
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// (codec.hpp, Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    decode_add(payload, host_output(ctx, acc));
+  }
+
   // ---- many workers: the round API (TwoRoundCodec) ------------------------------------
 
   /// Round 1: p (p_floats(n) floats) = (in + e) Q, from the warm start; where n goes
@@ -1045,6 +1060,21 @@ class powersgd_codec {
     }
     ++steps_;
     phase_ = phase::idle;
+  }
+
+  /// The three rounds under an execution context, with the same results (codec.hpp,
+  /// TwoRoundCodec; only on_host today).
+  template <ExecutionContext Ctx, class In, class P>
+  void compute_p(Ctx ctx, const In& in, P&& p) {
+    compute_p(host_input(ctx, in), host_output(ctx, p));
+  }
+  template <ExecutionContext Ctx, class In, class P, class Q>
+  void compute_q(Ctx ctx, const In& in, P&& p, Q&& q) {
+    compute_q(host_input(ctx, in), host_output(ctx, p), host_output(ctx, q));
+  }
+  template <ExecutionContext Ctx, class In, class P, class Q, class Out>
+  void decompress(Ctx ctx, const In& in, const P& p, const Q& q, Out&& out) {
+    decompress(host_input(ctx, in), host_input(ctx, p), host_input(ctx, q), host_output(ctx, out));
   }
 
   // ---- checkpoints ------------------------------------------------------------------

@@ -647,6 +647,21 @@ class threshold_codec {
     detail::sparse_decode<true>(payload, id, acc, "threshold_codec::decode_add");
   }
 
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// (codec.hpp, Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    decode_add(payload, host_output(ctx, acc));
+  }
+
  private:
   threshold_params p_;
   float last_ = 0.0f;
@@ -728,6 +743,21 @@ class topk_codec {
   /// acc[i] += value at every index i of the payload, nothing elsewhere.
   void decode_add(std::span<const std::byte> payload, host_view<float> acc) const {
     detail::sparse_decode<true>(payload, id, acc, "topk_codec::decode_add");
+  }
+
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// (codec.hpp, Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    decode_add(payload, host_output(ctx, acc));
   }
 
  private:
@@ -852,6 +882,21 @@ class approx_topk_codec {
   /// acc[i] += value at every index i of the payload, nothing elsewhere.
   void decode_add(std::span<const std::byte> payload, host_view<float> acc) const {
     detail::sparse_decode<true>(payload, id, acc, "approx_topk_codec::decode_add");
+  }
+
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// (codec.hpp, Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    decode_add(payload, host_output(ctx, acc));
   }
 
  private:
@@ -1095,6 +1140,21 @@ class randomk_codec {
     run<true>(payload, acc, "randomk_codec::decode_add");
   }
 
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// (codec.hpp, Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    decode_add(payload, host_output(ctx, acc));
+  }
+
  private:
   template <bool Add>
   static void run(std::span<const std::byte> payload, host_view<float> out, const char* call) {
@@ -1327,6 +1387,16 @@ class dgc_memory {
   /// sized state, and whatever Inner's encode throws (a nonfinite value); the state is
   /// unchanged then.
   std::size_t encode(host_view<const float> in, std::span<std::byte> out) {
+    return encode(on_host, in, out);
+  }
+  /// encode under an execution context, which the inner codec's calls get too (codec.hpp,
+  /// Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
+    return encode(ctx, host_input(ctx, in), out);
+  }
+  /// The host implementation of both forms of encode.
+  std::size_t encode(host_context ctx, host_view<const float> in, std::span<std::byte> out) {
     constexpr const char* call = "dgc_memory::encode";
     const std::size_t n = in.size();
     detail::sparse_check_out(max_encoded_bytes(n), out.size(), call);
@@ -1360,13 +1430,13 @@ class dgc_memory {
     }
     std::size_t bytes = 0;
     try {
-      bytes = inner_.encode(host_view<const float>(b, n), out);
+      bytes = inner_.encode(ctx, host_view<const float>(b, n), out);
     } catch (...) {
       if (first) reset();
       throw;
     }
     try {
-      inner_.decode(std::span<const std::byte>(out.data(), bytes), host_view<float>(v, n));
+      inner_.decode(ctx, std::span<const std::byte>(out.data(), bytes), host_view<float>(v, n));
     } catch (...) {
       // Inner rejected its own bytes (a bug there): nothing is sent, all of it is owed.
       std::copy(b, b + n, v);
@@ -1391,6 +1461,15 @@ class dgc_memory {
   /// Inner's decode_add.
   void decode_add(std::span<const std::byte> payload, host_view<float> acc) const {
     inner_.decode_add(payload, acc);
+  }
+  /// The inner codec's decode and decode_add under the same context.
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    inner_.decode(ctx, payload, std::forward<Out>(out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    inner_.decode_add(ctx, payload, std::forward<Acc>(acc));
   }
 
   /// Forwards the random stream's key to a stochastic Inner.

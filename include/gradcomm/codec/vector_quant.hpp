@@ -993,6 +993,25 @@ class vector_quant_codec {
     decode_impl<true>(payload, acc, "vector_quant_codec::decode_add");
   }
 
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// (codec.hpp, Codec requirement 7; only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const requires(!learned) {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) requires(learned) {
+    return encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    decode_add(payload, host_output(ctx, acc));
+  }
+
   // ---- state (learned codebook) ------------------------------------------------------
   //
   //   offset  0  u32  magic 0x51564347 ("GCVQ")

@@ -10,17 +10,30 @@
 #pragma once
 
 #include <gradcomm/core/config.hpp>
+#include <gradcomm/core/tensor.hpp>
+
+#include <concepts>
 
 namespace gradcomm {
 inline namespace v0 {
 
 /// The host execution context: the calling thread does the work.
 struct host_context {
+  /// The memory its calls read and write: a view given with it must be a host view.
+  static constexpr memory_space space = memory_space::host;
   friend constexpr bool operator==(host_context, host_context) noexcept { return true; }
 };
 
 /// The one host context value.
 inline constexpr host_context on_host{};
+
+/// ExecutionContext<Ctx>: a context a call may take; `Ctx::space` is the memory its
+/// work reads and writes (host_context: host; cuda_stream: device).
+template <class Ctx>
+concept ExecutionContext = requires {
+  { Ctx::space } -> std::convertible_to<memory_space>;
+};
+static_assert(ExecutionContext<host_context>);
 
 }  // namespace v0
 }  // namespace gradcomm

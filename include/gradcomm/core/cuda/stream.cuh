@@ -22,11 +22,16 @@ inline namespace v0 {
 
 /// Device work goes on `stream` (0 is the legacy default stream).
 struct cuda_stream {
+  /// The memory its calls read and write: a view given with it must be a device view.
+  static constexpr memory_space space = memory_space::device;
+
   cudaStream_t stream = nullptr;
 
   /// Blocks until everything enqueued so far has finished (not for the hot path).
   void synchronize() const { GRADCOMM_CUDA_CHECK(cudaStreamSynchronize(stream)); }
 };
+
+static_assert(ExecutionContext<cuda_stream>);
 
 }  // namespace v0
 }  // namespace gradcomm

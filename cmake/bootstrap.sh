@@ -3,7 +3,8 @@
 # configures and builds, then runs what was asked.
 #
 #   sh cmake/bootstrap.sh example   # build, then train the example (examples/data_parallel)
-#   sh cmake/bootstrap.sh test      # build, then run the whole test suite (CI)
+#   sh cmake/bootstrap.sh test      # build, then run the whole test suite (CI), then the
+#                                   # unit and MPI tests under ASan + UBSan (GCC and clang)
 #
 # Works on a fresh Debian 12 machine as root (or with sudo). CUDA and NCCL are
 # not Debian packages this script installs: where a toolkit is present (e.g.
@@ -63,5 +64,13 @@ case "$mode" in
     # and 8-bit with error feedback side by side (about 30 s on 2 cores).
     "$build/examples/gradcomm_selfcheck"
     exec "$build/examples/gradcomm_data_parallel" ;;
-  test) exec ctest --test-dir "$build" --output-on-failure -j "$jobs" ;;
+  test)
+    ctest --test-dir "$build" --output-on-failure -j "$jobs"
+    # Then the unit and MPI tests again under AddressSanitizer and UndefinedBehaviorSanitizer
+    # (label "sanitize"), built by GCC and by clang in build folders of their own
+    # (tests/sanitize.sh). GRADCOMM_SANITIZE_WITH=gcc|clang|both|none picks (default both).
+    case "${GRADCOMM_SANITIZE_WITH:-both}" in
+      none) ;;
+      *) JOBS=$jobs sh tests/sanitize.sh "${GRADCOMM_SANITIZE_WITH:-both}" ;;
+    esac ;;
 esac

@@ -61,7 +61,8 @@ bool same_on_all_ranks(const std::vector<float>& mine) {
   std::vector<float> all(mine.size() * uz(s.size()));
   s.allgather(std::as_bytes(std::span(mine)), std::as_writable_bytes(std::span(all)));
   for (int r = 1; r < s.size(); ++r)
-    if (std::memcmp(all.data(), all.data() + uz(r) * mine.size(), mine.size() * 4) != 0)
+    if (!mine.empty() &&
+        std::memcmp(all.data(), all.data() + uz(r) * mine.size(), mine.size() * 4) != 0)
       return false;
   return true;
 }

@@ -464,7 +464,8 @@ ef_step unfused_step(const gc::sign_codec& c, const std::vector<float>& g,
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), 4 * a.size()) == 0;
+  // memcmp of an empty vector's null pointer is undefined (UBSan says so).
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), 4 * a.size()) == 0);
 }
 
 }  // namespace

@@ -98,7 +98,7 @@ GRADCOMM_HD inline bool is_nonfinite(float v) noexcept {
 ///   c.encode(g, wire);
 ///   c.decode_add(wire, sum);
 template <dtype To>
-class cast_codec {
+class cast_codec : public host_codec_calls<cast_codec<To>> {
   using storage = detail::cast_storage<To>;
   using element = typename storage::type;
 
@@ -153,20 +153,11 @@ class cast_codec {
     decode_adding(body, acc.data(), acc.size());
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<cast_codec>::encode;
+  using host_codec_calls<cast_codec>::decode;
+  using host_codec_calls<cast_codec>::decode_add;
 
  private:
   // The loops live apart, with restrict pointers (the payload is bytes, which may alias

@@ -119,6 +119,42 @@ constexpr host_view<float> host_output(Ctx, V&& out) {
   return detail::host_view_under<float, Ctx>(out);
 }
 
+/// The context forms of Codec requirement 7 for a codec whose calls run on the host, written
+/// once: the codec derives from host_codec_calls<itself> and brings them in beside its own
+/// short forms (which would hide them otherwise).
+///
+///   class my_codec : public gradcomm::host_codec_calls<my_codec> {
+///    public:
+///     using host_codec_calls<my_codec>::encode;  // and ::decode, ::decode_add
+///     std::size_t encode(gradcomm::host_view<const float> in, std::span<std::byte> out) const;
+///   };
+template <class Derived>
+class host_codec_calls {
+ public:
+  /// encode, decode and decode_add under an execution context: the same bytes and values
+  /// as the short forms (only on_host today).
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
+    return self().encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class In>
+  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
+    return self().encode(host_input(ctx, in), out);
+  }
+  template <ExecutionContext Ctx, class Out>
+  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
+    self().decode(payload, host_output(ctx, out));
+  }
+  template <ExecutionContext Ctx, class Acc>
+  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
+    self().decode_add(payload, host_output(ctx, acc));
+  }
+
+ private:
+  Derived& self() noexcept { return static_cast<Derived&>(*this); }
+  const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
+};
+
 /// Codec<C>: a compressor of f32 gradients. Requirements:
 ///  1. `C::value_type` is float (the element type of the uncompressed tensor);
 ///  2. `C::traits` is a constexpr `codec_traits`; `C::id` a constexpr `codec_id`;

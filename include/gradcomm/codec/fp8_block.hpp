@@ -191,7 +191,7 @@ GRADCOMM_HD inline void fp8_block_decode(std::uint8_t code, const std::uint8_t* 
 ///   std::vector<std::byte> wire(c.max_encoded_bytes(n));
 ///   c.encode(g, wire);
 ///   c.decode(wire, out);  // |out[i] − g[i]| ≤ 2^-3 |g[i]| below the block's clipping
-class fp8_block_codec {
+class fp8_block_codec : public host_codec_calls<fp8_block_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = true, .stateful = false};
@@ -251,20 +251,11 @@ class fp8_block_codec {
     decode_impl<true>(payload, acc, "fp8_block_codec::decode_add");
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<fp8_block_codec>::encode;
+  using host_codec_calls<fp8_block_codec>::decode;
+  using host_codec_calls<fp8_block_codec>::decode_add;
 
   // ---- the loops, with AVX2 clones chosen at run time (detail/cpu_dispatch.hpp) ----------
 

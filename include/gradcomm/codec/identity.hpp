@@ -27,7 +27,7 @@ inline namespace v0 {
 /// they are: there is no format limit to protect.
 ///
 ///   gradcomm::allreduce<gradcomm::identity_codec, gradcomm::local_transport> ar(t, {});
-class identity_codec {
+class identity_codec : public host_codec_calls<identity_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = true, .fixed_size = true, .stateful = false};
@@ -71,20 +71,11 @@ class identity_codec {
     }
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<identity_codec>::encode;
+  using host_codec_calls<identity_codec>::decode;
+  using host_codec_calls<identity_codec>::decode_add;
 
  private:
   static const std::byte* open(std::span<const std::byte> payload, std::size_t n,

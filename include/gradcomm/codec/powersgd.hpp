@@ -742,7 +742,7 @@ std::size_t psgd_first_unsendable(const Src* p, std::size_t n) noexcept {
 ///   std::vector<std::byte> wire(c.max_encoded_bytes(g.size()));
 ///   wire.resize(c.encode(g, wire));
 ///   c.decode_add(wire, sum);                          // sum += P̂ Qᵀ
-class powersgd_codec {
+class powersgd_codec : public host_codec_calls<powersgd_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{
@@ -958,20 +958,11 @@ class powersgd_codec {
     decode_into<true>(payload, acc, "powersgd_codec::decode_add");
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<powersgd_codec>::encode;
+  using host_codec_calls<powersgd_codec>::decode;
+  using host_codec_calls<powersgd_codec>::decode_add;
 
   // ---- many workers: the round API (TwoRoundCodec) ------------------------------------
 

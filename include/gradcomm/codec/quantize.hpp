@@ -949,7 +949,7 @@ inline quant_body open_block_only(std::span<const std::byte> payload, std::size_
 ///   std::vector<std::byte> wire(q.max_encoded_bytes(n));
 ///   wire.resize(q.encode(g, wire));
 ///   q.decode(wire, out);  // |out[i] − g[i]| <= step / 2 of i's block
-class scalar_quant_codec {
+class scalar_quant_codec : public host_codec_calls<scalar_quant_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = true, .stateful = false};
@@ -1014,20 +1014,11 @@ class scalar_quant_codec {
                          acc.size(), true);
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<scalar_quant_codec>::encode;
+  using host_codec_calls<scalar_quant_codec>::decode;
+  using host_codec_calls<scalar_quant_codec>::decode_add;
 
  private:
   static detail::quant_body open(std::span<const std::byte> payload, std::size_t n,

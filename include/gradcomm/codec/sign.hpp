@@ -298,7 +298,7 @@ inline void sign_ef_encode_isa(const sign_ef_job& j, cpu_isa isa) {
 ///   std::vector<std::byte> wire(s.max_encoded_bytes(n));  // about n / 8 + n / 128 bytes
 ///   wire.resize(s.encode(g, wire));
 ///   s.decode(wire, out);
-class sign_codec {
+class sign_codec : public host_codec_calls<sign_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = true, .stateful = false};
@@ -384,20 +384,11 @@ class sign_codec {
         acc.size(), true);
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<sign_codec>::encode;
+  using host_codec_calls<sign_codec>::decode;
+  using host_codec_calls<sign_codec>::decode_add;
 
  private:
   std::uint32_t block_;
@@ -411,7 +402,7 @@ class sign_codec {
 ///   t.set_stream({.seed = 1, .step = it, .rank = r, .bucket = b});
 ///   wire.resize(t.encode(g, wire));
 ///   t.decode_add(wire, sum);
-class ternary_codec {
+class ternary_codec : public host_codec_calls<ternary_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = true, .stateful = false};
@@ -460,20 +451,11 @@ class ternary_codec {
         acc.data(), acc.size(), true);
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<ternary_codec>::encode;
+  using host_codec_calls<ternary_codec>::decode;
+  using host_codec_calls<ternary_codec>::decode_add;
 
  private:
   std::uint32_t block_;

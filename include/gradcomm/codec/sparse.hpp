@@ -575,7 +575,7 @@ struct threshold_params {
 ///   std::vector<std::byte> wire(c.max_encoded_bytes(n));  // k can be n: 4.125 n + 36 bytes
 ///   wire.resize(c.encode(g, wire));
 ///   c.decode(wire, out);  // g where |g| > τ, 0 elsewhere
-class threshold_codec {
+class threshold_codec : public host_codec_calls<threshold_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = false};
@@ -647,20 +647,11 @@ class threshold_codec {
     detail::sparse_decode<true>(payload, id, acc, "threshold_codec::decode_add");
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<threshold_codec>::encode;
+  using host_codec_calls<threshold_codec>::decode;
+  using host_codec_calls<threshold_codec>::decode_add;
 
  private:
   threshold_params p_;
@@ -692,7 +683,7 @@ struct topk_params {
 ///   gradcomm::error_feedback<gradcomm::topk_codec> ef(gradcomm::topk_codec({.ratio = 0.01}));
 ///   std::vector<std::byte> wire(ef.max_encoded_bytes(n));
 ///   wire.resize(ef.encode(g, wire));  // what is not sent waits in the residual
-class topk_codec {
+class topk_codec : public host_codec_calls<topk_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = false};
@@ -745,20 +736,11 @@ class topk_codec {
     detail::sparse_decode<true>(payload, id, acc, "topk_codec::decode_add");
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<topk_codec>::encode;
+  using host_codec_calls<topk_codec>::decode;
+  using host_codec_calls<topk_codec>::decode_add;
 
  private:
   topk_params p_;
@@ -788,7 +770,7 @@ struct approx_topk_params {
 ///   std::vector<std::byte> wire(c.max_encoded_bytes(n));
 ///   wire.resize(c.encode(g, wire));
 ///   auto [lo, hi] = c.count_bounds(n);  // lo <= inspect_sparse(wire).selected <= hi
-class approx_topk_codec {
+class approx_topk_codec : public host_codec_calls<approx_topk_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = false};
@@ -884,20 +866,11 @@ class approx_topk_codec {
     detail::sparse_decode<true>(payload, id, acc, "approx_topk_codec::decode_add");
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<approx_topk_codec>::encode;
+  using host_codec_calls<approx_topk_codec>::decode;
+  using host_codec_calls<approx_topk_codec>::decode_add;
 
  private:
   std::pair<std::size_t, std::size_t> bounds(std::size_t n, double ratio) const noexcept {
@@ -1042,7 +1015,7 @@ inline void randomk_indices(std::uint64_t n, std::uint64_t k, const stream_key& 
 ///   std::vector<std::byte> wire(c.max_encoded_bytes(n));
 ///   wire.resize(c.encode(g, wire));
 ///   c.decode_add(wire, sum);  // the decoder needs no key: the payload has it
-class randomk_codec {
+class randomk_codec : public host_codec_calls<randomk_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = true, .stateful = false};
@@ -1140,20 +1113,11 @@ class randomk_codec {
     run<true>(payload, acc, "randomk_codec::decode_add");
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<randomk_codec>::encode;
+  using host_codec_calls<randomk_codec>::decode;
+  using host_codec_calls<randomk_codec>::decode_add;
 
  private:
   template <bool Add>

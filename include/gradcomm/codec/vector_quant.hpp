@@ -896,7 +896,7 @@ void vq_lloyd(const float* samples, std::size_t m, unsigned iterations, vq_tree&
 ///   c.encode(g, wire);
 ///   c.decode(wire, out);
 template <vq_codebook Kind = vq_codebook::gaussian>
-class vector_quant_codec {
+class vector_quant_codec : public host_codec_calls<vector_quant_codec<Kind>> {
   static constexpr bool learned = Kind == vq_codebook::learned;
 
  public:
@@ -993,24 +993,11 @@ class vector_quant_codec {
     decode_impl<true>(payload, acc, "vector_quant_codec::decode_add");
   }
 
-  /// encode, decode and decode_add under an execution context: the same bytes and values
-  /// (codec.hpp, Codec requirement 7; only on_host today).
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) const requires(!learned) {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class In>
-  std::size_t encode(Ctx ctx, const In& in, std::span<std::byte> out) requires(learned) {
-    return encode(host_input(ctx, in), out);
-  }
-  template <ExecutionContext Ctx, class Out>
-  void decode(Ctx ctx, std::span<const std::byte> payload, Out&& out) const {
-    decode(payload, host_output(ctx, out));
-  }
-  template <ExecutionContext Ctx, class Acc>
-  void decode_add(Ctx ctx, std::span<const std::byte> payload, Acc&& acc) const {
-    decode_add(payload, host_output(ctx, acc));
-  }
+  /// encode, decode and decode_add under an execution context (codec.hpp, Codec
+  /// requirement 7; only on_host today): host_codec_calls.
+  using host_codec_calls<vector_quant_codec>::encode;
+  using host_codec_calls<vector_quant_codec>::decode;
+  using host_codec_calls<vector_quant_codec>::decode_add;
 
   // ---- state (learned codebook) ------------------------------------------------------
   //

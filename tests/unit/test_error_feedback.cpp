@@ -439,7 +439,7 @@ TEST(ErrorFeedbackEncode, FailedEncodeLeavesTheResidual) {
 }
 
 TEST(ErrorFeedbackEncode, NonFiniteResidualIsDropped) {
-  gc::error_feedback<gc::bf16_codec> ef(gc::bf16_codec(gc::nonfinite_policy::pass));
+  gc::error_feedback<gc::bf16_codec> ef{gc::bf16_codec(gc::nonfinite_policy::pass)};
   std::vector<float> g{1.1f, std::numeric_limits<float>::infinity(), std::nanf(""), -3.3f};
   encode_one(ef, g);
   EXPECT_EQ(ef.residual()[1], 0.0f);

@@ -32,6 +32,7 @@
 #include <gradcomm/codec/detail/philox_fill.hpp>
 #include <gradcomm/core/bitpack.hpp>
 #include <gradcomm/core/config.hpp>
+#include <gradcomm/core/convert.hpp>
 #include <gradcomm/core/dtype.hpp>
 #include <gradcomm/core/error.hpp>
 #include <gradcomm/core/philox.hpp>
@@ -79,19 +80,6 @@ struct scalar_quant_params {
   nonfinite_policy nonfinite = nonfinite_policy::reject;  ///< `pass` acts as `reject`
 };
 
-namespace detail {
-GRADCOMM_HD inline std::uint32_t float_to_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-GRADCOMM_HD inline float bits_to_float(std::uint32_t u) noexcept {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-}  // namespace detail
-
 /// The largest |q| of b-bit codes: 2^(b-1) - 1 for b >= 2; 1 for b = 1 (q = ±1).
 ///
 ///   static_assert(gradcomm::scalar_quant_qmax(8) == 127);
@@ -112,9 +100,9 @@ GRADCOMM_HD inline float scalar_quant_step(float scale, unsigned bits) noexcept 
   const double want = static_cast<double>(scale);
   float f = static_cast<float>(want / qmax);
   // f × qmax is exact in double (24 + 7 bits): the comparisons are exact.
-  if (static_cast<double>(f) * qmax < want) f = detail::bits_to_float(detail::float_to_bits(f) + 1);
+  if (static_cast<double>(f) * qmax < want) f = detail::bits_float(detail::float_bits(f) + 1);
   if (static_cast<double>(f) * qmax > 3.4028234663852886e38) {
-    f = detail::bits_to_float(detail::float_to_bits(f) - 1);
+    f = detail::bits_float(detail::float_bits(f) - 1);
   }
   return f;
 }
@@ -129,9 +117,9 @@ inline constexpr std::int32_t nonfinite_abs_bits = 0x7f800000;
 
 // x, or 0 for NaN and ±Inf; a mask, not a branch, so that sums over it vectorize.
 GRADCOMM_HD inline float finite_or_zero(float x) noexcept {
-  const std::uint32_t u = detail::float_to_bits(x);
+  const std::uint32_t u = detail::float_bits(x);
   const std::uint32_t keep = (u & 0x7f800000u) != 0x7f800000u ? 1u : 0u;
-  return detail::bits_to_float(u & (0u - keep));
+  return detail::bits_float(u & (0u - keep));
 }
 
 // Round to nearest, ties to even: for |t| <= 2^22, the bits of t + round_magic are
@@ -173,7 +161,7 @@ GRADCOMM_HD inline std::uint8_t scalar_quant_nearest(float x, float step) noexce
     // every positive one, so this is clamping t to ±qmax. NaN -> +qmax.
     constexpr std::int32_t zero = detail::round_magic_bits;
     const float y = x / detail::nonzero_step(step) + detail::round_magic;
-    std::int32_t b = static_cast<std::int32_t>(detail::float_to_bits(y));  // negative for y < 0
+    std::int32_t b = static_cast<std::int32_t>(detail::float_bits(y));  // negative for y < 0
     b = b < zero + qmax ? b : zero + qmax;
     b = b > zero - qmax ? b : zero - qmax;
     return static_cast<std::uint8_t>(b - zero + qmax);
@@ -199,9 +187,9 @@ GRADCOMM_HD inline std::uint8_t scalar_quant_stochastic(float x, float step, flo
     // a >= 0) and a − floor(a) are exact. The clamp is on the bits (an integer min: no
     // branch); no float operation sits inside a select, so that loops vectorize.
     constexpr std::uint32_t qmax_bits = detail::qmax_float_bits(Bits);
-    std::uint32_t ab = detail::float_to_bits(t) & 0x7fffffffu;
+    std::uint32_t ab = detail::float_bits(t) & 0x7fffffffu;
     ab = ab < qmax_bits ? ab : qmax_bits;  // NaN -> qmax
-    const float a = detail::bits_to_float(ab);
+    const float a = detail::bits_float(ab);
     const auto lo = static_cast<std::int32_t>(a);
     const float frac = a - static_cast<float>(lo);
     const std::int32_t m = lo + (u < frac ? 1 : 0);
@@ -230,11 +218,11 @@ template <bool ZeroNonfinite = false>
 GRADCOMM_HD inline float block_max_abs(const float* x, std::size_t n) noexcept {
   std::int32_t m = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    std::int32_t a = detail::abs_float_bits(detail::float_to_bits(x[i]));
+    std::int32_t a = detail::abs_float_bits(detail::float_bits(x[i]));
     if constexpr (ZeroNonfinite) a = a >= detail::nonfinite_abs_bits ? 0 : a;
     m = a > m ? a : m;
   }
-  return detail::bits_to_float(static_cast<std::uint32_t>(m));
+  return detail::bits_float(static_cast<std::uint32_t>(m));
 }
 
 namespace detail {
@@ -564,7 +552,7 @@ inline constexpr std::size_t prefetch_distance = 4096;  // values
 inline std::int32_t max_abs_bits(const float* x, std::size_t len) noexcept {
   std::int32_t mb = 0;
   for (std::size_t i = 0; i < len; ++i) {
-    const std::int32_t a = abs_float_bits(float_to_bits(x[i]));
+    const std::int32_t a = abs_float_bits(float_bits(x[i]));
     mb = a > mb ? a : mb;
   }
   return mb;
@@ -620,7 +608,7 @@ void quant_encode_blocks(const quant_encode_job& job) {
     if (zero_nonfinite) {
       scale = block_scale<true>(x, len, job.rule);
     } else if (job.rule == block_scale_rule::max_abs) {
-      scale = bits_to_float(static_cast<std::uint32_t>(mb));
+      scale = bits_float(static_cast<std::uint32_t>(mb));
     } else {
       scale = block_scale<false>(x, len, job.rule);
     }

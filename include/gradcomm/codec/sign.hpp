@@ -87,7 +87,7 @@ inline double sign_ef_sums(const float* g, const float* e, std::size_t len,
   std::int32_t m = 0;
   for (std::size_t i = 0; i < len; ++i) {
     const float s = g[i] + e[i];
-    const std::int32_t a = abs_float_bits(float_to_bits(s));
+    const std::int32_t a = abs_float_bits(float_bits(s));
     m = a > m ? a : m;
     l[i % 8] += std::fabs(static_cast<double>(Zero ? finite_or_zero(s) : s));
   }
@@ -164,7 +164,7 @@ inline void sign_ef_codes(const sign_ef_job& j, std::size_t b0, std::size_t len,
   for (int k = 0; k < 8; ++k) m = m8[k] > m ? m8[k] : m;
   for (std::size_t k = 0; i + k < len; ++k) {
     const float s = g[i + k] + e[i + k];
-    const std::int32_t a = abs_float_bits(float_to_bits(s));
+    const std::int32_t a = abs_float_bits(float_bits(s));
     m = a > m ? a : m;
     l[k] += std::fabs(static_cast<double>(s));
   }

@@ -931,7 +931,7 @@ TEST(PowerSgd, PassesMatchSumsInDouble) {
 
 #if GRADCOMM_X86_DISPATCH
 TEST(PowerSgd, PortableAndAvx2LoopsAgreeToTheBit) {
-  if (!gc::detail::cpu_has_avx2()) GTEST_SKIP() << "no AVX2 here";
+  if (!gc::detail::cpu_runs(gc::detail::cpu_isa::avx2)) GTEST_SKIP() << "no AVX2 here";
   // Odd sizes: partial tiles, partial vectors, a partial block of rows.
   for (auto [rows, cols, r] :
        {std::tuple<std::size_t, std::size_t, std::size_t>{37, 301, 3}, {8, 8, 1}, {130, 513, 5}}) {

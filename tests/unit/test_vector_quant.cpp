@@ -264,7 +264,7 @@ TEST_P(VectorQuant, EveryPathPicksTheSameCodes) {
   EXPECT_EQ(wire, encode_portable(codec, in));
   // The scalar search against the AVX2 and AVX-512 ones, group by group, one or several
   // registers of groups at a time.
-  if (gc::detail::cpu_has_avx2_fma()) {
+  if (gc::detail::cpu_runs(gc::detail::cpu_isa::avx2)) {
     const auto& t = gc::detail::vq_gaussian_tables(d);
     const auto y = gaussian(8 * 4096, 9, 2.0f);
     const bool avx512 = gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx512);
@@ -321,7 +321,7 @@ TEST_P(VectorQuant, EveryBlockLoopWritesThePortableBytes) {
         const auto want = run([&](std::size_t first, std::byte* sc, std::uint8_t* co) {
           return gc::detail::vq_encode_blocks<D>(in.data(), n, block, first, t, sc, co);
         });
-        if (!gc::detail::cpu_has_avx2_fma()) return;
+        if (!gc::detail::cpu_runs(gc::detail::cpu_isa::avx2)) return;
         EXPECT_EQ(run([&](std::size_t first, std::byte* sc, std::uint8_t* co) {
                     return gc::detail::vq_encode_blocks_avx2<D>(in.data(), n, block, first, t, sc,
                                                                 co);

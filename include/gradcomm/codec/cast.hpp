@@ -164,25 +164,25 @@ class cast_codec : public host_codec_calls<cast_codec<To>> {
   // anything), and have AVX2 clones chosen at run time (detail/cpu_dispatch.hpp).
   static bool encode_all(const float* src, std::byte* body, std::size_t n) noexcept {
 #if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_has_avx2()) return encode_all_avx2(src, body, n);
+    if (detail::cpu_runs(detail::cpu_isa::avx2)) return encode_all_avx2(src, body, n);
 #endif
     return encode_all_impl(src, body, n);
   }
   static void encode_zeroing(const float* src, std::byte* body, std::size_t n) noexcept {
 #if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_has_avx2()) return encode_zeroing_avx2(src, body, n);
+    if (detail::cpu_runs(detail::cpu_isa::avx2)) return encode_zeroing_avx2(src, body, n);
 #endif
     encode_zeroing_impl(src, body, n);
   }
   static void decode_into(const std::byte* body, float* dst, std::size_t n) noexcept {
 #if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_has_avx2()) return decode_into_avx2(body, dst, n);
+    if (detail::cpu_runs(detail::cpu_isa::avx2)) return decode_into_avx2(body, dst, n);
 #endif
     decode_into_impl(body, dst, n);
   }
   static void decode_adding(const std::byte* body, float* dst, std::size_t n) noexcept {
 #if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_has_avx2()) return decode_adding_avx2(body, dst, n);
+    if (detail::cpu_runs(detail::cpu_isa::avx2)) return decode_adding_avx2(body, dst, n);
 #endif
     decode_adding_impl(body, dst, n);
   }

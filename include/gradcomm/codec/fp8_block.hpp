@@ -327,7 +327,8 @@ class fp8_block_codec : public host_codec_calls<fp8_block_codec> {
   static std::size_t encode_blocks(const float* src, std::size_t n, std::size_t first,
                                    std::uint8_t* scales, std::uint8_t* elems) noexcept {
 #if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_has_avx2()) return encode_blocks_avx2<E>(src, n, first, scales, elems);
+    if (detail::cpu_runs(detail::cpu_isa::avx2))
+      return encode_blocks_avx2<E>(src, n, first, scales, elems);
 #endif
     return encode_blocks_impl<E>(src, n, first, scales, elems);
   }
@@ -335,7 +336,8 @@ class fp8_block_codec : public host_codec_calls<fp8_block_codec> {
   static void decode_blocks(const std::uint8_t* scales, const std::uint8_t* elems, std::size_t n,
                             float* out) noexcept {
 #if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_has_avx2()) return decode_blocks_avx2<E, Add>(scales, elems, n, out);
+    if (detail::cpu_runs(detail::cpu_isa::avx2))
+      return decode_blocks_avx2<E, Add>(scales, elems, n, out);
 #endif
     decode_blocks_impl<E, Add>(scales, elems, n, out);
   }

@@ -609,26 +609,26 @@ template <bool Add>
 
 inline void psgd_p_pass(const psgd_pass& a) noexcept {
 #if GRADCOMM_X86_DISPATCH
-  if (cpu_has_avx2()) return psgd_p_pass_avx2(a);
+  if (cpu_runs(cpu_isa::avx2)) return psgd_p_pass_avx2(a);
 #endif
   psgd_p_pass_portable(a);
 }
 inline void psgd_q_pass(const psgd_pass& a) noexcept {
 #if GRADCOMM_X86_DISPATCH
-  if (cpu_has_avx2()) return psgd_q_pass_avx2(a);
+  if (cpu_runs(cpu_isa::avx2)) return psgd_q_pass_avx2(a);
 #endif
   psgd_q_pass_portable(a);
 }
 inline void psgd_finish_pass(const psgd_pass& a) noexcept {
 #if GRADCOMM_X86_DISPATCH
-  if (cpu_has_avx2()) return psgd_finish_pass_avx2(a);
+  if (cpu_runs(cpu_isa::avx2)) return psgd_finish_pass_avx2(a);
 #endif
   psgd_finish_pass_portable(a);
 }
 // Settles a deferred residual in place (psgd_settle_impl); returns Σ e² where `norm` is set.
 inline double psgd_settle(const psgd_pass& a, bool norm) noexcept {
 #if GRADCOMM_X86_DISPATCH
-  if (cpu_has_avx2()) return psgd_settle_avx2(a, norm);
+  if (cpu_runs(cpu_isa::avx2)) return psgd_settle_avx2(a, norm);
 #endif
   return psgd_settle_portable(a, norm);
 }
@@ -636,7 +636,7 @@ template <bool Add>
 inline void psgd_decode(const std::byte* p, const std::byte* q, std::size_t rows, std::size_t cols,
                         std::size_t r, float* out) noexcept {
 #if GRADCOMM_X86_DISPATCH
-  if (cpu_has_avx2()) return psgd_decode_avx2<Add>(p, q, rows, cols, r, out);
+  if (cpu_runs(cpu_isa::avx2)) return psgd_decode_avx2<Add>(p, q, rows, cols, r, out);
 #endif
   psgd_decode_portable<Add>(p, q, rows, cols, r, out);
 }

@@ -28,7 +28,7 @@
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/detail/isa_paths.hpp>
+#include <gradcomm/codec/detail/cpu_dispatch.hpp>
 #include <gradcomm/codec/detail/philox_fill.hpp>
 #include <gradcomm/core/bitpack.hpp>
 #include <gradcomm/core/config.hpp>
@@ -569,7 +569,7 @@ struct quant_encode_job {
   std::byte* scales;  // 4 × blocks bytes
   std::byte* codes;   // packed_bytes(n, bits) bytes
   const char* call;
-  cpu_isa isa;  // the loops' and Philox's path (isa_paths.hpp)
+  cpu_isa isa;  // the loops' and Philox's path (cpu_dispatch.hpp)
 };
 
 // Block by block: one pass for the scale (and the check for NaN / Inf), one pass that

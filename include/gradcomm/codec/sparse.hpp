@@ -47,7 +47,7 @@
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/detail/isa_paths.hpp>
+#include <gradcomm/codec/detail/cpu_dispatch.hpp>
 #include <gradcomm/codec/detail/philox_fill.hpp>
 #include <gradcomm/codec/detail/sparse_select.hpp>
 #include <gradcomm/codec/error_feedback.hpp>

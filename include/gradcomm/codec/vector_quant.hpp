@@ -65,7 +65,6 @@
 
 #include <gradcomm/codec/codec.hpp>
 #include <gradcomm/codec/detail/cpu_dispatch.hpp>
-#include <gradcomm/codec/detail/isa_paths.hpp>
 #include <gradcomm/codec/detail/vq_codebooks.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/dtype.hpp>
@@ -730,7 +729,7 @@ inline std::size_t vq_encode_blocks_dispatch(const float* src, std::size_t n, st
                                              std::size_t first, const vq_search_tables& t,
                                              std::byte* scales, std::uint8_t* codes) noexcept {
 #if GRADCOMM_X86_DISPATCH
-  if (cpu_has_avx2_fma()) {
+  if (cpu_runs(cpu_isa::avx2)) {
     if (cpu_best_isa() == cpu_isa::avx512) {
       return vq_encode_blocks_avx512<D>(src, n, block, first, t, scales, codes);
     }
@@ -792,7 +791,8 @@ inline void vq_decode_blocks_dispatch(const float* cb, const std::byte* scales,
                                       const std::uint8_t* codes, std::size_t n, std::size_t block,
                                       float* out) noexcept {
 #if GRADCOMM_X86_DISPATCH
-  if (cpu_has_avx2()) return vq_decode_blocks_avx2<D, Add>(cb, scales, codes, n, block, out);
+  if (cpu_runs(cpu_isa::avx2))
+    return vq_decode_blocks_avx2<D, Add>(cb, scales, codes, n, block, out);
 #endif
   vq_decode_blocks<D, Add>(cb, scales, codes, n, block, out);
 }
@@ -849,7 +849,7 @@ void vq_lloyd(const float* samples, std::size_t m, unsigned iterations, vq_tree&
     const vq_search_tables t = vq_search_tables::of(tree);
     s.sums.fill(0.0);
     s.counts.fill(0);
-    const bool simd = cpu_has_avx2_fma();
+    const bool simd = cpu_runs(cpu_isa::avx2);
     for (std::size_t i = 0; i < m; ++i) {
       const float* y = samples + i * D;
 #if GRADCOMM_X86_DISPATCH

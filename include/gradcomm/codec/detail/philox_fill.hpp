@@ -8,12 +8,12 @@
 // The words are exactly philox_stream::block's (tests compare every path with it). Scalar
 // code makes about 0.5 G words/s (ten rounds of two 32x32->64 multiplies a block); x86-64
 // CPUs with AVX2 or AVX-512 run 8 blocks a vector, several vectors in flight (about 2.5
-// and 4.5 G words/s on a Zen 5 core), chosen at run time (isa_paths.hpp) so that the
+// and 4.5 G words/s on a Zen 5 core), chosen at run time (cpu_dispatch.hpp) so that the
 // default build (SSE2) gets them too. Under nvcc the host code takes the portable path.
 // philox_words_avx2 leaves the words in registers, for loops that use them at once.
 #pragma once
 
-#include <gradcomm/codec/detail/isa_paths.hpp>
+#include <gradcomm/codec/detail/cpu_dispatch.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/philox.hpp>
 

@@ -13,7 +13,7 @@
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/detail/isa_paths.hpp>
+#include <gradcomm/codec/detail/cpu_dispatch.hpp>
 #include <gradcomm/codec/detail/philox_fill.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/error.hpp>

@@ -8,7 +8,8 @@ set(_gc_cf_cases
   "gossip_error_feedback|GossipCodec"
   "parameter_server_without_recv_any|T must model gradcomm::AsyncTransport"
   "device_view_on_host|a view's memory space must match its execution context"
-  "device_view_decode_add_on_host|a view's memory space must match its execution context")
+  "device_view_decode_add_on_host|a view's memory space must match its execution context"
+  "device_span_to_local_transport|the local transport moves host memory.*a device span needs a device transport")
 foreach(_case IN LISTS _gc_cf_cases)
   string(REPLACE "|" ";" _parts "${_case}")
   list(GET _parts 0 _name)
@@ -21,6 +22,33 @@ foreach(_case IN LISTS _gc_cf_cases)
   set_tests_properties(compile_fail.${_name} PROPERTIES
     LABELS compile_fail PASS_REGULAR_EXPRESSION "${_expect}")
 endforeach()
+
+# With MPI (gradcomm::mpi), the refusals that name the MPI transport: compiled with its
+# definitions and mpi.h's include path, as a target linking gradcomm::mpi would be. Without
+# MPI they are skipped, not failed.
+set(_gc_cf_mpi_cases
+  "device_span_to_mpi_transport|the MPI transport moves host memory.*a device span needs a device transport")
+if(TARGET gradcomm::mpi)
+  set(_gc_cf_mpi_flags -DGRADCOMM_HAS_MPI=1 ${MPI_CXX_COMPILE_OPTIONS})
+  foreach(_def IN LISTS MPI_CXX_COMPILE_DEFINITIONS)
+    list(APPEND _gc_cf_mpi_flags -D${_def})
+  endforeach()
+  foreach(_dir IN LISTS MPI_CXX_INCLUDE_DIRS)
+    list(APPEND _gc_cf_mpi_flags -I${_dir})
+  endforeach()
+  foreach(_case IN LISTS _gc_cf_mpi_cases)
+    string(REPLACE "|" ";" _parts "${_case}")
+    list(GET _parts 0 _name)
+    list(GET _parts 1 _expect)
+    add_test(NAME compile_fail.${_name}
+             COMMAND ${CMAKE_CXX_COMPILER} -std=c++20 -fsyntax-only ${_gc_cf_mpi_flags}
+                     -I${gradcomm_SOURCE_DIR}/include ${_gc_cf_dir}/${_name}.cpp)
+    set_tests_properties(compile_fail.${_name} PROPERTIES
+      LABELS compile_fail PASS_REGULAR_EXPRESSION "${_expect}")
+  endforeach()
+else()
+  message(STATUS "gradcomm: no gradcomm::mpi; compile_fail tests naming the MPI transport skipped")
+endif()
 
 # Under nvcc (GRADCOMM_CUDA_LANGUAGE), the refusals that name core/cuda/stream.cuh's
 # cuda_stream: compiled to an object file, since nvcc has no -fsyntax-only.

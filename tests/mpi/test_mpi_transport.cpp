@@ -47,6 +47,9 @@ static_assert(gc::check_async_transport<gc::mpi_transport>());
 static_assert(!std::is_copy_constructible_v<gc::mpi_transport>);
 static_assert(std::is_nothrow_move_constructible_v<gc::mpi_transport>);
 static_assert(std::is_nothrow_move_constructible_v<gc::mpi_transport::request>);
+// It moves host memory (Transport requirement 0); a device view does not compile and says
+// so (tests/compile_fail/device_span_to_mpi_transport.cpp).
+static_assert(gc::mpi_transport::space == gc::memory_space::host);
 
 namespace {
 
@@ -201,6 +204,27 @@ TEST(MpiTransport, RingExchangeOverSizes) {
     EXPECT_EQ(d.messages_sent, 1u);
     EXPECT_EQ(d.messages_received, 1u);
   }
+}
+
+TEST(MpiTransport, HostByteViewsGoWhereverSpansDo) {
+  auto t = make();
+  const int n = t.size(), me = t.rank();
+  const int next = (me + 1) % n, prev = (me + n - 1) % n;
+  auto mine = message(me, 9);
+  std::vector<std::byte> theirs(9), all(9 * static_cast<std::size_t>(n));
+  const gc::const_host_bytes in(mine);
+  const gc::host_bytes out(theirs);
+  const gc::send_op s[] = {{next, 0, in}};
+  const gc::recv_op r[] = {{prev, 0, out}};
+  auto req = t.post(s, r);
+  t.wait(req);
+  EXPECT_EQ(first_mismatch(theirs, prev), std::string::npos);
+  t.allgather(in, gc::host_bytes(all));
+  for (int q = 0; q < n; ++q)
+    EXPECT_EQ(first_mismatch(std::span(all).subspan(9 * static_cast<std::size_t>(q), 9), q),
+              std::string::npos);
+  t.broadcast(gc::host_bytes(mine), 0);
+  EXPECT_EQ(first_mismatch(mine, 0), std::string::npos);
 }
 
 TEST(MpiTransport, OneGroupWithEveryPeerIncludingSelf) {

@@ -20,6 +20,7 @@
 #include <vector>
 
 struct forwarding_transport {
+  static constexpr gradcomm::memory_space space = gradcomm::memory_space::host;
   using local_request = gradcomm::local_transport::request;
 
   // A group as two local groups, its sends and its receives, so that the receives can be

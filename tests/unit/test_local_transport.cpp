@@ -30,8 +30,12 @@ using clock_type = std::chrono::steady_clock;
 namespace transport_test {
 
 // Declarations only: the concepts look at expressions, never call them.
-template <bool HasWait, bool HasRecvAny>
-struct declared_transport {
+struct host_space {
+  static constexpr gc::memory_space space = gc::memory_space::host;
+};
+struct no_space {};
+template <bool HasWait, bool HasRecvAny, class Space = host_space>
+struct declared_transport : Space {
   struct request {
     std::size_t received(std::size_t) const;
   };
@@ -65,6 +69,35 @@ static_assert(gc::AsyncTransport<transport_test::declared_transport<true, true>>
 static_assert(!gc::Transport<transport_test::declared_transport<false, true>>);  // no wait()
 static_assert(gc::Transport<transport_test::declared_transport<true, false>>);
 static_assert(!gc::AsyncTransport<transport_test::declared_transport<true, false>>);  // NCCL-like
+// Requirement 0: every transport says which memory it moves; local moves host memory.
+static_assert(
+    !gc::Transport<transport_test::declared_transport<true, true, transport_test::no_space>>);
+static_assert(gc::local_transport::space == gc::memory_space::host);
+static_assert(gc::detail::transport_archetype::space == gc::memory_space::host);
+// A device transport takes device views and orders its work on a device context's stream.
+static_assert(gc::Transport<gc::detail::device_transport_archetype>);
+static_assert(!gc::AsyncTransport<gc::detail::device_transport_archetype>);
+static_assert(
+    std::is_same_v<gc::transport_span<std::byte, gc::memory_space::host>, std::span<std::byte>>);
+static_assert(std::is_same_v<gc::transport_span<const std::byte, gc::memory_space::device>,
+                             gc::const_device_bytes>);
+static_assert(std::is_same_v<gc::send_op, gc::basic_send_op<gc::memory_space::host>>);
+// What a host transport refuses with its sentence (host_transport_calls): device views and
+// device operations, alone or in a range; host bytes and host operations pass.
+static_assert(gc::detail::device_memory_arguments<int, gc::device_bytes&>);
+static_assert(gc::detail::device_memory_arguments<gc::device_view<const float>, gc::reduce_op>);
+static_assert(
+    gc::detail::device_memory_arguments<gc::basic_send_op<gc::memory_space::device> (&)[2]>);
+static_assert(gc::detail::device_memory_arguments<
+              const std::vector<gc::basic_recv_op<gc::memory_space::device>>&>);
+static_assert(!gc::detail::device_memory_arguments<gc::host_bytes, std::span<const std::byte>>);
+static_assert(!gc::detail::device_memory_arguments<std::vector<gc::send_op>&, gc::recv_op (&)[1]>);
+static_assert(!gc::detail::device_memory_arguments<>);
+// Host byte views convert to the spans host transports take, temporaries included.
+static_assert(std::is_convertible_v<gc::host_bytes, std::span<std::byte>>);
+static_assert(std::is_convertible_v<gc::host_bytes, std::span<const std::byte>>);
+static_assert(!std::is_convertible_v<gc::const_host_bytes, std::span<std::byte>>);
+static_assert(!std::is_convertible_v<gc::device_bytes, std::span<std::byte>>);
 static_assert(gc::native_reduce_type<float> && gc::native_reduce_type<std::int64_t>);
 static_assert(!gc::native_reduce_type<gc::f16> && !gc::native_reduce_type<unsigned>);
 
@@ -316,6 +349,27 @@ TEST_P(local_transport_world, ring_exchange_in_one_group) {
       for (std::size_t j = 0; j < m; ++j) ASSERT_EQ(theirs[j], pattern(prev, me, j));
       EXPECT_EQ(theirs[m], std::byte{0xEE});
     }
+  });
+}
+
+TEST_P(local_transport_world, host_byte_views_go_wherever_spans_do) {
+  const int ranks = GetParam();
+  gc::local_world world(ranks, 30s);
+  world.run([&](gc::local_transport& t) {
+    const int me = t.rank(), next = (me + 1) % ranks, prev = (me + ranks - 1) % ranks;
+    std::vector<std::byte> mine(7, pattern(me, next, 0)), theirs(7);
+    const gc::const_host_bytes in(mine);
+    const gc::host_bytes out(theirs);
+    const gc::send_op s[] = {{next, 5, in}};
+    const gc::recv_op r[] = {{prev, 5, out}};
+    auto req = t.post(s, r);
+    t.wait(req);
+    EXPECT_EQ(theirs, std::vector<std::byte>(7, pattern(prev, me, 0)));
+    std::vector<std::byte> all(7 * uz(ranks));
+    t.allgather(in, gc::host_bytes(all));
+    for (int q = 0; q < ranks; ++q) EXPECT_EQ(all[7 * uz(q)], pattern(q, (q + 1) % ranks, 0));
+    t.broadcast(out, 0);
+    EXPECT_EQ(theirs[0], pattern(ranks - 1, 0, 0));  // rank 0's, from rank ranks - 1
   });
 }
 

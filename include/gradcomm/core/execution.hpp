@@ -35,5 +35,16 @@ concept ExecutionContext = requires {
 };
 static_assert(ExecutionContext<host_context>);
 
+/// ExecutionContextFor<Ctx, S>: an execution context whose work reads and writes memory
+/// space S. A transport whose memory is the device's orders its work on one whose space is
+/// device (transport/transport.hpp, Transport requirement 0).
+///
+///   template <gradcomm::ExecutionContextFor<gradcomm::memory_space::device> Ctx>
+///   explicit my_device_transport(Ctx ctx);
+template <class Ctx, memory_space S>
+concept ExecutionContextFor = ExecutionContext<Ctx> && Ctx::space == S;
+static_assert(ExecutionContextFor<host_context, memory_space::host>);
+static_assert(!ExecutionContextFor<host_context, memory_space::device>);
+
 }  // namespace v0
 }  // namespace gradcomm

@@ -15,6 +15,7 @@
 #include <gradcomm/core/dtype.hpp>
 
 #include <cstddef>
+#include <ranges>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -94,6 +95,21 @@ using host_view = tensor_view<T, memory_space::host>;
 template <class T>
 using device_view = tensor_view<T, memory_space::device>;
 
+/// Bytes in a memory space: what transports move. A host one converts to the
+/// std::span<std::byte> (or span of const bytes) that host code and the host transports take;
+/// a device one converts to nothing host code can read.
+///
+///   gradcomm::const_host_bytes in = std::as_bytes(std::span(v));
+///   gradcomm::device_bytes d(static_cast<std::byte*>(p), n);  // p from cudaMalloc
+template <memory_space S>
+using byte_view = tensor_view<std::byte, S>;
+template <memory_space S>
+using const_byte_view = tensor_view<const std::byte, S>;
+using host_bytes = byte_view<memory_space::host>;
+using const_host_bytes = const_byte_view<memory_space::host>;
+using device_bytes = byte_view<memory_space::device>;
+using const_device_bytes = const_byte_view<memory_space::device>;
+
 template <class T, class A>
 tensor_view(std::vector<T, A>&) -> tensor_view<T, memory_space::host>;
 template <class T, class A>
@@ -119,3 +135,10 @@ struct tensor_ref {
 
 }  // namespace v0
 }  // namespace gradcomm
+
+namespace std::ranges {
+/// A view owns nothing: its elements outlive it, so a host view converts to a std::span
+/// even as a temporary (`std::span<std::byte> s = gradcomm::host_bytes(p, n);`).
+template <class T, gradcomm::memory_space S>
+inline constexpr bool enable_borrowed_range<gradcomm::tensor_view<T, S>> = true;
+}  // namespace std::ranges

@@ -71,8 +71,16 @@ class local_world;
 /// Errors name the call, this rank and the peer: timeout_error when a peer did not
 /// arrive within timeout(), peer_error when a peer failed (at once, not after the
 /// timeout), gradcomm::error (invalid_argument) when the ranks' arguments disagree.
-class local_transport {
+class local_transport : public host_transport_calls<local_transport> {
  public:
+  /// The memory it moves: host memory (Transport requirement 0). A device view given to
+  /// any call does not compile and says why (host_transport_calls).
+  static constexpr memory_space space = memory_space::host;
+  using host_transport_calls::post, host_transport_calls::recv_any, host_transport_calls::allreduce,
+      host_transport_calls::allgather, host_transport_calls::allgatherv,
+      host_transport_calls::alltoall, host_transport_calls::alltoallv,
+      host_transport_calls::broadcast;
+
   /// Destroying a request withdraws its whole group, sends included (transport trait T1,
   /// transport/transport.hpp).
   static constexpr bool withdraws_groups = true;
@@ -526,6 +534,14 @@ class local_transport {
   }
 
  private:
+  friend host_transport_calls;
+  // What a device view or device operation handed to a call meets (host_transport_calls).
+  template <class... A>
+  static void refuse_device_memory() {
+    static_assert(!detail::device_memory_arguments<A...>,
+                  "gradcomm: the local transport moves host memory; a device span needs a device "
+                  "transport (NCCL, issue 18) or a copy to host first");
+  }
   friend class local_world;
 
   local_transport(std::shared_ptr<detail::local_state> s, int rank) noexcept

@@ -11,18 +11,29 @@
 //   }
 //
 // A transport moves bytes between the ranks of a fixed world: `local` (threads of
-// one process), `mpi`, `nccl`. Communicators are written against the concepts
-// here, so a combination that cannot work (a parameter server over a transport
-// without any-source receive) fails to compile.
+// one process), `mpi`, and one day `nccl` (between GPUs). Communicators are written
+// against the concepts here, so a combination that cannot work (a parameter server over
+// a transport without any-source receive) fails to compile.
+//
+// A transport says which memory it moves (`T::space`, requirement 0), and its byte spans
+// say it too: a host transport (local, MPI) takes std::span of host memory, a device
+// transport takes device views (transport_span). A device view handed to a host
+// transport does not compile, and says so (host_transport_calls):
+//
+//   gradcomm::device_bytes d(p, n);  // p from cudaMalloc
+//   mpi.broadcast(d, 0);             // error: the MPI transport moves host memory; ...
 #pragma once
 
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/counters.hpp>
+#include <gradcomm/core/execution.hpp>
+#include <gradcomm/core/tensor.hpp>
 
 #include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <ranges>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -40,26 +51,43 @@ inline constexpr int any_source = -1;
 ///   t.allreduce<float>(g, g, gradcomm::reduce_op::sum);
 enum class reduce_op { sum, max, min };
 
-/// One send of a point-to-point group: `data` goes to rank `peer` under `tag`.
-/// The bytes must stay valid and unchanged until the group's wait() returns.
+/// How the calls of a transport whose memory space is S take a buffer of T: a std::span
+/// on the host (what host code holds; every host view converts to one, host_bytes
+/// included), a device view on the device (which host code cannot read).
+///
+///   gradcomm::transport_span<const std::byte, gradcomm::memory_space::host> in = bytes;
+///   gradcomm::transport_span<float, gradcomm::memory_space::device> g(d, n);  // device_view
+template <class T, memory_space S>
+using transport_span = std::conditional_t<S == memory_space::host, std::span<T>, tensor_view<T, S>>;
+
+/// One send of a point-to-point group of a transport whose memory space is S: `data`
+/// goes to rank `peer` under `tag`. The bytes must stay valid and unchanged until the
+/// group's wait() returns.
 ///
 ///   gradcomm::send_op s{/*peer=*/1, /*tag=*/7, std::as_bytes(std::span(v))};
-struct send_op {
+template <memory_space S>
+struct basic_send_op {
   int peer;
   int tag;
-  std::span<const std::byte> data;
+  transport_span<const std::byte, S> data;
 };
 
-/// One receive of a point-to-point group: a message from rank `peer` under `tag`
-/// lands in `data`. `data` is the receive buffer: a shorter message is fine (its
-/// length is reported), a longer one is an error on the receiver.
+/// One receive of a point-to-point group of a transport whose memory space is S: a
+/// message from rank `peer` under `tag` lands in `data`. `data` is the receive buffer: a
+/// shorter message is fine (its length is reported), a longer one is an error on the
+/// receiver.
 ///
 ///   gradcomm::recv_op r{/*peer=*/0, /*tag=*/7, std::as_writable_bytes(std::span(v))};
-struct recv_op {
+template <memory_space S>
+struct basic_recv_op {
   int peer;
   int tag;
-  std::span<std::byte> data;
+  transport_span<std::byte, S> data;
 };
+
+/// The operations of host transports (local, MPI): their bytes are std::spans of host memory.
+using send_op = basic_send_op<memory_space::host>;
+using recv_op = basic_recv_op<memory_space::host>;
 
 /// What a receive from any source got: the sending rank and the message length.
 ///
@@ -82,8 +110,16 @@ namespace detail {
 // Transport is split into three groups so that a failed check names the group
 // (identity, point-to-point, collectives) and the expression that is missing.
 
+// Requirement 0: the memory space, and for a device transport the stream it orders on.
 template <class T>
-concept transport_identity = requires(const T& ct) {
+concept transport_space = std::same_as<std::remove_cv_t<decltype(T::space)>, memory_space> &&
+    (T::space == memory_space::host || requires(const T& ct) {
+      requires ExecutionContextFor<typename T::context_type, memory_space::device>;
+      { ct.context() } -> std::convertible_to<typename T::context_type>;
+    });
+
+template <class T>
+concept transport_identity = transport_space<T> && requires(const T& ct) {
   { ct.rank() } -> std::same_as<int>;
   { ct.size() } -> std::same_as<int>;
   { ct.timeout() } -> std::same_as<std::chrono::milliseconds>;
@@ -93,8 +129,9 @@ concept transport_identity = requires(const T& ct) {
 template <class T>
 concept transport_point_to_point = requires(T& t, typename T::request& req,
                                             const typename T::request& creq,
-                                            std::span<const send_op> sends,
-                                            std::span<const recv_op> recvs, std::size_t i) {
+                                            std::span<const basic_send_op<T::space>> sends,
+                                            std::span<const basic_recv_op<T::space>> recvs,
+                                            std::size_t i) {
   typename T::request;
   { t.post(sends, recvs) } -> std::same_as<typename T::request>;
   t.wait(req);
@@ -102,14 +139,19 @@ concept transport_point_to_point = requires(T& t, typename T::request& req,
   { creq.received(i) } -> std::convertible_to<std::size_t>;
 };
 
+template <class T, class E>
+using transport_span_of = transport_span<E, T::space>;
+
 template <class T>
-concept transport_collectives = requires(T& t, std::span<const std::byte> in,
-                                         std::span<std::byte> out,
+concept transport_collectives = requires(T& t, transport_span_of<T, const std::byte> in,
+                                         transport_span_of<T, std::byte> out,
                                          std::span<const std::size_t> counts, int root) {
-  t.allreduce(std::span<const float>{}, std::span<float>{}, reduce_op::sum);
-  t.allreduce(std::span<const double>{}, std::span<double>{}, reduce_op::sum);
-  t.allreduce(std::span<const std::int32_t>{}, std::span<std::int32_t>{}, reduce_op::sum);
-  t.allreduce(std::span<const std::int64_t>{}, std::span<std::int64_t>{}, reduce_op::sum);
+  t.allreduce(transport_span_of<T, const float>{}, transport_span_of<T, float>{}, reduce_op::sum);
+  t.allreduce(transport_span_of<T, const double>{}, transport_span_of<T, double>{}, reduce_op::sum);
+  t.allreduce(transport_span_of<T, const std::int32_t>{}, transport_span_of<T, std::int32_t>{},
+              reduce_op::sum);
+  t.allreduce(transport_span_of<T, const std::int64_t>{}, transport_span_of<T, std::int64_t>{},
+              reduce_op::sum);
   t.allgather(in, out);
   t.allgatherv(in, out, counts);
   t.alltoall(in, out);
@@ -123,6 +165,18 @@ concept transport_collectives = requires(T& t, std::span<const std::byte> in,
 /// A transport: the ranks of a fixed world, tagged point-to-point groups and native
 /// collectives, every wait bounded by a deadline. Requirements, for `t` a `T&`:
 ///
+///  0. `T::space` is a `static constexpr memory_space`: where the bytes it moves live.
+///     Every byte or element buffer below is a `transport_span<B, T::space>`, and the
+///     operations of 5 are `basic_send_op<T::space>` / `basic_recv_op<T::space>`: for a
+///     host transport (local, MPI) a `std::span` and `send_op` / `recv_op`, as written
+///     below; for a device transport a `device_view`. Counts stay host spans. A device
+///     transport orders its work on a stream: it is constructed with an execution context
+///     whose space is device (`typename T::context_type`, `ExecutionContextFor<...,
+///     memory_space::device>`: a `cuda_stream`, core/cuda/stream.cuh) and `t.context()`
+///     returns it; its calls enqueue their work on that stream in call order and never
+///     synchronize it on the hot path. Nothing device-side exists yet: the NCCL transport
+///     (issue 18) is the first. A host transport refuses device views at compile time with
+///     a sentence (host_transport_calls), so ask `T::space`, not whether a call compiles.
 ///  1. `t.rank()` and `t.size()` return `int`: this rank in [0, size) and the world size.
 ///  2. `t.timeout()` returns `std::chrono::milliseconds`; no call blocks longer than that
 ///     waiting for one peer (a collective waits at most that long at each of its steps).
@@ -154,7 +208,7 @@ concept transport_collectives = requires(T& t, std::span<const std::byte> in,
 /// 15. Every rank calls the collectives in the same order with consistent sizes;
 ///     a mismatch is reported (not hung on) where the transport can see it.
 ///
-/// Requirements 1–3 are checked as group `detail::transport_identity`, 4–7 as
+/// Requirements 0–3 are checked as group `detail::transport_identity`, 4–7 as
 /// `detail::transport_point_to_point`, 8–14 as `detail::transport_collectives`;
 /// 2, 6 and 15 are semantic.
 ///
@@ -179,7 +233,8 @@ concept Transport = detail::transport_identity<T> && detail::transport_point_to_
 ///
 ///   template <gradcomm::AsyncTransport T> class parameter_server;  // needs recv_any
 template <class T>
-concept AsyncTransport = Transport<T> && requires(T& t, int tag, std::span<std::byte> buf) {
+concept AsyncTransport = Transport<T> &&
+    requires(T& t, int tag, transport_span<std::byte, T::space> buf) {
   { t.recv_any(tag, buf) } -> std::same_as<recv_result>;
 };
 
@@ -189,6 +244,7 @@ namespace detail {
 // to check that it models Communicator without naming a concrete transport. Its calls do
 // nothing; never run it.
 struct transport_archetype {
+  static constexpr memory_space space = memory_space::host;
   struct request {
     std::size_t received(std::size_t) const noexcept { return 0; }
   };
@@ -212,7 +268,111 @@ struct transport_archetype {
   traffic_counters counters_;
 };
 static_assert(AsyncTransport<transport_archetype>);
+
+// The shape of a device transport (requirement 0): device views, and the stream its work
+// is ordered on. Models Transport, not AsyncTransport (NCCL has no any-source receive).
+// Declarations only; nothing device-side is implemented yet.
+struct device_transport_archetype {
+  static constexpr memory_space space = memory_space::device;
+  struct context_type {  // stands for cuda_stream (core/cuda/stream.cuh, nvcc only)
+    static constexpr memory_space space = memory_space::device;
+  };
+  using bytes = transport_span<std::byte, space>;
+  using const_bytes = transport_span<const std::byte, space>;
+  struct request {
+    std::size_t received(std::size_t) const noexcept;
+  };
+  context_type context() const noexcept;
+  int rank() const noexcept;
+  int size() const noexcept;
+  std::chrono::milliseconds timeout() const noexcept;
+  const traffic_counters& counters() const noexcept;
+  request post(std::span<const basic_send_op<space>>, std::span<const basic_recv_op<space>>);
+  void wait(request&);
+  bool test(request&);
+  template <native_reduce_type E>
+  void allreduce(tensor_view<const E, space>, tensor_view<E, space>, reduce_op);
+  void allgather(const_bytes, bytes);
+  void allgatherv(const_bytes, bytes, std::span<const std::size_t>);
+  void alltoall(const_bytes, bytes);
+  void alltoallv(const_bytes, std::span<const std::size_t>, bytes, std::span<const std::size_t>);
+  void broadcast(bytes, int);
+  void barrier();
+};
+static_assert(Transport<device_transport_archetype>);
+static_assert(!AsyncTransport<device_transport_archetype>);
+
+// True for an argument that holds device memory: a device view, a device operation, or
+// a range of device operations (a span, an array, a vector of them).
+template <class A>
+inline constexpr bool is_device_memory = false;
+template <class T>
+inline constexpr bool is_device_memory<tensor_view<T, memory_space::device>> = true;
+template <>
+inline constexpr bool is_device_memory<basic_send_op<memory_space::device>> = true;
+template <>
+inline constexpr bool is_device_memory<basic_recv_op<memory_space::device>> = true;
+template <class A>
+constexpr bool holds_device_memory() {
+  if constexpr (std::ranges::range<A>) {
+    return is_device_memory<std::remove_cv_t<std::ranges::range_value_t<A>>>;
+  } else {
+    return is_device_memory<A>;
+  }
+}
+template <class... A>
+concept device_memory_arguments = (holds_device_memory<std::remove_cvref_t<A>>() || ...);
 }  // namespace detail
+
+/// The calls of a host transport (`space == memory_space::host`: local, MPI) given device
+/// memory, written once: each call that moves bytes, handed a device view or device
+/// operations (basic_send_op<memory_space::device>, ...), stops compilation with the
+/// transport's own sentence instead of a page of candidates that do not match. The
+/// transport derives from host_transport_calls<itself>, brings these in beside its own
+/// calls (which would hide them otherwise) and says its sentence in a private static
+/// `refuse_device_memory<A...>()`, which the base calls:
+///
+///   class my_transport : public gradcomm::host_transport_calls<my_transport> {
+///    public:
+///     static constexpr gradcomm::memory_space space = gradcomm::memory_space::host;
+///     using host_transport_calls::allgather;  // and post, recv_any, allreduce, ...
+///     void allgather(std::span<const std::byte> in, std::span<std::byte> out);
+///    private:
+///     friend host_transport_calls;
+///     template <class... A>
+///     static void refuse_device_memory() {
+///       static_assert(!gradcomm::detail::device_memory_arguments<A...>,
+///                     "my_transport moves host memory; ...");
+///     }
+///   };
+template <class Derived>
+class host_transport_calls {
+ public:
+  template <class... A>
+  requires detail::device_memory_arguments<A...>
+  void post(A&&...) { Derived::template refuse_device_memory<A...>(); }
+  template <class... A>
+  requires detail::device_memory_arguments<A...>
+  void recv_any(A&&...) { Derived::template refuse_device_memory<A...>(); }
+  template <class E = void, class... A>
+  requires detail::device_memory_arguments<A...>
+  void allreduce(A&&...) { Derived::template refuse_device_memory<A...>(); }
+  template <class... A>
+  requires detail::device_memory_arguments<A...>
+  void allgather(A&&...) { Derived::template refuse_device_memory<A...>(); }
+  template <class... A>
+  requires detail::device_memory_arguments<A...>
+  void allgatherv(A&&...) { Derived::template refuse_device_memory<A...>(); }
+  template <class... A>
+  requires detail::device_memory_arguments<A...>
+  void alltoall(A&&...) { Derived::template refuse_device_memory<A...>(); }
+  template <class... A>
+  requires detail::device_memory_arguments<A...>
+  void alltoallv(A&&...) { Derived::template refuse_device_memory<A...>(); }
+  template <class... A>
+  requires detail::device_memory_arguments<A...>
+  void broadcast(A&&...) { Derived::template refuse_device_memory<A...>(); }
+};
 
 /// Transport traits: what a transport declares about itself, read by communicators
 /// through the names below (never by the transport's type). Each is optional:
@@ -237,13 +397,14 @@ inline constexpr bool transport_withdraws_groups = requires {
 template <class T>
 consteval bool check_transport() {
   static_assert(detail::transport_identity<T>,
-                "gradcomm::Transport (requirements 1-3): T needs rank() -> int, size() -> int, "
-                "timeout() -> std::chrono::milliseconds and counters() -> const "
-                "traffic_counters&, all callable on a const T");
+                "gradcomm::Transport (requirements 0-3): T needs `static constexpr "
+                "memory_space space` (a device one also context_type and context()), rank() -> "
+                "int, size() -> int, timeout() -> std::chrono::milliseconds and counters() -> "
+                "const traffic_counters&, all callable on a const T");
   static_assert(detail::transport_point_to_point<T>,
                 "gradcomm::Transport (requirements 4-7): T needs a type T::request with "
-                "received(i), post(span<const send_op>, span<const recv_op>) -> request, "
-                "wait(request&) and test(request&) -> bool");
+                "received(i), post(span<const basic_send_op<space>>, span<const "
+                "basic_recv_op<space>>) -> request, wait(request&) and test(request&) -> bool");
   static_assert(detail::transport_collectives<T>,
                 "gradcomm::Transport (requirements 8-14): T needs allreduce for float, double, "
                 "int32_t and int64_t, allgather, allgatherv, alltoall, alltoallv, broadcast "
@@ -259,7 +420,7 @@ consteval bool check_async_transport() {
   static_assert(check_transport<T>());
   static_assert(AsyncTransport<T>,
                 "gradcomm::AsyncTransport (requirement 16): T needs recv_any(int tag, "
-                "span<std::byte>) -> recv_result");
+                "transport_span<std::byte, space>) -> recv_result");
   return true;
 }
 

@@ -80,8 +80,16 @@ inline namespace v0 {
 /// throws invalid_argument naming the ranks and sizes that differ, and the transport
 /// goes on (see the header). A rank that throws on its own arguments never joins the
 /// collective: the others get timeout_error naming it.
-class mpi_transport {
+class mpi_transport : public host_transport_calls<mpi_transport> {
  public:
+  /// The memory it moves: host memory (Transport requirement 0). A device view given to
+  /// any call does not compile and says why (host_transport_calls).
+  static constexpr memory_space space = memory_space::host;
+  using host_transport_calls::post, host_transport_calls::recv_any, host_transport_calls::allreduce,
+      host_transport_calls::allgather, host_transport_calls::allgatherv,
+      host_transport_calls::alltoall, host_transport_calls::alltoallv,
+      host_transport_calls::broadcast;
+
   /// An outstanding point-to-point group, returned by post(). Destroying it before
   /// wait() returned withdraws the receives that were not matched yet; what MPI holds
   /// (sends, receives in transfer) stays with the transport until it completes, so
@@ -678,6 +686,14 @@ class mpi_transport {
   }
 
  private:
+  friend host_transport_calls;
+  // What a device view or device operation handed to a call meets (host_transport_calls).
+  template <class... A>
+  static void refuse_device_memory() {
+    static_assert(!detail::device_memory_arguments<A...>,
+                  "gradcomm: the MPI transport moves host memory; a device span needs a device "
+                  "transport (NCCL, issue 18) or a copy to host first");
+  }
   // Where one collective stands in its agreement (see the class): the check in flight,
   // the agreed shape this rank ran at once (if any), and the verdict.
   struct agreement {

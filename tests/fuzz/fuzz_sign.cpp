@@ -7,6 +7,7 @@
 // Bytes 3.. are the payload, ending where the input ends.
 #include <gradcomm/codec/sign.hpp>
 
+#include "../support/element_count.hpp"
 #include "fuzz_support.hpp"
 
 #include <cmath>
@@ -17,21 +18,7 @@
 
 namespace gc = gradcomm;
 using gradcomm_fuzz::check;
-
-namespace {
-
-std::size_t element_count(const std::uint8_t* data, std::size_t size) {
-  const std::size_t chosen = static_cast<std::size_t>(data[1]) | static_cast<std::size_t>(data[2])
-                                                                     << 8;
-  if ((data[0] & 1u) && size >= 3 + 16) {
-    std::uint64_t count;
-    std::memcpy(&count, data + 3 + 8, 8);
-    if (count <= (1u << 16)) return static_cast<std::size_t>(count);
-  }
-  return chosen;
-}
-
-}  // namespace
+using gradcomm_test::element_count;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 3) return 0;

@@ -15,6 +15,7 @@
 //     absolute), bit 0 the policy (1: zero); bytes 1-2 τ × 256 (u16); bytes 3.. f32 values.
 #include <gradcomm/codec/sparse.hpp>
 
+#include "../support/element_count.hpp"
 #include "fuzz_support.hpp"
 
 #include <algorithm>
@@ -26,19 +27,9 @@
 
 namespace gc = gradcomm;
 using gradcomm_fuzz::check;
+using gradcomm_test::element_count;
 
 namespace {
-
-std::size_t element_count(const std::uint8_t* data, std::size_t size) {
-  const std::size_t chosen = static_cast<std::size_t>(data[1]) | static_cast<std::size_t>(data[2])
-                                                                     << 8;
-  if ((data[0] & 1u) && size >= 3 + 16) {
-    std::uint64_t count;
-    std::memcpy(&count, data + 3 + 8, 8);
-    if (count <= (1u << 16)) return static_cast<std::size_t>(count);
-  }
-  return chosen;
-}
 
 void fuzz_decoder(std::span<const std::byte> payload, std::size_t n) {
   const gc::threshold_codec codec;

@@ -18,6 +18,7 @@
 //     values (a trailing partial value is ignored).
 #include <gradcomm/codec/sparse.hpp>
 
+#include "../support/element_count.hpp"
 #include "fuzz_support.hpp"
 
 #include <algorithm>
@@ -30,19 +31,9 @@
 
 namespace gc = gradcomm;
 using gradcomm_fuzz::check;
+using gradcomm_test::element_count;
 
 namespace {
-
-std::size_t element_count(const std::uint8_t* data, std::size_t size) {
-  const std::size_t chosen = static_cast<std::size_t>(data[1]) | static_cast<std::size_t>(data[2])
-                                                                     << 8;
-  if ((data[0] & 1u) && size >= 3 + 16) {
-    std::uint64_t count;
-    std::memcpy(&count, data + 3 + 8, 8);
-    if (count <= (1u << 16)) return static_cast<std::size_t>(count);
-  }
-  return chosen;
-}
 
 template <class C>
 void fuzz_decoder(const C& codec, std::span<const std::byte> payload, std::size_t n) {

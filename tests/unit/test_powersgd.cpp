@@ -7,7 +7,9 @@
 #include <gradcomm/codec/powersgd.hpp>
 
 #include <gtest/gtest.h>
+
 #include <Eigen/Dense>
+#include "../support/allocation_counter.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -24,22 +26,7 @@
 
 namespace gc = gradcomm;
 
-// Counts every allocation of this program, to check that the codec allocates nothing once
-// sized. (GCC sees free() on memory from operator new, not knowing that this program's
-// operator new is malloc.)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-namespace {
-std::atomic<long> g_allocations{0};
-}  // namespace
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+using gradcomm_test::g_allocations;  // counts every allocation of this program
 
 namespace {
 

@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "../support/allocation_counter.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -29,27 +31,7 @@
 
 namespace gc = gradcomm;
 
-// Counts every allocation of this program, to check that encode allocates nothing once its
-// buffers exist. (GCC sees free() on memory from operator new, not knowing that this
-// program's operator new is malloc.)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-namespace {
-std::atomic<long> g_allocations{0};
-}  // namespace
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {  // std::stable_sort's
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(n ? n : 1);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+using gradcomm_test::g_allocations;  // counts every allocation of this program
 
 namespace {
 

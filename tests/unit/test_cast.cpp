@@ -537,17 +537,18 @@ TYPED_TEST(CastCodec, PortableLoopsMatchTheDispatchedOnes) {
   for (auto& x : in) x = std::isfinite(x) ? x : 0.5f;
   in.resize(in.size() - in.size() % 64 + 37);  // a tail the vector loops leave over
   const std::size_t n = in.size();
+  using loops = gc::detail::cast_cpu<TypeParam::wire_dtype>;  // detail/cast_cpu.hpp
   TypeParam codec;
   std::vector<std::byte> wire(codec.max_encoded_bytes(n));
   codec.encode(in, wire);
   std::vector<std::byte> body(n * TypeParam::element_bytes);
-  EXPECT_FALSE(TypeParam::encode_all_impl(in.data(), body.data(), n));
+  EXPECT_FALSE(loops::encode_all_impl(in.data(), body.data(), n));
   EXPECT_TRUE(std::equal(body.begin(), body.end(), wire.begin() + gc::wire_header_bytes));
   std::vector<float> out(n), ref(n), acc(n, 1.0f), ref_acc(n, 1.0f);
   codec.decode(wire, out);
-  TypeParam::decode_into_impl(body.data(), ref.data(), n);
+  loops::decode_into_impl(body.data(), ref.data(), n);
   codec.decode_add(wire, acc);
-  TypeParam::decode_adding_impl(body.data(), ref_acc.data(), n);
+  loops::decode_adding_impl(body.data(), ref_acc.data(), n);
   for (std::size_t i = 0; i < n; ++i) {
     ASSERT_EQ(gc::detail::float_bits(out[i]), gc::detail::float_bits(ref[i])) << i;
     ASSERT_EQ(gc::detail::float_bits(acc[i]), gc::detail::float_bits(ref_acc[i])) << i;
@@ -556,7 +557,7 @@ TYPED_TEST(CastCodec, PortableLoopsMatchTheDispatchedOnes) {
   in[3] = std::numeric_limits<float>::infinity();
   in[n - 1] = std::nanf("");
   zero.encode(in, wire);
-  TypeParam::encode_zeroing_impl(in.data(), body.data(), n);
+  loops::encode_zeroing_impl(in.data(), body.data(), n);
   EXPECT_TRUE(std::equal(body.begin(), body.end(), wire.begin() + gc::wire_header_bytes));
-  EXPECT_TRUE(TypeParam::encode_all_impl(in.data(), body.data(), n));  // saw the non-finite
+  EXPECT_TRUE(loops::encode_all_impl(in.data(), body.data(), n));  // saw the non-finite
 }

@@ -310,13 +310,11 @@ TEST_P(Fp8Block, PortableLoopsMatchTheDispatchedOnes) {
   std::vector<float> out(n), acc(n, 1.0f), ref(n), ref_acc(n, 1.0f);
   codec.decode_add(wire, acc);
   codec.decode(wire, out);
+  using loops = gc::detail::fp8_block_cpu;  // detail/fp8_block_cpu.hpp
   auto run = [&]<gc::dtype E>() {
-    EXPECT_EQ(
-        gc::fp8_block_codec::encode_blocks_impl<E>(in.data(), n, 0, scales.data(), elems.data()),
-        nb);
-    gc::fp8_block_codec::decode_blocks_impl<E, false>(scales.data(), elems.data(), n, ref.data());
-    gc::fp8_block_codec::decode_blocks_impl<E, true>(scales.data(), elems.data(), n,
-                                                     ref_acc.data());
+    EXPECT_EQ(loops::encode_blocks_impl<E>(in.data(), n, 0, scales.data(), elems.data()), nb);
+    loops::decode_blocks_impl<E, false>(scales.data(), elems.data(), n, ref.data());
+    loops::decode_blocks_impl<E, true>(scales.data(), elems.data(), n, ref_acc.data());
   };
   if (GetParam() == e4m3) {
     run.template operator()<e4m3>();

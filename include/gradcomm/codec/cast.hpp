@@ -10,12 +10,14 @@
 // point, E4M3 and E5M2) saturate: what lies beyond the largest finite value, ±Inf
 // included, becomes ±448 (E4M3) or ±57344 (E5M2). Only the 16-bit casts are `linear`
 // (codec.hpp says why). The per-element conversions are core/convert.hpp's GRADCOMM_HD
-// functions, shared with the CUDA kernels and the MPI transport's 16-bit sums; the loops have AVX2
-// clones chosen at run time (detail/cpu_dispatch.hpp).
+// functions, shared with the CUDA kernels and the MPI transport's 16-bit sums; the storage of
+// each format is detail/cast_math.hpp's, and the loops, with AVX2 clones chosen at run time,
+// are detail/cast_cpu.hpp's.
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/detail/cpu_dispatch.hpp>
+#include <gradcomm/codec/detail/cast_cpu.hpp>
+#include <gradcomm/codec/detail/cast_math.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/convert.hpp>
 #include <gradcomm/core/dtype.hpp>
@@ -33,55 +35,6 @@
 
 namespace gradcomm {
 inline namespace v0 {
-
-namespace detail {
-template <dtype To>
-struct cast_storage;
-template <>
-struct cast_storage<dtype::f16> {
-  using type = f16;
-  GRADCOMM_HD static f16 from(float f) noexcept { return to_f16(f); }
-  // from(f) where f is not NaN; anything for NaN (the codec fixes those afterwards).
-  GRADCOMM_HD static f16 from_not_nan(float f) noexcept { return to_f16(f); }
-};
-template <>
-struct cast_storage<dtype::bf16> {
-  using type = bf16;
-  GRADCOMM_HD static bf16 from(float f) noexcept { return to_bf16(f); }
-  GRADCOMM_HD static bf16 from_not_nan(float f) noexcept { return to_bf16(f); }
-};
-template <>
-struct cast_storage<dtype::fp8_e4m3> {
-  using type = fp8_e4m3;
-  GRADCOMM_HD static fp8_e4m3 from(float f) noexcept { return to_fp8_e4m3(f); }
-  GRADCOMM_HD static fp8_e4m3 from_not_nan(float f) noexcept {
-    // Assembled in the top byte and shifted down: the vectorizer then narrows to bytes
-    // once, at the end, rather than every operand of the select (half the speed).
-    const std::int32_t u = float_bits_i32(f);
-    const std::uint32_t r = (static_cast<std::uint32_t>(u) & 0x80000000u) |
-                            (static_cast<std::uint32_t>(fp8_e4m3_magnitude(u)) << 24);
-    return fp8_e4m3{static_cast<std::uint8_t>(r >> 24)};
-  }
-};
-template <>
-struct cast_storage<dtype::fp8_e5m2> {
-  using type = fp8_e5m2;
-  GRADCOMM_HD static fp8_e5m2 from(float f) noexcept { return to_fp8_e5m2(f); }
-  GRADCOMM_HD static fp8_e5m2 from_not_nan(float f) noexcept {
-    // Assembled in the top byte and shifted down: the vectorizer then narrows to bytes
-    // once, at the end, rather than every operand of the select (half the speed).
-    const std::int32_t u = float_bits_i32(f);
-    const std::uint32_t r = (static_cast<std::uint32_t>(u) & 0x80000000u) |
-                            (static_cast<std::uint32_t>(fp8_e5m2_magnitude(u)) << 24);
-    return fp8_e5m2{static_cast<std::uint8_t>(r >> 24)};
-  }
-};
-
-// True where v is ±Inf or NaN (a bit test: it vectorizes, std::isfinite may not).
-GRADCOMM_HD inline bool is_nonfinite(float v) noexcept {
-  return (float_bits_i32(v) & 0x7f800000) == 0x7f800000;
-}
-}  // namespace detail
 
 /// The cast codec: every value as a 16- or 8-bit float (`To` = dtype::f16, bf16,
 /// fp8_e4m3 or fp8_e5m2), `dtype_size(To)` bytes a value after the header. Fixed size,
@@ -101,6 +54,7 @@ template <dtype To>
 class cast_codec : public host_codec_calls<cast_codec<To>> {
   using storage = detail::cast_storage<To>;
   using element = typename storage::type;
+  using loops = detail::cast_cpu<To>;  // the CPU loops (detail/cast_cpu.hpp)
 
  public:
   using value_type = float;
@@ -132,9 +86,9 @@ class cast_codec : public host_codec_calls<cast_codec<To>> {
     write_header(w, id, To, n, {}, n * element_bytes);
     std::byte* body = w.take(n * element_bytes).data();
     if (policy_ == nonfinite_policy::zero) {
-      encode_zeroing(in.data(), body, n);
+      loops::encode_zeroing(in.data(), body, n);
     } else {
-      const bool nonfinite = encode_all(in.data(), body, n);
+      const bool nonfinite = loops::encode_all(in.data(), body, n);
       if (nonfinite) {
         if (policy_ == nonfinite_policy::reject) reject_nonfinite(in);
         pass_nonfinite(in, body);
@@ -145,12 +99,12 @@ class cast_codec : public host_codec_calls<cast_codec<To>> {
 
   void decode(std::span<const std::byte> payload, host_view<float> out) const {
     const std::byte* body = open(payload, out.size(), "cast_codec::decode");
-    decode_into(body, out.data(), out.size());
+    loops::decode_into(body, out.data(), out.size());
   }
 
   void decode_add(std::span<const std::byte> payload, host_view<float> acc) const {
     const std::byte* body = open(payload, acc.size(), "cast_codec::decode_add");
-    decode_adding(body, acc.data(), acc.size());
+    loops::decode_adding(body, acc.data(), acc.size());
   }
 
   /// encode, decode and decode_add under an execution context (codec.hpp, Codec
@@ -160,97 +114,6 @@ class cast_codec : public host_codec_calls<cast_codec<To>> {
   using host_codec_calls<cast_codec>::decode_add;
 
  private:
-  // The loops live apart, with restrict pointers (the payload is bytes, which may alias
-  // anything), and have AVX2 clones chosen at run time (detail/cpu_dispatch.hpp).
-  static bool encode_all(const float* src, std::byte* body, std::size_t n) noexcept {
-#if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_runs(detail::cpu_isa::avx2)) return encode_all_avx2(src, body, n);
-#endif
-    return encode_all_impl(src, body, n);
-  }
-  static void encode_zeroing(const float* src, std::byte* body, std::size_t n) noexcept {
-#if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_runs(detail::cpu_isa::avx2)) return encode_zeroing_avx2(src, body, n);
-#endif
-    encode_zeroing_impl(src, body, n);
-  }
-  static void decode_into(const std::byte* body, float* dst, std::size_t n) noexcept {
-#if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_runs(detail::cpu_isa::avx2)) return decode_into_avx2(body, dst, n);
-#endif
-    decode_into_impl(body, dst, n);
-  }
-  static void decode_adding(const std::byte* body, float* dst, std::size_t n) noexcept {
-#if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_runs(detail::cpu_isa::avx2)) return decode_adding_avx2(body, dst, n);
-#endif
-    decode_adding_impl(body, dst, n);
-  }
-
- public:
-  // The portable loops; public for the tests, which compare them with the clones.
-  [[gnu::always_inline]] static inline bool encode_all_impl(const float* __restrict src,
-                                                            std::byte* __restrict body,
-                                                            std::size_t n) noexcept {
-    // The largest magnitude's bits tell whether any value is ±Inf or NaN: one max a
-    // vector, sharing the |f| the conversion computes anyway.
-    std::int32_t largest = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::int32_t a = detail::float_bits_i32(src[i]) & 0x7fffffff;
-      largest = a > largest ? a : largest;
-      store(body, i, storage::from_not_nan(src[i]));
-    }
-    return largest >= 0x7f800000;
-  }
-  [[gnu::always_inline]] static inline void encode_zeroing_impl(const float* __restrict src,
-                                                                std::byte* __restrict body,
-                                                                std::size_t n) noexcept {
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::int32_t b = detail::float_bits_i32(src[i]);
-      const float v =
-          detail::i32_bits_float(detail::select_i32(detail::is_nonfinite(src[i]), 0, b));
-      store(body, i, storage::from(v));
-    }
-  }
-  [[gnu::always_inline]] static inline void decode_into_impl(const std::byte* __restrict body,
-                                                             float* __restrict dst,
-                                                             std::size_t n) noexcept {
-    for (std::size_t i = 0; i < n; ++i) dst[i] = to_float(load(body, i));
-  }
-  [[gnu::always_inline]] static inline void decode_adding_impl(const std::byte* __restrict body,
-                                                               float* __restrict dst,
-                                                               std::size_t n) noexcept {
-    for (std::size_t i = 0; i < n; ++i) dst[i] += to_float(load(body, i));
-  }
-#if GRADCOMM_X86_DISPATCH
-  [[gnu::target("avx2")]] static bool encode_all_avx2(const float* src, std::byte* body,
-                                                      std::size_t n) noexcept {
-    return encode_all_impl(src, body, n);
-  }
-  [[gnu::target("avx2")]] static void encode_zeroing_avx2(const float* src, std::byte* body,
-                                                          std::size_t n) noexcept {
-    encode_zeroing_impl(src, body, n);
-  }
-  [[gnu::target("avx2")]] static void decode_into_avx2(const std::byte* body, float* dst,
-                                                       std::size_t n) noexcept {
-    decode_into_impl(body, dst, n);
-  }
-  [[gnu::target("avx2")]] static void decode_adding_avx2(const std::byte* body, float* dst,
-                                                         std::size_t n) noexcept {
-    decode_adding_impl(body, dst, n);
-  }
-#endif
-
- private:
-  static void store(std::byte* body, std::size_t i, element e) noexcept {
-    std::memcpy(body + i * element_bytes, &e, element_bytes);
-  }
-  static element load(const std::byte* body, std::size_t i) noexcept {
-    element e;
-    std::memcpy(&e, body + i * element_bytes, element_bytes);
-    return e;
-  }
-
   // Checks the header against this codec and the caller's element count; returns the body.
   static const std::byte* open(std::span<const std::byte> payload, std::size_t n,
                                const char* call) {
@@ -285,7 +148,7 @@ class cast_codec : public host_codec_calls<cast_codec<To>> {
   // and rejected by E4M3, which has none.
   static void pass_nonfinite(host_view<const float> in, std::byte* body) {
     for (std::size_t i = 0; i < in.size(); ++i) {
-      if (std::isnan(in[i])) store(body, i, storage::from(in[i]));
+      if (std::isnan(in[i])) loops::store(body, i, storage::from(in[i]));
       if (!std::isinf(in[i])) continue;
       if constexpr (To == dtype::fp8_e4m3) {
         detail::throw_invalid_argument("cast_codec::encode",
@@ -293,7 +156,7 @@ class cast_codec : public host_codec_calls<cast_codec<To>> {
                                            std::to_string(i) +
                                            ": fp8_e4m3 has no infinities to carry it");
       } else if constexpr (To == dtype::fp8_e5m2) {
-        store(body, i, element{static_cast<std::uint8_t>(in[i] < 0 ? 0xfcu : 0x7cu)});
+        loops::store(body, i, element{static_cast<std::uint8_t>(in[i] < 0 ? 0xfcu : 0x7cu)});
       }
     }
   }

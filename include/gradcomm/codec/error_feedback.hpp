@@ -12,10 +12,13 @@
 // What a lossy codec drops in one step is not lost: it is added to the next step's input,
 // so over many steps the decoded values sum to the gradients' sum up to one residual
 // (EF-SGD, 1-bit SGD). The payload is exactly the inner codec's, so the receiver neither
-// knows nor needs to know that feedback was used.
+// knows nor needs to know that feedback was used. The residual's update is
+// detail/ef_math.hpp's, its loops detail/ef_cpu.hpp's.
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
+#include <gradcomm/codec/detail/ef_cpu.hpp>
+#include <gradcomm/codec/detail/ef_math.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/error.hpp>
 #include <gradcomm/core/tensor.hpp>
@@ -37,11 +40,6 @@ namespace gradcomm {
 inline namespace v0 {
 
 namespace detail {
-// v, or 0 where v is ±Inf or NaN. A bit test, so that the loop vectorizes (std::isfinite
-// often does not).
-inline float ef_finite_or_zero(float v) noexcept {
-  return (std::bit_cast<std::uint32_t>(v) & 0x7f800000u) == 0x7f800000u ? 0.0f : v;
-}
 // Loads a wrapper's inner codec state (error feedback, DGC memory) into a copy first, so
 // that a rejected state leaves the inner codec as it was. An inner codec that is itself
 // sized (nested feedback) must cover the wrapper's n elements, and may not be sized when
@@ -242,7 +240,7 @@ class error_feedback {
     const float* g = in.data();
     float* t = scratch_.data();
     float* e = residual_.data();
-    for (std::size_t i = 0; i < n; ++i) t[i] = g[i] + e[i];
+    detail::ef_add_residual(g, e, t, n);
     std::size_t bytes = 0;
     try {
       bytes = inner_.encode(ctx, host_view<const float>(t, n), out);
@@ -260,7 +258,7 @@ class error_feedback {
       std::copy(t, t + n, e);
       throw;
     }
-    for (std::size_t i = 0; i < n; ++i) e[i] = detail::ef_finite_or_zero(t[i] - e[i]);
+    detail::ef_settle(t, e, n);
     return bytes;
   }
 

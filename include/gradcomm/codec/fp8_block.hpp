@@ -25,12 +25,15 @@
 //   n            u8   elements, in the header's fp8 format
 //
 // The per-block arithmetic is GRADCOMM_HD (fp8_block_scale_code, fp8_block_encode,
-// fp8_block_decode), shared with the CUDA kernels.
+// fp8_block_decode: detail/fp8_block_math.hpp), shared with the CUDA kernels; the CPU loops,
+// with AVX2 clones chosen at run time, are detail/fp8_block_cpu.hpp's.
 #pragma once
 
 #include <gradcomm/codec/cast.hpp>
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/detail/cpu_dispatch.hpp>
+#include <gradcomm/codec/detail/cast_math.hpp>
+#include <gradcomm/codec/detail/fp8_block_cpu.hpp>
+#include <gradcomm/codec/detail/fp8_block_math.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/dtype.hpp>
 #include <gradcomm/core/error.hpp>
@@ -46,136 +49,6 @@
 
 namespace gradcomm {
 inline namespace v0 {
-
-/// Values per fp8_block_codec block (one E8M0 scale each), as in the OCP MX formats.
-inline constexpr std::size_t fp8_block_size = 32;
-
-/// The largest exponent of an fp8 element format: 8 (E4M3, max 448 = 1.75 · 2^8) or
-/// 15 (E5M2, max 57344 = 1.75 · 2^15).
-///
-///   static_assert(gradcomm::fp8_emax(gradcomm::dtype::fp8_e4m3) == 8);
-GRADCOMM_HD constexpr int fp8_emax(dtype element) noexcept {
-  return element == dtype::fp8_e4m3 ? 8 : 15;
-}
-
-/// The largest E8M0 scale code fp8_block_codec writes for `element`: 254 − emax, that of a
-/// block whose largest value is near FLT_MAX. Decoders reject larger codes, which would
-/// overflow f32.
-///
-///   static_assert(gradcomm::fp8_block_max_scale_code(gradcomm::dtype::fp8_e5m2) == 239);
-GRADCOMM_HD constexpr int fp8_block_max_scale_code(dtype element) noexcept {
-  return 254 - fp8_emax(element);
-}
-
-/// The scale 2^(code − 127) of an E8M0 code (0 .. 254; 255 is NaN and not handled here).
-///
-///   float s = gradcomm::e8m0_to_float(127);  // 1.0f
-GRADCOMM_HD inline float e8m0_to_float(std::uint8_t code) noexcept {
-  // Code 0 is 2^-127, an f32 subnormal: its own bit pattern.
-  return detail::bits_float(code == 0 ? 0x00400000u : static_cast<std::uint32_t>(code) << 23);
-}
-
-/// The MX shared-scale code of a block whose largest magnitude has f32 bits `amax_bits`
-/// (finite, sign clear): floor(log2(max |x|)) − emax + 127, clamped to [0, 254]; 0 when
-/// the block is all zeros.
-///
-///   std::uint8_t e = gradcomm::fp8_block_scale_code(gradcomm::detail::float_bits(3.0f), 8);
-///   // floor(log2 3) = 1: e = 1 − 8 + 127 = 120, scale 2^-7, 3 becomes 384
-GRADCOMM_HD inline std::uint8_t fp8_block_scale_code(std::uint32_t amax_bits, int emax) noexcept {
-  const int field = static_cast<int>(amax_bits >> 23);
-  // A subnormal's floor(log2) from its highest set bit: the bits, as an integer below
-  // 2^23, convert to a float exactly, whose exponent is that bit's position.
-  const int sub_log2 =
-      static_cast<int>(
-          detail::float_bits(static_cast<float>(static_cast<std::int32_t>(amax_bits))) >> 23) -
-      127 - 149;
-  const int log2 = field != 0 ? field - 127 : (amax_bits == 0 ? -1000 : sub_log2);
-  const int code = log2 - emax + 127;
-  return static_cast<std::uint8_t>(code < 0 ? 0 : code > 254 ? 254 : code);
-}
-
-namespace detail {
-
-template <dtype Element>
-struct fp8_format;
-template <>
-struct fp8_format<dtype::fp8_e4m3> {
-  using type = fp8_e4m3;
-  static constexpr int emax = 8;
-  static constexpr std::uint8_t nan_code = 0x7f;
-  GRADCOMM_HD static std::int32_t magnitude(std::int32_t u) noexcept {
-    return fp8_e4m3_magnitude(u);
-  }
-};
-template <>
-struct fp8_format<dtype::fp8_e5m2> {
-  using type = fp8_e5m2;
-  static constexpr int emax = 15;
-  static constexpr std::uint8_t nan_code = 0x7e;
-  GRADCOMM_HD static std::int32_t magnitude(std::int32_t u) noexcept {
-    return fp8_e5m2_magnitude(u);
-  }
-};
-
-// The element byte of x / scale, x finite, `inv` = 1 / scale (a power of two, so the
-// product is exact). Assembled in the top byte (see cast.hpp's from_not_nan).
-template <dtype Element>
-GRADCOMM_HD inline std::uint8_t fp8_block_element(float x, float inv) noexcept {
-  const std::int32_t u = float_bits_i32(x * inv);
-  const std::uint32_t r = (static_cast<std::uint32_t>(u) & 0x80000000u) |
-                          (static_cast<std::uint32_t>(fp8_format<Element>::magnitude(u)) << 24);
-  return static_cast<std::uint8_t>(r >> 24);
-}
-
-// 1 / scale for a scale code (0 .. 254 − emax): 2^(127 − code), a normal f32.
-GRADCOMM_HD inline float fp8_block_inverse_scale(std::uint8_t code) noexcept {
-  return bits_float(static_cast<std::uint32_t>(254 - code) << 23);
-}
-
-}  // namespace detail
-
-/// Encodes one block of `count` (1 .. 32) finite values: writes the elements, returns the
-/// E8M0 scale code. `Element` is dtype::fp8_e4m3 or fp8_e5m2.
-///
-///   std::uint8_t elems[32];
-///   std::uint8_t e = gradcomm::fp8_block_encode<gradcomm::dtype::fp8_e4m3>(x, 32, elems);
-template <dtype Element>
-GRADCOMM_HD inline std::uint8_t fp8_block_encode(const float* x, unsigned count,
-                                                 std::uint8_t* elems) noexcept {
-  std::int32_t amax = 0;
-  for (unsigned i = 0; i < count; ++i) {
-    const std::int32_t a = detail::float_bits_i32(x[i]) & 0x7fffffff;
-    amax = a > amax ? a : amax;
-  }
-  const std::uint8_t code =
-      fp8_block_scale_code(static_cast<std::uint32_t>(amax), detail::fp8_format<Element>::emax);
-  const float inv = detail::fp8_block_inverse_scale(code);
-  for (unsigned i = 0; i < count; ++i) elems[i] = detail::fp8_block_element<Element>(x[i], inv);
-  return code;
-}
-
-/// Decodes one block: out[i] = element i × 2^(code − 127), exactly; adds instead of
-/// overwriting when `Add`. `code` must be a valid one (≤ fp8_block_max_scale_code).
-///
-///   gradcomm::fp8_block_decode<gradcomm::dtype::fp8_e4m3, false>(e, elems, 32, out);
-template <dtype Element, bool Add>
-GRADCOMM_HD inline void fp8_block_decode(std::uint8_t code, const std::uint8_t* __restrict elems,
-                                         unsigned count, float* __restrict out) noexcept {
-  using type = typename detail::fp8_format<Element>::type;
-  // Two factors, so that neither is an f32 subnormal (slow as an operand on some CPUs):
-  // code 0's 2^-127 as 2^-64 · 2^-63. The first product is exact, the second too.
-  const float s1 =
-      code == 0 ? 0x1p-64f : detail::bits_float(static_cast<std::uint32_t>(code) << 23);
-  const float s2 = code == 0 ? 0x1p-63f : 1.0f;
-  for (unsigned i = 0; i < count; ++i) {
-    const float v = to_float(type{elems[i]}) * s1 * s2;
-    if constexpr (Add) {
-      out[i] += v;
-    } else {
-      out[i] = v;
-    }
-  }
-}
 
 /// Block-scaled fp8 (MXFP8): blocks of 32 values share a power-of-two E8M0 scale, each value
 /// an fp8 E4M3 or E5M2 element (layout and rounding above). Not linear (the scales differ
@@ -215,9 +88,7 @@ class fp8_block_codec : public host_codec_calls<fp8_block_codec> {
   nonfinite_policy policy() const noexcept { return policy_; }
 
   /// Blocks (scales) of n values: ceil(n / 32).
-  static constexpr std::size_t blocks(std::size_t n) noexcept {
-    return n / block_size + (n % block_size != 0 ? 1 : 0);
-  }
+  static constexpr std::size_t blocks(std::size_t n) noexcept { return detail::fp8_block_count(n); }
 
   std::size_t max_encoded_bytes(std::size_t n) const noexcept {
     return wire_header_bytes + blocks(n) + n;
@@ -235,7 +106,8 @@ class fp8_block_codec : public host_codec_calls<fp8_block_codec> {
     with_element(element_, [&]<dtype E>() {
       // The finite blocks in one fast pass; the blocks it stopped at, one by one.
       std::size_t b = 0;
-      while ((b = encode_blocks<E>(in.data(), n, b, scales, elems)) < blocks(n)) {
+      while ((b = detail::fp8_block_cpu::encode_blocks<E>(in.data(), n, b, scales, elems)) <
+             blocks(n)) {
         encode_nonfinite_block<E>(in, b, scales, elems);
         ++b;
       }
@@ -257,62 +129,6 @@ class fp8_block_codec : public host_codec_calls<fp8_block_codec> {
   using host_codec_calls<fp8_block_codec>::decode;
   using host_codec_calls<fp8_block_codec>::decode_add;
 
-  // ---- the loops, with AVX2 clones chosen at run time (detail/cpu_dispatch.hpp) ----------
-
-  /// Encodes blocks from `first` on while they are finite; returns the index of the first
-  /// block holding ±Inf or NaN (left unwritten), or blocks(n). Public for the tests, which
-  /// compare the portable loop with the clone.
-  template <dtype E>
-  [[gnu::always_inline]] static inline std::size_t encode_blocks_impl(
-      const float* __restrict src, std::size_t n, std::size_t first,
-      std::uint8_t* __restrict scales, std::uint8_t* __restrict elems) noexcept {
-    const std::size_t nb = blocks(n);
-    for (std::size_t b = first; b < nb; ++b) {
-      const std::size_t begin = b * block_size;
-      const auto count = static_cast<unsigned>(n - begin < block_size ? n - begin : block_size);
-      const float* x = src + begin;
-      std::int32_t amax = 0;
-      if (count == block_size) {
-        for (unsigned i = 0; i < block_size; ++i) {  // a constant trip count vectorizes whole
-          const std::int32_t a = detail::float_bits_i32(x[i]) & 0x7fffffff;
-          amax = a > amax ? a : amax;
-        }
-      } else {
-        for (unsigned i = 0; i < count; ++i) {
-          const std::int32_t a = detail::float_bits_i32(x[i]) & 0x7fffffff;
-          amax = a > amax ? a : amax;
-        }
-      }
-      if (amax >= 0x7f800000) return b;
-      const std::uint8_t code =
-          fp8_block_scale_code(static_cast<std::uint32_t>(amax), detail::fp8_format<E>::emax);
-      const float inv = detail::fp8_block_inverse_scale(code);
-      scales[b] = code;
-      std::uint8_t* q = elems + begin;
-      if (count == block_size) {
-        for (unsigned i = 0; i < block_size; ++i) q[i] = detail::fp8_block_element<E>(x[i], inv);
-      } else {
-        for (unsigned i = 0; i < count; ++i) q[i] = detail::fp8_block_element<E>(x[i], inv);
-      }
-    }
-    return nb;
-  }
-
-  /// Decodes (or, with Add, adds) n values from valid scales and elements.
-  template <dtype E, bool Add>
-  [[gnu::always_inline]] static inline void decode_blocks_impl(
-      const std::uint8_t* __restrict scales, const std::uint8_t* __restrict elems, std::size_t n,
-      float* __restrict out) noexcept {
-    const std::size_t full = n / block_size;
-    for (std::size_t b = 0; b < full; ++b) {
-      fp8_block_decode<E, Add>(scales[b], elems + b * block_size, block_size, out + b * block_size);
-    }
-    if (const std::size_t rest = n % block_size) {
-      fp8_block_decode<E, Add>(scales[full], elems + full * block_size, static_cast<unsigned>(rest),
-                               out + full * block_size);
-    }
-  }
-
  private:
   template <class F>
   static void with_element(dtype e, F&& f) {
@@ -322,40 +138,6 @@ class fp8_block_codec : public host_codec_calls<fp8_block_codec> {
       f.template operator()<dtype::fp8_e5m2>();
     }
   }
-
-  template <dtype E>
-  static std::size_t encode_blocks(const float* src, std::size_t n, std::size_t first,
-                                   std::uint8_t* scales, std::uint8_t* elems) noexcept {
-#if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_runs(detail::cpu_isa::avx2))
-      return encode_blocks_avx2<E>(src, n, first, scales, elems);
-#endif
-    return encode_blocks_impl<E>(src, n, first, scales, elems);
-  }
-  template <dtype E, bool Add>
-  static void decode_blocks(const std::uint8_t* scales, const std::uint8_t* elems, std::size_t n,
-                            float* out) noexcept {
-#if GRADCOMM_X86_DISPATCH
-    if (detail::cpu_runs(detail::cpu_isa::avx2))
-      return decode_blocks_avx2<E, Add>(scales, elems, n, out);
-#endif
-    decode_blocks_impl<E, Add>(scales, elems, n, out);
-  }
-#if GRADCOMM_X86_DISPATCH
-  template <dtype E>
-  [[gnu::target("avx2")]] static std::size_t encode_blocks_avx2(const float* src, std::size_t n,
-                                                                std::size_t first,
-                                                                std::uint8_t* scales,
-                                                                std::uint8_t* elems) noexcept {
-    return encode_blocks_impl<E>(src, n, first, scales, elems);
-  }
-  template <dtype E, bool Add>
-  [[gnu::target("avx2")]] static void decode_blocks_avx2(const std::uint8_t* scales,
-                                                         const std::uint8_t* elems, std::size_t n,
-                                                         float* out) noexcept {
-    decode_blocks_impl<E, Add>(scales, elems, n, out);
-  }
-#endif
 
   // Block b holds ±Inf or NaN: reject, or encode it with them zeroed and then, under
   // `pass`, put NaN and (E5M2) ±Inf element codes in their places.
@@ -433,7 +215,9 @@ class fp8_block_codec : public host_codec_calls<fp8_block_codec> {
                                    " out of range: " + std::string(dtype_name(h.type)) +
                                    " blocks have codes 0.." + std::to_string(max_code));
     }
-    with_element(h.type, [&]<dtype E>() { decode_blocks<E, Add>(scales, elems, n, out.data()); });
+    with_element(h.type, [&]<dtype E>() {
+      detail::fp8_block_cpu::decode_blocks<E, Add>(scales, elems, n, out.data());
+    });
   }
 
   dtype element_;

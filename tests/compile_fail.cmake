@@ -22,6 +22,24 @@ foreach(_case IN LISTS _gc_cf_cases)
     LABELS compile_fail PASS_REGULAR_EXPRESSION "${_expect}")
 endforeach()
 
+# Refusals of PowerSGD, which needs Eigen (gradcomm::eigen): its include directory and
+# GRADCOMM_HAS_EIGEN=1 on the command line, or no test where Eigen is missing.
+if(TARGET Eigen3::Eigen)
+  get_target_property(_gc_cf_eigen Eigen3::Eigen INTERFACE_INCLUDE_DIRECTORIES)
+  set(_gc_cf_eigen_cases
+    "gossip_powersgd|GossipCodec")
+  foreach(_case IN LISTS _gc_cf_eigen_cases)
+    string(REPLACE "|" ";" _parts "${_case}")
+    list(GET _parts 0 _name)
+    list(GET _parts 1 _expect)
+    add_test(NAME compile_fail.${_name}
+             COMMAND ${CMAKE_CXX_COMPILER} -std=c++20 -fsyntax-only -DGRADCOMM_HAS_EIGEN=1
+                     -I${gradcomm_SOURCE_DIR}/include -I${_gc_cf_eigen} ${_gc_cf_dir}/${_name}.cpp)
+    set_tests_properties(compile_fail.${_name} PROPERTIES
+      LABELS compile_fail PASS_REGULAR_EXPRESSION "${_expect}")
+  endforeach()
+endif()
+
 # Under nvcc (GRADCOMM_CUDA_LANGUAGE), the refusals that name core/cuda/stream.cuh's
 # cuda_stream: compiled to an object file, since nvcc has no -fsyntax-only.
 if(GRADCOMM_CUDA_LANGUAGE)

@@ -32,16 +32,18 @@
 //    instead (q = C(W_ji x_i − x̂_{i→j}), the receiver adds x̂_{i→j}, the sender subtracts
 //    it): the mass moved is exactly what arrived, and what the codec dropped stays home
 //    until a later round sends it (error feedback). With a lossless codec and γ = 1 this
-//    is plain gossip. Copies per edge rather than CHOCO's one per rank cost an encode per
-//    neighbour instead of one per round, and 2 × (distinct peers) × n floats; in return a
-//    skipped edge leaves both ends' copies equal (mass is kept when a peer drops out) and
-//    time-varying graphs work. Measured (1000 values in [-1, 1) a rank, 300 rounds):
-//    8- and 4-bit scalar_quant keep plain gossip's rate at γ = 1 on every topology tried
-//    (ring, torus, exponential, random matching). sign_codec is fragile: at γ = 1 it
-//    reaches 1e-3 in 120–160 rounds on rings of 5 and 8 and the 4 × 4 torus, but stalls
-//    near 0.1 on rings of 2 and 3, only creeps at γ ≤ 0.7 anywhere, and does not converge
-//    with push-sum on the exponential graph (a copy there is updated only every
-//    ⌈log2 n⌉ rounds, and one bit a value does not catch up).
+//    is plain gossip. Unless set, γ comes from the codec's compression quality ω
+//    (gossip_default_gamma: 2ω / (1 + ω)), and a codec that is no contraction unscaled
+//    (ternary, scaled random-k) has its decoded updates scaled by its gain (both ends alike).
+//    Copies per edge rather than CHOCO's one per rank cost an encode per neighbour instead of one
+//    per round, and 2 × (distinct peers) × n floats; in return a skipped edge leaves both ends'
+//    copies equal (mass is kept when a peer drops out) and time-varying graphs work. Measured (1000
+//    values in [-1, 1) a rank, 300 rounds): 8- and 4-bit scalar_quant keep plain gossip's rate at γ
+//    = 1 on every topology tried (ring, torus, exponential, random matching). sign_codec is
+//    fragile: at γ = 1 it reaches 1e-3 in 120–160 rounds on rings of 5 and 8 and the 4 × 4 torus,
+//    but stalls near 0.1 on rings of 2 and 3, only creeps at γ ≤ 0.7 anywhere, and does not
+//    converge with push-sum on the exponential graph (a copy there is updated only every ⌈log2 n⌉
+//    rounds, and one bit a value does not catch up).
 //  - The messages: one group per peer, holding the send to it and the receive from it,
 //    every group of the round posted before any is waited on. A post never blocks, so no
 //    rank can wait on a rank that waits on it: no deadlock by construction, whatever the

@@ -6,6 +6,7 @@ set(_gc_cf_cases
   "allreduce_not_a_codec|C must model gradcomm::Codec"
   "allreduce_not_a_transport|T must model gradcomm::Transport"
   "gossip_error_feedback|GossipCodec"
+  "gossip_powersgd|GossipCodec|eigen"
   "parameter_server_without_recv_any|T must model gradcomm::AsyncTransport"
   "device_view_on_host|a view's memory space must match its execution context"
   "device_view_decode_add_on_host|a view's memory space must match its execution context"
@@ -14,8 +15,19 @@ foreach(_case IN LISTS _gc_cf_cases)
   string(REPLACE "|" ";" _parts "${_case}")
   list(GET _parts 0 _name)
   list(GET _parts 1 _expect)
+  # A third field "eigen": the case includes PowerSGD, which needs Eigen's include
+  # directory and GRADCOMM_HAS_EIGEN=1; no test where Eigen is missing.
+  set(_flags "")
+  list(LENGTH _parts _n)
+  if(_n GREATER 2)
+    if(NOT TARGET Eigen3::Eigen)
+      continue()
+    endif()
+    get_target_property(_eigen Eigen3::Eigen INTERFACE_INCLUDE_DIRECTORIES)
+    set(_flags -DGRADCOMM_HAS_EIGEN=1 -I${_eigen})
+  endif()
   add_test(NAME compile_fail.${_name}
-           COMMAND ${CMAKE_CXX_COMPILER} -std=c++20 -fsyntax-only
+           COMMAND ${CMAKE_CXX_COMPILER} -std=c++20 -fsyntax-only ${_flags}
                    -I${gradcomm_SOURCE_DIR}/include ${_gc_cf_dir}/${_name}.cpp)
   # With a pass expression ctest ignores the exit code: the sentence is the check
   # (and a successful compile prints none).

@@ -10,14 +10,18 @@
 
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/execution.hpp>
+#include <gradcomm/core/philox.hpp>
 #include <gradcomm/core/tensor.hpp>
 #include <gradcomm/core/wire.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <type_traits>
+#include <vector>
 
 namespace gradcomm {
 inline namespace v0 {
@@ -240,6 +244,11 @@ static_assert(Codec<codec_archetype>);
 ///      `pull_codec_of(c)`.
 ///  T5. `residual_norm() const` convertible to double: ||e|| of the error the codec still
 ///      owes, for statistics [0]. Read by `residual_norm_of(c)`.
+///  T6. `compression_quality(std::size_t n) const` convertible to double: ω in (0, 1] with
+///      E‖D(E(x)) − x‖² ≤ (1 − ω)‖x‖² for x of n elements (CHOCO's compression quality)
+///      [1 when lossless; otherwise measured with the codec's own encode and decode on two
+///      fixed probes]. Read by `compression_quality_of(c, n)`: gossip's default consensus
+///      step comes from it.
 ///
 ///   static_assert(gradcomm::lossless_codec<gradcomm::identity_codec>);
 ///   static_assert(std::same_as<gradcomm::linear_element_t<gradcomm::bf16_codec>, gradcomm::bf16>);
@@ -314,6 +323,86 @@ double residual_norm_of(const C& c) {
     return c.residual_norm();
   else
     return 0.0;
+}
+
+/// T6: what gossip needs to know of a lossy codec. `omega` is ω, the share of ‖x‖² that
+/// survives compression once the decoded values are scaled by `gain` (≤ 1):
+/// ‖gain·D(E(x)) − x‖² ≤ (1 − ω)‖x‖². `gain` is 1 but for codecs whose decoded values are
+/// longer than their projection on x by more than a tenth (the unbiased stochastic ones:
+/// ternary, scaled random-k, stochastic rounding at 2 bits), which are no contraction
+/// unscaled; CHOCO scales those by 1/τ (Koloskova et al., 2019). Both are rounded down to multiples
+/// of 2⁻²⁰, so ranks on different libms agree.
+///
+///   auto q = gradcomm::compression_quality_of(gradcomm::topk_codec({.ratio = 0.05}), n);
+///   // q.omega == 0.05: the flat probe keeps k of n equal values
+struct compression_quality {
+  double omega = 1.0;
+  double gain = 1.0;
+};
+
+namespace detail {
+// A codec's ω and gain measured on two probes of n values, keyed and identical on every
+// rank: Gaussian values (Box–Muller on Philox words) and values of equal magnitude with
+// random signs, the worst case of a sparsifier (ω = k/n). The gain is the least of
+// ⟨D(g), g⟩ / ‖D(g)‖² over the probes when that is below 0.9, else 1; ω is the least over
+// the probes of 1 − ‖gain·D(g) − g‖² / ‖g‖², at least 2⁻²⁰.
+template <Codec C>
+compression_quality measure_compression_quality(const C& prototype, std::size_t n) {
+  if (n == 0) return {};
+  C c = prototype;
+  if constexpr (StochasticCodec<C>) c.set_stream({.seed = 0x70726f6265, .step = 0});
+  std::vector<float> probe[2], decoded[2];
+  std::vector<std::byte> wire(c.max_encoded_bytes(n));
+  double dot[2] = {}, dd[2] = {}, gg[2] = {};
+  for (int p = 0; p < 2; ++p) {
+    const philox_stream s(0x70726f6265, 1, static_cast<std::uint32_t>(p), 0);
+    probe[p].resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const u32x4 w = s.block(static_cast<std::uint32_t>(i));
+      const double u1 = 1.0 - static_cast<double>(philox_uniform(w.v[0]));  // (0, 1]
+      const double u2 = static_cast<double>(philox_uniform(w.v[1]));
+      const double sign = (w.v[2] & 1u) != 0 ? 1.0 : -1.0;
+      probe[p][i] = static_cast<float>(
+          p == 0 ? std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2) : sign);
+    }
+    decoded[p].resize(n);
+    const std::size_t bytes = c.encode(host_view<const float>(probe[p]), wire);
+    c.decode(std::span<const std::byte>(wire).first(bytes), host_view<float>(decoded[p]));
+    for (std::size_t i = 0; i < n; ++i) {
+      const double g = probe[p][i], d = decoded[p][i];
+      dot[p] += d * g;
+      dd[p] += d * d;
+      gg[p] += g * g;
+    }
+  }
+  constexpr double grid = 1.0 / (1 << 20);
+  double gain = 1.0;
+  for (int p = 0; p < 2; ++p)
+    if (dd[p] > 0.0) gain = std::min(gain, std::max(dot[p] / dd[p], grid));
+  if (gain >= 0.9) gain = 1.0;
+  double omega = 1.0;
+  for (int p = 0; p < 2; ++p)
+    if (gg[p] > 0.0) omega = std::min(omega, (2.0 * gain * dot[p] - gain * gain * dd[p]) / gg[p]);
+  return {std::max(std::floor(omega / grid) * grid, grid), std::floor(gain / grid) * grid};
+}
+}  // namespace detail
+
+/// T6: c's compression quality on tensors of n elements: ω = 1 for a lossless codec, the
+/// codec's own `compression_quality(n)` where it declares one (gain 1), else measured
+/// (detail::measure_compression_quality: one encode and decode of two n-value probes).
+///
+///   const double omega = gradcomm::compression_quality_of(codec, n).omega;
+template <Codec C>
+compression_quality compression_quality_of(const C& c, std::size_t n) {
+  if constexpr (lossless_codec<C>) {
+    return {};
+  } else if constexpr (requires {
+                         { c.compression_quality(n) } -> std::convertible_to<double>;
+                       }) {
+    return {static_cast<double>(c.compression_quality(n)), 1.0};
+  } else {
+    return detail::measure_compression_quality(c, n);
+  }
 }
 
 /// Requirement 8: the caller-owned scratch, in bytes, that c's calls on n elements need;

@@ -32,16 +32,18 @@
 //    instead (q = C(W_ji x_i − x̂_{i→j}), the receiver adds x̂_{i→j}, the sender subtracts
 //    it): the mass moved is exactly what arrived, and what the codec dropped stays home
 //    until a later round sends it (error feedback). With a lossless codec and γ = 1 this
-//    is plain gossip. Copies per edge rather than CHOCO's one per rank cost an encode per
-//    neighbour instead of one per round, and 2 × (distinct peers) × n floats; in return a
-//    skipped edge leaves both ends' copies equal (mass is kept when a peer drops out) and
-//    time-varying graphs work. Measured (1000 values in [-1, 1) a rank, 300 rounds):
-//    8- and 4-bit scalar_quant keep plain gossip's rate at γ = 1 on every topology tried
-//    (ring, torus, exponential, random matching). sign_codec is fragile: at γ = 1 it
-//    reaches 1e-3 in 120–160 rounds on rings of 5 and 8 and the 4 × 4 torus, but stalls
-//    near 0.1 on rings of 2 and 3, only creeps at γ ≤ 0.7 anywhere, and does not converge
-//    with push-sum on the exponential graph (a copy there is updated only every
-//    ⌈log2 n⌉ rounds, and one bit a value does not catch up).
+//    is plain gossip. Unless set, γ comes from the codec's compression quality ω
+//    (gossip_default_gamma: 2ω / (1 + ω)), and a codec that is no contraction unscaled
+//    (ternary, scaled random-k) has its decoded updates scaled by its gain (both ends alike).
+//    Copies per edge rather than CHOCO's one per rank cost an encode per neighbour instead of one
+//    per round, and 2 × (distinct peers) × n floats; in return a skipped edge leaves both ends'
+//    copies equal (mass is kept when a peer drops out) and time-varying graphs work. Measured (1000
+//    values in [-1, 1) a rank, 300 rounds): 8- and 4-bit scalar_quant keep plain gossip's rate at γ
+//    = 1 on every topology tried (ring, torus, exponential, random matching). sign_codec is
+//    fragile: at γ = 1 it reaches 1e-3 in 120–160 rounds on rings of 5 and 8 and the 4 × 4 torus,
+//    but stalls near 0.1 on rings of 2 and 3, only creeps at γ ≤ 0.7 anywhere, and does not
+//    converge with push-sum on the exponential graph (a copy there is updated only every ⌈log2 n⌉
+//    rounds, and one bit a value does not catch up).
 //  - The messages: one group per peer, holding the send to it and the receive from it,
 //    every group of the round posted before any is waited on. A post never blocks, so no
 //    rank can wait on a rank that waits on it: no deadlock by construction, whatever the
@@ -109,6 +111,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -134,17 +137,43 @@ inline void keep_until_exit(std::shared_ptr<void> p) {
 
 }  // namespace detail
 
-/// GossipCodec<C>: a Codec that gossip can use, which is any Codec but a wrapper that keeps
-/// a residual of its own (a stateful wrapper_codec, codec/codec.hpp T3: error_feedback,
-/// dgc_memory). Compressed gossip's public copies already are error feedback; feedback
-/// inside the codec as well counts every error twice, and the values diverge (measured:
-/// error_feedback<sign_codec> on a ring of 8 grows without bound at every γ from 0.1 to
-/// 1, where sign_codec alone converges). Pass the inner codec.
+/// GossipCodec<C>: a Codec that gossip can use: any Codec that keeps no state between calls
+/// (codec_traits::stateful false, codec/codec.hpp). Compressed gossip's public copies
+/// already are error feedback; a codec with state of its own is a second feedback loop
+/// inside CHOCO's and the values diverge. Measured: error_feedback<sign_codec> (a stateful
+/// wrapper, T3) on a ring of 8 grows without bound at every γ from 0.1 to 1, where
+/// sign_codec alone converges; PowerSGD (its own error feedback and warm start) reaches a
+/// loss of 1e51 on a least-squares problem over a ring of 4 at every γ tried. Pass the
+/// inner codec of a wrapper; PowerSGD in gossip (PowerGossip, Vogels et al. 2020: low-rank
+/// differences between neighbours) is not implemented.
 ///
 ///   static_assert(gradcomm::GossipCodec<gradcomm::sign_codec>);
 ///   static_assert(!gradcomm::GossipCodec<gradcomm::error_feedback<gradcomm::sign_codec>>);
 template <class C>
-concept GossipCodec = Codec<C> && !(wrapper_codec<C> && C::traits.stateful);
+concept GossipCodec = Codec<C> && !C::traits.stateful;
+
+/// The consensus step γ that gossip takes for a lossy codec of compression quality ω
+/// (compression_quality_of, codec/codec.hpp: E‖Q(x) − x‖² ≤ (1 − ω)‖x‖²):
+///
+///   γ(ω) = 2ω / (1 + ω):  1 at ω = 1 (lossless), about 2ω for a coarse codec.
+///
+/// It has the form of CHOCO-SGD's rule (Koloskova et al., 2019: γ* = δ²ω / (16δ + δ² + 4β²
+/// + 2δβ² − 8δω), δ the spectral gap of W and β = ‖I − W‖), without its constants: γ* is
+/// 1e-4 for top-k 1 % on a ring of 8, too small to train, and what bounds γ in practice
+/// did not depend on δ. Measured on least squares (d = 2000, 300 SGD steps, rings of 4
+/// and 8 alike), the largest stable γ against the default: top-k 5 % (ω = 0.05) 0.3
+/// against 0.095, top-k 1 % 0.2 against 0.02, random-k 1 % 0.07 against 0.02, random-k 5 %
+/// (scaled, gain 0.05) 0.1–0.3 against 0.095; sign, ternary (gain 0.39), 8-bit and bf16 are
+/// stable at 1 (defaults 0.78, 0.55, 1.0, 1.0). At γ = 1 top-k 5 % ends at a loss of 1e8,
+/// random-k 1 % at 1e18. Random-k, the tightest, sets the factor 2 (4 put random-k 5 %
+/// at the edge). tests/unit/test_gossip_convergence.cpp trains each codec at its default.
+///
+///   float g = gradcomm::gossip_default_gamma(0.05);  // 0.095
+inline float gossip_default_gamma(double omega) noexcept {
+  if (!(omega > 0.0)) return 0x1p-20f;
+  if (omega >= 1.0) return 1.0f;
+  return static_cast<float>(2.0 * omega / (1.0 + omega));
+}
 
 /// How gossip mixes: `automatic` averages on undirected topologies and runs push-sum on
 /// directed ones; `push_sum` may be asked for on any topology; `averaging` on an
@@ -158,10 +187,11 @@ enum class mixing_rule : unsigned char { automatic, averaging, push_sum };
 ///   gradcomm::gossip_options o{.gamma = 0.5f, .seed = 7};
 struct gossip_options {
   mixing_rule rule = mixing_rule::automatic;
-  /// The consensus step size γ, in (0, 1]: rounds mix with (1 − γ) I + γ W. 1 with a
-  /// lossless codec is plain gossip; CHOCO's theory wants less the coarser the codec (but
-  /// see the measurements at the top of this header).
-  float gamma = 1.0f;
+  /// The consensus step size γ, in (0, 1]: rounds mix with (1 − γ) I + γ W. Unset, it is
+  /// chosen from the codec: 1 with a lossless codec (plain gossip), gossip_default_gamma of
+  /// the codec's compression quality ω otherwise (compression_quality_of, codec/codec.hpp),
+  /// found when the first round fixes n. Set it to override that choice.
+  std::optional<float> gamma = std::nullopt;
   /// The tag of every message (below 32768: MPI guarantees tags up to 32767). Two gossip
   /// objects on one transport need two tags. One tag for all rounds, not one a round:
   /// messages of one pair match in the order posted, so a rank that fell a round behind
@@ -276,9 +306,14 @@ class gossip {
         edges_(static_cast<std::size_t>(transport.size())) {
     static constexpr const char* call = "gossip";
     const int me = transport.rank();
-    if (!(o_.gamma > 0.0f && o_.gamma <= 1.0f))
-      detail::throw_invalid_argument(
-          call, "gamma is " + std::to_string(o_.gamma) + ", it must lie in (0, 1]", me);
+    if (o_.gamma) {
+      if (!(*o_.gamma > 0.0f && *o_.gamma <= 1.0f))
+        detail::throw_invalid_argument(
+            call, "gamma is " + std::to_string(*o_.gamma) + ", it must lie in (0, 1]", me);
+      gamma_ = *o_.gamma;
+    } else if constexpr (!lossy) {
+      gamma_ = 1.0f;
+    }
     if (o_.tag < 0)
       detail::throw_invalid_argument(call, "the tag is " + std::to_string(o_.tag), me);
     switch (o_.rule) {
@@ -357,6 +392,12 @@ class gossip {
   ///   g.optimizer().settings().lr *= 0.1f;  // a learning-rate schedule
   const G& topology() const noexcept { return topo_; }
   C& codec() noexcept { return codec_; }
+  /// The consensus step γ in use: the one set in the options, 1 for a lossless codec, else
+  /// gossip_default_gamma(quality().omega) once the first round fixed n (NaN before).
+  float gamma() const noexcept { return gamma_; }
+  /// The codec's compression quality on this tensor (ω and the gain its decoded values are
+  /// scaled by, compression_quality_of): ω = 1 for a lossless codec; found by the first round.
+  const compression_quality& quality() const noexcept { return quality_; }
   O& optimizer() noexcept { return opt_; }
   const gossip_options& settings() const noexcept { return o_; }
 
@@ -547,6 +588,11 @@ class gossip {
       if (rule_ == mixing_rule::push_sum) x_.assign(n, 0.0f);
       late_delta_.assign(n, 0.0f);
       plain_ = std::make_shared<std::vector<std::byte>>(codec_.max_encoded_bytes(n));
+      if constexpr (lossy) {
+        quality_ = compression_quality_of(codec_, n);
+        if (quality_.gain != 1.0) gained_.assign(n, 0.0f);
+        if (!o_.gamma) gamma_ = gossip_default_gamma(quality_.omega);
+      }
     } else if (n != n_) {
       detail::throw_invalid_argument("gossip::start_mix",
                                      std::to_string(n) + " elements after " + std::to_string(n_) +
@@ -639,7 +685,7 @@ class gossip {
     } else if (e.sends() && lossy) {
       l.own = ed.mine;  // x̂_{i→j}(t), updated when the message was posted
     } else if (e.sends()) {
-      const auto share = static_cast<float>(e.out_w * o_.gamma);  // push-sum's share
+      const auto share = static_cast<float>(e.out_w * gamma_);  // push-sum's share
       l.own.resize(n_);
       for (std::size_t i = 0; i < n_; ++i) l.own[i] = share * x_[i];
     }
@@ -755,13 +801,13 @@ class gossip {
       }
       return;
     }
-    const auto share = static_cast<float>(e.out_w * o_.gamma);
+    const auto share = static_cast<float>(e.out_w * gamma_);
     if constexpr (lossy) {
       for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i] - ed.mine[i];
     } else {
       for (std::size_t i = 0; i < n; ++i) scratch_[i] = share * x_[i];
     }
-    e.weight_share = e.out_w * o_.gamma * weight_;
+    e.weight_share = e.out_w * gamma_ * weight_;
     const auto bits = std::bit_cast<std::uint64_t>(e.weight_share);
     wire_writer w(std::span<std::byte>(ed.send).first(weight_bytes), "gossip::start_mix");
     w.put_u64(bits);
@@ -778,15 +824,26 @@ class gossip {
     return std::span<const std::byte>(edge_to(e.peer).send).first(e.send_bytes);
   }
 
+  // copy += gain · D(payload): a public copy's update, the same on both ends of the edge
+  // (the gain is 1 but for codecs that are no contraction unscaled: see compression_quality).
+  void add_to_copy(edge& ed, std::span<const std::byte> payload, std::vector<float>& copy) {
+    if (quality_.gain == 1.0) {
+      ed.codec.decode_add(payload, copy);
+      return;
+    }
+    ed.codec.decode(payload, gained_);
+    const auto gain = static_cast<float>(quality_.gain);
+    float* c = copy.data();
+    const float* d = gained_.data();
+    for (std::size_t i = 0; i < n_; ++i) c[i] += gain * d[i];
+  }
+
   // D(q) of this rank's payload to e's peer, added to x̂_{i→j}: what the peer adds to its
   // copy when the message lands.
   void update_mine(const exchange& e) {
     edge& ed = edge_to(e.peer);
     const std::span<const std::byte> p = sent_payload(e);
-    if (rule_ == mixing_rule::push_sum)
-      ed.codec.decode_add(p.subspan(weight_bytes), ed.mine);
-    else
-      ed.codec.decode_add(p, ed.mine);
+    add_to_copy(ed, rule_ == mixing_rule::push_sum ? p.subspan(weight_bytes) : p, ed.mine);
   }
 
   // Encodes and posts e's group: the send to its peer and the receive from it.
@@ -968,7 +1025,7 @@ class gossip {
         rethrow_decode(d, e.peer);
       }
     }
-    const auto gw = static_cast<float>(o_.gamma * w);
+    const auto gw = static_cast<float>(gamma_ * w);
     const auto kf = static_cast<float>(k);
     float* x = params_.data();
     const float* sum = delta_.data();
@@ -993,7 +1050,7 @@ class gossip {
       edge& ed = edge_to(e.peer);
       if constexpr (lossy) {
         try {
-          ed.codec.decode_add(got, ed.theirs);
+          add_to_copy(ed, got, ed.theirs);
         } catch (const decode_error& d) {
           rethrow_decode(d, e.peer);
         }
@@ -1012,7 +1069,7 @@ class gossip {
       }
     }
     if (!any) return;
-    const float gamma = o_.gamma;
+    const float gamma = gamma_;
     if (gamma == 1.0f) {
       for (std::size_t i = 0; i < n; ++i) x[i] += delta[i];
     } else {
@@ -1036,12 +1093,12 @@ class gossip {
       edge& ed = edge_to(l.peer);
       if (rule_ == mixing_rule::averaging) {
         if (!l.receives()) continue;
-        const auto gw = static_cast<float>(o_.gamma * l.in_w);
+        const auto gw = static_cast<float>(gamma_ * l.in_w);
         const std::span<const std::byte> got = received_payload(l);
         const float* own = l.own.data();
         try {
           if constexpr (lossy)
-            ed.codec.decode_add(got, ed.theirs);  // in order: before any later message
+            add_to_copy(ed, got, ed.theirs);  // in order: before any later message
           else
             codec_.decode(got, scratch_);
         } catch (const decode_error& d) {
@@ -1073,7 +1130,7 @@ class gossip {
       if (!std::isfinite(their_w) || their_w < 0.0)
         throw decode_error("gossip::mix", "push-sum weight " + std::to_string(their_w));
       if constexpr (lossy) {
-        ed.codec.decode_add(got.subspan(weight_bytes), ed.theirs);
+        add_to_copy(ed, got.subspan(weight_bytes), ed.theirs);
       } else {
         ed.codec.decode_add(got.subspan(weight_bytes), delta_);
       }
@@ -1102,7 +1159,7 @@ class gossip {
           const float* mi = ed.mine.data();
           for (std::size_t i = 0; i < n; ++i) delta[i] -= mi[i];
         } else {
-          const auto share = static_cast<float>(e.out_w * o_.gamma);
+          const auto share = static_cast<float>(e.out_w * gamma_);
           for (std::size_t i = 0; i < n; ++i) delta[i] -= share * x_[i];
         }
       }
@@ -1176,6 +1233,8 @@ class gossip {
   C codec_;
   O opt_;
   gossip_options o_;
+  float gamma_ = std::numeric_limits<float>::quiet_NaN();
+  compression_quality quality_;
   mixing_rule rule_ = mixing_rule::averaging;
   std::uint64_t round_ = 0;
   double weight_ = 1.0;
@@ -1187,7 +1246,7 @@ class gossip {
   std::vector<bool> late_open_;  // poll_late: peers with a late exchange still open
   std::vector<std::unique_ptr<edge>> edges_;
   std::vector<exchange> ex_;
-  std::vector<float> scratch_, delta_, x_, late_delta_;
+  std::vector<float> scratch_, delta_, x_, late_delta_, gained_;
   std::shared_ptr<std::vector<std::byte>> plain_;
   std::size_t plain_bytes_ = 0;
   std::vector<late_exchange> late_;            // in the order of their rounds

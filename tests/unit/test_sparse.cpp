@@ -414,7 +414,7 @@ TEST(SparseSelect, EveryInstructionSetAgrees) {
   g[5] = nan_f;
   g[70000] = -inf_f;
   for (std::size_t i = 3000; i < 4100; ++i) g[i] = 1e20f;  // a block whose f32 sum overflows
-  using isa = gc::detail::sparse_isa;
+  using isa = gc::detail::cpu_isa;
   std::vector<isa> paths = {isa::portable};
   if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx2)) paths.push_back(isa::avx2);
   if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx512)) paths.push_back(isa::avx512);
@@ -453,7 +453,7 @@ TEST(TopK, ManyTiesOnEveryPath) {
   // 100,000 values of a few magnitudes, 1 %: every chunk of 16 has hits. GCC 12 with
   // -fsanitize=undefined read the AVX-512 path's 16-bit masks with 16 stale bits above
   // them (sparse_mask_bits): elements visited twice, pairs stored past the scratch.
-  using isa = gc::detail::sparse_isa;
+  using isa = gc::detail::cpu_isa;
   std::vector<isa> paths = {isa::portable};
   if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx2)) paths.push_back(isa::avx2);
   if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx512)) paths.push_back(isa::avx512);

@@ -1,33 +1,29 @@
-// gradcomm/codec/detail/sparse_select.hpp — the selection loops of the sparse codecs (threshold,
-// top-k, approximate top-k, random-k). Internal: not part of the API.
+// gradcomm/codec/detail/sparse_cpu.hpp — the CPU loops that the sparse payload and several
+// sparse codecs share: the encoders' scratch, the nonfinite scan, the largest keys, the sum of
+// squares and the compaction, portable and AVX2 / AVX-512 behind cpu_dispatch.hpp. Internal:
+// not part of the API.
 //
 //   gradcomm::detail::sparse_scratch s;  // kept by the codec, reused
 //   auto r = gradcomm::detail::sparse_compact(g, n, {.key = t}, n, policy, s, "threshold::encode");
 //   // s.index[0, r.stored), s.value[0, r.stored): every i with key(g[i]) >= t, in index order
 //
-// Magnitudes are compared as their bits: for a float g, `sparse_key(g)` is the bits of |g| as
-// a non-negative int32, ordered as |g| is, with ±Inf and NaN at 0x7f800000 and above. Integer
-// compares vectorize under SSE2 and have no NaN cases. The compaction tests 16 values with
+// Values are compared by their keys (sparse_math.hpp). The compaction tests 16 values with
 // one or two vector compares and a mask; a chunk none of which is selected (most chunks, at
 // the densities sparsifiers run at) costs nothing more, so the pass runs at memory speed.
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
 #include <gradcomm/codec/detail/cpu_dispatch.hpp>
-#include <gradcomm/codec/detail/philox_fill.hpp>
+#include <gradcomm/codec/detail/sparse_math.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/error.hpp>
-#include <gradcomm/core/philox.hpp>
 
 #include <algorithm>
-#include <bit>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
-#include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if GRADCOMM_X86_DISPATCH
@@ -37,25 +33,6 @@
 namespace gradcomm {
 inline namespace v0 {
 namespace detail {
-
-/// |g| as ordered bits: a non-negative int32; ±Inf is 0x7f800000, NaN above it.
-GRADCOMM_HD inline std::int32_t sparse_key(float g) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &g, 4);
-  return static_cast<std::int32_t>(u & 0x7fffffffu);
-}
-
-/// The smallest key of ±Inf and NaN.
-inline constexpr std::int32_t sparse_nonfinite_key = 0x7f800000;
-
-/// The high 64 bits of a × b, with 32-bit pieces (exact; the same on host and device).
-GRADCOMM_HD constexpr std::uint64_t mulhi_u64(std::uint64_t a, std::uint64_t b) noexcept {
-  const std::uint64_t a_lo = a & 0xffffffffu, a_hi = a >> 32;
-  const std::uint64_t b_lo = b & 0xffffffffu, b_hi = b >> 32;
-  const std::uint64_t p0 = a_lo * b_lo, p1 = a_lo * b_hi, p2 = a_hi * b_lo, p3 = a_hi * b_hi;
-  const std::uint64_t mid = (p0 >> 32) + (p1 & 0xffffffffu) + (p2 & 0xffffffffu);
-  return p3 + (p1 >> 32) + (p2 >> 32) + (mid >> 32);
-}
 
 /// Asks for the cache line of p ahead of a scattered read (or write); no effect where the
 /// compiler has no prefetch. Scattered accesses to a large tensor wait on page walks and
@@ -71,31 +48,6 @@ inline void sparse_prefetch(const void* p) noexcept {
 
 /// How far ahead scattered loops prefetch.
 inline constexpr std::size_t sparse_prefetch_distance = 16;
-
-/// [0, n) cut into k strata (1 <= k <= n) whose lengths differ by at most one (the first
-/// n % k have one more). The divisions happen once, here.
-struct sparse_strata {
-  std::uint64_t q;  // the shorter length
-  std::uint64_t r;  // strata of length q + 1
-  GRADCOMM_HD constexpr sparse_strata(std::uint64_t n, std::uint64_t k) noexcept
-      : q(n / k), r(n % k) {}
-  /// Stratum j's first element.
-  GRADCOMM_HD constexpr std::uint64_t start(std::uint64_t j) const noexcept {
-    return j * q + (j < r ? j : r);
-  }
-  /// Stratum j's length.
-  GRADCOMM_HD constexpr std::uint64_t length(std::uint64_t j) const noexcept {
-    return q + (j < r ? 1 : 0);
-  }
-};
-
-/// A uniform integer in [0, m) from two Philox words: floor(((w1 << 32) | w0) × m / 2^64).
-/// Integer only, so every host and device computes the same value; biased by at most
-/// m / 2^64.
-GRADCOMM_HD constexpr std::uint64_t sparse_uniform_below(std::uint32_t w0, std::uint32_t w1,
-                                                         std::uint64_t m) noexcept {
-  return mulhi_u64((static_cast<std::uint64_t>(w1) << 32) | w0, m);
-}
 
 /// What the sparse encoders keep between calls, so that an encode allocates only when a
 /// selection is larger than every earlier one.
@@ -159,17 +111,6 @@ inline sparse_max_keys sparse_max_keys_loop(const float* g, std::size_t n) noexc
   return {all, finite};
 }
 
-// g, or 0 where g is ±Inf or NaN: a select on the bits (a ?: on floats becomes a branch
-// under GCC's default -ftrapping-math, and the loop no longer vectorizes).
-inline float sparse_finite_or_zero(float g) noexcept {
-  std::int32_t b;
-  std::memcpy(&b, &g, 4);
-  b &= -static_cast<std::int32_t>((b & 0x7fffffff) < sparse_nonfinite_key);
-  float v;
-  std::memcpy(&v, &b, 4);
-  return v;
-}
-
 // The sum of the finite values' g², and the largest key of all values (to find nonfinite
 // ones in the same pass). Blocks of 1024 in sixteen f32 lanes (they vectorize without
 // reassociating a sum), each block added in double; a block whose f32 sum overflows (|g|
@@ -215,21 +156,14 @@ inline sparse_squares sparse_sum_squares_loop(const float* g, std::size_t n) noe
 }
 
 #if GRADCOMM_X86_DISPATCH
-GRADCOMM_FLATTEN_AVX2 inline std::size_t sparse_find_nonfinite_avx2(const float* g,
-                                                                    std::size_t n) noexcept {
-  return sparse_find_nonfinite_loop(g, n);
+// The portable loop `Loop` compiled for AVX2 and for AVX-512 (cpu_dispatch.hpp).
+template <auto Loop, class... A>
+GRADCOMM_FLATTEN_AVX2 inline auto sparse_avx2(A... a) noexcept {
+  return Loop(a...);
 }
-GRADCOMM_FLATTEN_AVX512 inline std::size_t sparse_find_nonfinite_avx512(const float* g,
-                                                                        std::size_t n) noexcept {
-  return sparse_find_nonfinite_loop(g, n);
-}
-GRADCOMM_FLATTEN_AVX2 inline sparse_max_keys sparse_max_keys_avx2(const float* g,
-                                                                  std::size_t n) noexcept {
-  return sparse_max_keys_loop(g, n);
-}
-GRADCOMM_FLATTEN_AVX512 inline sparse_max_keys sparse_max_keys_avx512(const float* g,
-                                                                      std::size_t n) noexcept {
-  return sparse_max_keys_loop(g, n);
+template <auto Loop, class... A>
+GRADCOMM_FLATTEN_AVX512 inline auto sparse_avx512(A... a) noexcept {
+  return Loop(a...);
 }
 // sparse_sum_squares_loop in AVX2 intrinsics (GCC makes a mess of the sixteen lanes): the
 // same lanes, the same order, no FMA, so the same sum.
@@ -283,29 +217,31 @@ GRADCOMM_FLATTEN_AVX512 inline sparse_max_keys sparse_max_keys_avx512(const floa
 }
 #endif
 
+// The portable loop `Loop`, or its clone for the widest path the CPU runs.
+template <auto Loop, class... A>
+inline auto sparse_dispatch(A... a) noexcept {
+#if GRADCOMM_X86_DISPATCH
+  if (cpu_runs(cpu_isa::avx512)) return sparse_avx512<Loop>(a...);
+  if (cpu_runs(cpu_isa::avx2)) return sparse_avx2<Loop>(a...);
+#endif
+  return Loop(a...);
+}
+
 /// The first index of a ±Inf or NaN in g[0, n), or n.
 inline std::size_t sparse_find_nonfinite(const float* g, std::size_t n) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_best_isa() == cpu_isa::avx512) return sparse_find_nonfinite_avx512(g, n);
-  if (cpu_best_isa() == cpu_isa::avx2) return sparse_find_nonfinite_avx2(g, n);
-#endif
-  return sparse_find_nonfinite_loop(g, n);
+  return sparse_dispatch<sparse_find_nonfinite_loop>(g, n);
 }
 
 /// The largest key of g[0, n) (nonfinite values included) and of its finite values.
 inline sparse_max_keys sparse_max_key(const float* g, std::size_t n) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_best_isa() == cpu_isa::avx512) return sparse_max_keys_avx512(g, n);
-  if (cpu_best_isa() == cpu_isa::avx2) return sparse_max_keys_avx2(g, n);
-#endif
-  return sparse_max_keys_loop(g, n);
+  return sparse_dispatch<sparse_max_keys_loop>(g, n);
 }
 
 /// Σ g² over the finite values of g[0, n) and the largest key of all of them; the sum is
 /// the same on every x86 path.
 inline sparse_squares sparse_sum_squares(const float* g, std::size_t n) noexcept {
 #if GRADCOMM_X86_DISPATCH
-  if (cpu_best_isa() != cpu_isa::portable) return sparse_sum_squares_avx2(g, n);
+  if (cpu_runs(cpu_isa::avx2)) return sparse_sum_squares_avx2(g, n);
 #endif
   return sparse_sum_squares_loop(g, n);
 }
@@ -325,35 +261,20 @@ struct sparse_compaction {
   bool complete() const noexcept { return stored == total; }
 };
 
-// The key under a policy: ±Inf and NaN as 0 under `zero`, as they are otherwise (then the
-// compaction rejects them).
-template <bool ZeroNonfinite>
-inline std::int32_t sparse_key_policy(float g) noexcept {
-  const std::int32_t k = sparse_key(g);
-  if constexpr (ZeroNonfinite) {
-    return k >= sparse_nonfinite_key ? 0 : k;
-  } else {
-    return k;
-  }
-}
-
-/// Which instructions a loop of this header is compiled for (chosen at run time).
-enum class sparse_isa : unsigned char { portable, avx2, avx512 };
-
 // Bit j set where the key of g[j] (j < 16) under the policy is >= t (0 <= t).
-template <sparse_isa Isa, bool ZeroNonfinite>
+template <cpu_isa Isa, bool ZeroNonfinite>
 inline std::uint32_t sparse_mask16(const float* g, std::int32_t t) noexcept;
 
 template <>
-inline std::uint32_t sparse_mask16<sparse_isa::portable, false>(const float* g,
-                                                                std::int32_t t) noexcept {
+inline std::uint32_t sparse_mask16<cpu_isa::portable, false>(const float* g,
+                                                             std::int32_t t) noexcept {
   std::uint32_t m = 0;
   for (unsigned j = 0; j < 16; ++j) m |= static_cast<std::uint32_t>(sparse_key(g[j]) >= t) << j;
   return m;
 }
 template <>
-inline std::uint32_t sparse_mask16<sparse_isa::portable, true>(const float* g,
-                                                               std::int32_t t) noexcept {
+inline std::uint32_t sparse_mask16<cpu_isa::portable, true>(const float* g,
+                                                            std::int32_t t) noexcept {
   std::uint32_t m = 0;
   for (unsigned j = 0; j < 16; ++j) {
     m |= static_cast<std::uint32_t>(sparse_key_policy<true>(g[j]) >= t) << j;
@@ -363,7 +284,7 @@ inline std::uint32_t sparse_mask16<sparse_isa::portable, true>(const float* g,
 
 #if GRADCOMM_X86_DISPATCH
 template <>
-[[gnu::target("avx2")]] inline std::uint32_t sparse_mask16<sparse_isa::avx2, false>(
+[[gnu::target("avx2")]] inline std::uint32_t sparse_mask16<cpu_isa::avx2, false>(
     const float* g, std::int32_t t) noexcept {
   const __m256i abs = _mm256_set1_epi32(0x7fffffff), below = _mm256_set1_epi32(t - 1);
   const __m256i a = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g)), abs);
@@ -376,7 +297,7 @@ template <>
   return lo | hi << 8;
 }
 template <>
-[[gnu::target("avx2")]] inline std::uint32_t sparse_mask16<sparse_isa::avx2, true>(
+[[gnu::target("avx2")]] inline std::uint32_t sparse_mask16<cpu_isa::avx2, true>(
     const float* g, std::int32_t t) noexcept {
   const __m256i abs = _mm256_set1_epi32(0x7fffffff), below = _mm256_set1_epi32(t - 1);
   const __m256i finite = _mm256_set1_epi32(sparse_nonfinite_key);
@@ -409,13 +330,13 @@ template <>
   return m & 0xffffu;
 }
 template <>
-[[gnu::target("avx512f")]] inline std::uint32_t sparse_mask16<sparse_isa::avx512, false>(
+[[gnu::target("avx512f")]] inline std::uint32_t sparse_mask16<cpu_isa::avx512, false>(
     const float* g, std::int32_t t) noexcept {
   const __m512i a = _mm512_and_si512(_mm512_loadu_si512(g), _mm512_set1_epi32(0x7fffffff));
   return sparse_mask_bits(_mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(t)));
 }
 template <>
-[[gnu::target("avx512f")]] inline std::uint32_t sparse_mask16<sparse_isa::avx512, true>(
+[[gnu::target("avx512f")]] inline std::uint32_t sparse_mask16<cpu_isa::avx512, true>(
     const float* g, std::int32_t t) noexcept {
   __m512i a = _mm512_and_si512(_mm512_loadu_si512(g), _mm512_set1_epi32(0x7fffffff));
   const __mmask16 bad = _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(sparse_nonfinite_key));
@@ -425,7 +346,7 @@ template <>
 #endif
 
 // The compaction loop for one instruction set (see sparse_compact).
-template <sparse_isa Isa, bool ZeroNonfinite>
+template <cpu_isa Isa, bool ZeroNonfinite>
 inline sparse_compaction sparse_compact_loop(const float* __restrict g, std::size_t n,
                                              sparse_rule rule, std::size_t cap, sparse_scratch& s,
                                              const char* call) {
@@ -480,35 +401,23 @@ inline sparse_compaction sparse_compact_loop(const float* __restrict g, std::siz
 template <bool Z>
 sparse_compaction sparse_compact_portable(const float* g, std::size_t n, sparse_rule rule,
                                           std::size_t cap, sparse_scratch& s, const char* call) {
-  return sparse_compact_loop<sparse_isa::portable, Z>(g, n, rule, cap, s, call);
+  return sparse_compact_loop<cpu_isa::portable, Z>(g, n, rule, cap, s, call);
 }
 #if GRADCOMM_X86_DISPATCH
 template <bool Z>
 GRADCOMM_FLATTEN_AVX2 sparse_compaction sparse_compact_avx2(const float* g, std::size_t n,
                                                             sparse_rule rule, std::size_t cap,
                                                             sparse_scratch& s, const char* call) {
-  return sparse_compact_loop<sparse_isa::avx2, Z>(g, n, rule, cap, s, call);
+  return sparse_compact_loop<cpu_isa::avx2, Z>(g, n, rule, cap, s, call);
 }
 template <bool Z>
 GRADCOMM_FLATTEN_AVX512 sparse_compaction sparse_compact_avx512(const float* g, std::size_t n,
                                                                 sparse_rule rule, std::size_t cap,
                                                                 sparse_scratch& s,
                                                                 const char* call) {
-  return sparse_compact_loop<sparse_isa::avx512, Z>(g, n, rule, cap, s, call);
+  return sparse_compact_loop<cpu_isa::avx512, Z>(g, n, rule, cap, s, call);
 }
 #endif
-
-/// The widest of this header's paths the CPU runs.
-inline sparse_isa sparse_best_isa() noexcept {
-#if GRADCOMM_X86_DISPATCH
-  switch (cpu_best_isa()) {
-    case cpu_isa::avx512: return sparse_isa::avx512;
-    case cpu_isa::avx2: return sparse_isa::avx2;
-    case cpu_isa::portable: break;
-  }
-#endif
-  return sparse_isa::portable;
-}
 
 /// Stores (i, g[i]) in s.index / s.value, in index order, for every i that `rule` selects,
 /// until `cap` are stored; counts all of them. Under nonfinite_policy::zero, ±Inf and NaN
@@ -517,14 +426,14 @@ inline sparse_isa sparse_best_isa() noexcept {
 /// values none of which is selected costs one or two vector compares.
 inline sparse_compaction sparse_compact(const float* g, std::size_t n, sparse_rule rule,
                                         std::size_t cap, nonfinite_policy policy, sparse_scratch& s,
-                                        const char* call, sparse_isa isa = sparse_best_isa()) {
+                                        const char* call, cpu_isa isa = cpu_best_isa()) {
   const bool zero = policy == nonfinite_policy::zero;
 #if GRADCOMM_X86_DISPATCH
-  if (isa == sparse_isa::avx512) {
+  if (isa == cpu_isa::avx512) {
     return zero ? sparse_compact_avx512<true>(g, n, rule, cap, s, call)
                 : sparse_compact_avx512<false>(g, n, rule, cap, s, call);
   }
-  if (isa == sparse_isa::avx2) {
+  if (isa == cpu_isa::avx2) {
     return zero ? sparse_compact_avx2<true>(g, n, rule, cap, s, call)
                 : sparse_compact_avx2<false>(g, n, rule, cap, s, call);
   }
@@ -533,195 +442,6 @@ inline sparse_compaction sparse_compact(const float* g, std::size_t n, sparse_ru
 #endif
   return zero ? sparse_compact_portable<true>(g, n, rule, cap, s, call)
               : sparse_compact_portable<false>(g, n, rule, cap, s, call);
-}
-
-/// The k-th largest key (1 <= k <= n) and how many keys exceed it.
-struct sparse_kth {
-  std::int32_t key;
-  std::size_t greater;
-};
-
-// One radix digit: the histogram of (key >> shift) & mask over the keys whose bits above
-// `shift + width` equal `prefix`, then the digit holding the rank-th largest key.
-template <bool ZeroNonfinite>
-void sparse_radix_digit(const float* __restrict g, std::size_t n, unsigned shift, unsigned width,
-                        std::int32_t prefix, std::size_t& rank, std::size_t& greater,
-                        std::int32_t& digit, std::vector<std::uint64_t>& hist) {
-  const std::uint32_t bins = 1u << width;
-  // Four histograms, so that equal neighbours do not wait on each other's increments; bin
-  // `bins` takes the keys outside the prefix.
-  if (hist.size() < 4 * (bins + 1)) hist.resize(4 * (bins + 1));
-  std::fill(hist.begin(), hist.begin() + 4 * (bins + 1), std::uint64_t{0});
-  std::uint64_t* h = hist.data();
-  const unsigned top = shift + width;
-  std::size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (std::size_t j = 0; j < 4; ++j) {
-      const auto k = static_cast<std::uint32_t>(sparse_key_policy<ZeroNonfinite>(g[i + j]));
-      const bool in = top >= 31 || static_cast<std::int32_t>(k >> top) == prefix;
-      const std::uint32_t bin = in ? (k >> shift) & (bins - 1) : bins;
-      ++h[j * (bins + 1) + bin];
-    }
-  }
-  for (; i < n; ++i) {
-    const auto k = static_cast<std::uint32_t>(sparse_key_policy<ZeroNonfinite>(g[i]));
-    const bool in = top >= 31 || static_cast<std::int32_t>(k >> top) == prefix;
-    ++h[in ? (k >> shift) & (bins - 1) : bins];
-  }
-  std::size_t above = 0;
-  for (std::uint32_t b = bins; b-- > 0;) {
-    const std::size_t c = h[b] + h[(bins + 1) + b] + h[2 * (bins + 1) + b] + h[3 * (bins + 1) + b];
-    if (above + c >= rank) {
-      digit = static_cast<std::int32_t>(b);
-      greater += above;
-      rank -= above;
-      return;
-    }
-    above += c;
-  }
-  digit = 0;  // unreachable while 1 <= rank <= the keys under the prefix
-}
-
-/// The k-th largest key of g[0, n) (1 <= k <= n) by three histogram passes (11, 11 and 9
-/// bits of the 31-bit key): exact, O(1) memory, whatever the data (all equal included).
-/// Nonfinite values must have been rejected before (or count as 0 under policy zero).
-inline sparse_kth sparse_radix_kth(const float* g, std::size_t n, std::size_t k,
-                                   nonfinite_policy policy, sparse_scratch& s) {
-  std::size_t rank = k, greater = 0;
-  std::int32_t d1 = 0, d2 = 0, d3 = 0;
-  const auto run = [&]<bool Z>() {
-    sparse_radix_digit<Z>(g, n, 20, 11, 0, rank, greater, d1, s.histogram);
-    sparse_radix_digit<Z>(g, n, 9, 11, d1, rank, greater, d2, s.histogram);
-    sparse_radix_digit<Z>(g, n, 0, 9, (d1 << 11) | d2, rank, greater, d3, s.histogram);
-  };
-  if (policy == nonfinite_policy::zero) {
-    run.template operator()<true>();
-  } else {
-    run.template operator()<false>();
-  }
-  return {(d1 << 20) | (d2 << 9) | d3, greater};
-}
-
-/// Keeps, among the s.index / s.value pairs [0, c) (in index order), the k with the
-/// largest magnitudes, ties to the lower index; returns k. Uses s.key.
-inline std::size_t sparse_keep_largest(sparse_scratch& s, std::size_t c, std::size_t k) {
-  if (k >= c) return c;
-  s.reserve_keys(c);
-  std::int32_t* keys = s.key.data();
-  for (std::size_t j = 0; j < c; ++j) keys[j] = sparse_key(s.value[j]);
-  std::nth_element(keys, keys + (k - 1), keys + c, std::greater<>());
-  const std::int32_t t = keys[k - 1];
-  std::size_t greater = 0;
-  for (std::size_t j = 0; j < c; ++j) greater += sparse_key(s.value[j]) > t;
-  const std::size_t ties = k - greater;
-  std::size_t w = 0, seen = 0;
-  for (std::size_t j = 0; j < c; ++j) {
-    const std::int32_t key = sparse_key(s.value[j]);
-    const bool eq = key == t;
-    const bool keep = key > t || (eq && seen < ties);
-    seen += eq;
-    s.index[w] = s.index[j];
-    s.value[w] = s.value[j];
-    w += keep;
-  }
-  return w;
-}
-
-/// Fixed key of the sample positions: the selection is deterministic, the same on every
-/// rank and run.
-inline constexpr std::uint64_t sparse_sample_seed = 0x5eed'70b5'a3b1'e000ull;
-
-/// Keys of a stratified sample of m positions of g[0, n) (m <= n; one uniform position in
-/// each of m strata, so m == n takes every element) into s.key[0, m).
-inline void sparse_sample_keys(const float* g, std::size_t n, std::size_t m,
-                               nonfinite_policy policy, sparse_scratch& s) {
-  s.reserve_keys(m);
-  const philox_stream rng(sparse_sample_seed, 0, 0, 0);
-  const cpu_isa isa = cpu_best_isa();
-  constexpr std::size_t blocks = 256;  // 512 positions a batch
-  std::uint32_t w[4 * blocks];
-  const bool zero = policy == nonfinite_policy::zero;
-  const sparse_strata strata(n, m);
-  std::size_t pos[2 * blocks];
-  for (std::size_t j0 = 0; j0 < m; j0 += 2 * blocks) {
-    const std::size_t count = std::min(2 * blocks, m - j0);
-    philox_fill(rng, static_cast<std::uint32_t>(j0 / 2), (count + 1) / 2, w, isa);
-    for (std::size_t j = 0; j < count; ++j) {
-      pos[j] = static_cast<std::size_t>(
-          strata.start(j0 + j) +
-          sparse_uniform_below(w[2 * j], w[2 * j + 1], strata.length(j0 + j)));
-    }
-    for (std::size_t j = 0; j < std::min(count, sparse_prefetch_distance); ++j) {
-      sparse_prefetch(g + pos[j]);
-    }
-    for (std::size_t j = 0; j < count; ++j) {
-      if (j + sparse_prefetch_distance < count) {
-        sparse_prefetch(g + pos[j + sparse_prefetch_distance]);
-      }
-      s.key[j0 + j] = zero ? sparse_key_policy<true>(g[pos[j]]) : sparse_key(g[pos[j]]);
-    }
-  }
-}
-
-/// The r-th largest (1 <= r <= m) of s.key[0, m); reorders them.
-inline std::int32_t sparse_sample_rank(sparse_scratch& s, std::size_t m, std::size_t r) {
-  std::nth_element(s.key.begin(), s.key.begin() + static_cast<std::ptrdiff_t>(r - 1),
-                   s.key.begin() + static_cast<std::ptrdiff_t>(m), std::greater<>());
-  return s.key[r - 1];
-}
-
-/// Sample size for selecting k of n: about 1024 expected sample hits above the k-th
-/// largest (count estimates within a few per cent), at most n / 64 positions of a large
-/// input, every element of a small one.
-inline std::size_t sparse_sample_size(std::size_t n, std::size_t k) {
-  if (n <= 65536) return n;
-  const double want = 1024.0 * static_cast<double>(n) / static_cast<double>(k);
-  const double cap = static_cast<double>(n / 64);
-  return static_cast<std::size_t>(std::clamp(std::ceil(want), 4096.0, std::max(cap, 4096.0)));
-}
-
-/// Exact top-k of g[0, n) into s.index / s.value [0, k), in index order; ties to the lower
-/// index. Usually one pass: a sample bounds the k-th largest magnitude from below, the pass
-/// keeps the candidates above the bound (a few per cent more than k) and nth_element on
-/// them finishes. Where the sample misleads (many equal values), the radix selection
-/// (three histogram passes) and a last pass that breaks ties by index. Throws as
-/// sparse_compact for nonfinite values. `isa`: the compaction's path (tests take each).
-inline void sparse_top_k(const float* g, std::size_t n, std::size_t k, nonfinite_policy policy,
-                         sparse_scratch& s, const char* call, sparse_isa isa = sparse_best_isa()) {
-  if (k == 0) {
-    // Still one pass: a nonfinite value is rejected whatever k is.
-    if (policy != nonfinite_policy::zero) {
-      if (const std::size_t i = sparse_find_nonfinite(g, n); i < n) throw_nonfinite(call, i, g[i]);
-    }
-    return;
-  }
-  if (k == n) {
-    s.reserve_pairs(n + 16);
-    sparse_compact(g, n, {.key = 0}, n, policy, s, call, isa);
-    return;
-  }
-  {
-    const std::size_t m = sparse_sample_size(n, k);
-    sparse_sample_keys(g, n, m, policy, s);
-    // Expected sample hits t; 4 standard deviations more, so that fewer than k candidates
-    // is rare (a few in 10^5) and costs only the fallback.
-    const double t = static_cast<double>(k) * static_cast<double>(m) / static_cast<double>(n);
-    const auto r = static_cast<std::size_t>(
-        std::min(static_cast<double>(m), std::ceil(t + 4.0 * std::sqrt(t) + 2.0)));
-    const std::int32_t bound = sparse_sample_rank(s, m, r);
-    const double expect = static_cast<double>(r) * static_cast<double>(n) / static_cast<double>(m);
-    const auto cap =
-        static_cast<std::size_t>(std::max(2.0 * static_cast<double>(k), 2.0 * expect)) + 1024;
-    const sparse_compaction c = sparse_compact(g, n, {.key = bound}, cap, policy, s, call, isa);
-    if (c.complete() && c.total >= k) {
-      sparse_keep_largest(s, c.total, k);
-      return;
-    }
-  }
-  // The pass above saw every value: each is finite, or policy is zero.
-  const sparse_kth kth = sparse_radix_kth(g, n, k, policy, s);
-  s.reserve_pairs(k + 16);
-  sparse_compact(g, n, {.key = kth.key, .ties = k - kth.greater}, k, policy, s, call, isa);
 }
 
 }  // namespace detail

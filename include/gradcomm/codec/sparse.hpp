@@ -25,7 +25,9 @@
 //
 // Encoders keep their scratch buffers (selected indices and values, sample keys): after the
 // first call of a size, an encode allocates only when it selects more than ever before.
-// Codecs with scratch are not for use by two threads at once (encode is not const).
+// Codecs with scratch are not for use by two threads at once (encode is not const). The
+// top-k codecs also take the caller's scratch: encode(in, out, workspace) with
+// workspace_bytes(n) bytes allocates nothing.
 #pragma once
 
 #include <gradcomm/codec/dgc.hpp>

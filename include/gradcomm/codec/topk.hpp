@@ -26,6 +26,29 @@
 namespace gradcomm {
 inline namespace v0 {
 
+namespace detail {
+/// The caller-workspace calls of a top-k codec D (D's private encode_with(in, out, scratch,
+/// workspace) and scratch_needed(n) do the work), brought in by D beside its own encode.
+template <class D>
+class sparse_workspace_calls {
+ public:
+  /// encode(in, out)'s bytes, with the caller's `workspace` (at least
+  /// workspace_bytes(in.size()) bytes, any alignment) as the scratch: allocates nothing.
+  /// Throws invalid_argument naming both sizes when the workspace is smaller, and as
+  /// encode otherwise.
+  std::size_t encode(host_view<const float> in, std::span<std::byte> out,
+                     std::span<std::byte> workspace) {
+    sparse_scratch s;
+    return static_cast<D&>(*this).encode_with(in, out, s, &workspace);
+  }
+  /// Bytes of caller-owned scratch an encode of n elements needs (the workspace form of
+  /// encode; codec.hpp, Codec requirement 8).
+  std::size_t workspace_bytes(std::size_t n) const noexcept {
+    return static_cast<const D&>(*this).scratch_needed(n).bytes();
+  }
+};
+}  // namespace detail
+
 /// Parameters of topk_codec.
 ///
 ///   gradcomm::topk_codec c({.ratio = 0.001});
@@ -45,10 +68,19 @@ struct topk_params {
 /// NaN and ±Inf: rejected by default (invalid_argument naming the first index); under
 /// nonfinite_policy::zero they count as 0 (and are sent as 0 if chosen).
 ///
+/// Scratch: encode(in, out) keeps its scratch in the codec (it allocates only when a
+/// selection is larger than every earlier one). encode(in, out, workspace) takes the
+/// caller's scratch instead, workspace_bytes(n) bytes for n elements (as CUB's two-phase
+/// calls do), and allocates nothing; the bytes are the same.
+///
+///   std::vector<std::byte> ws(c.workspace_bytes(g.size()));  // once, for this size
+///   wire.resize(c.encode(g, wire, ws));
+///
 ///   gradcomm::error_feedback<gradcomm::topk_codec> ef(gradcomm::topk_codec({.ratio = 0.01}));
 ///   std::vector<std::byte> wire(ef.max_encoded_bytes(n));
 ///   wire.resize(ef.encode(g, wire));  // what is not sent waits in the residual
-class topk_codec : public host_codec_calls<topk_codec> {
+class topk_codec : public host_codec_calls<topk_codec>,
+                   public detail::sparse_workspace_calls<topk_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = false};
@@ -82,13 +114,7 @@ class topk_codec : public host_codec_calls<topk_codec> {
   /// and returns its size. Throws buffer_too_small, or invalid_argument for a nonfinite
   /// value (policy reject or pass); writes nothing to `out` then.
   std::size_t encode(host_view<const float> in, std::span<std::byte> out) {
-    static constexpr const char* call = "topk_codec::encode";
-    const std::size_t n = in.size();
-    detail::sparse_check_elements(n, call);
-    detail::sparse_check_out(max_encoded_bytes(n), out.size(), call);
-    const std::size_t k = selected(n);
-    detail::sparse_top_k(in.data(), n, k, p_.nonfinite, s_, call);
-    return detail::sparse_write(id, n, s_.index.data(), s_.value.data(), k, out, call);
+    return encode_with(in, out, s_, nullptr);
   }
 
   /// out = the payload's values at their indices, 0 elsewhere; any topk payload (exact or
@@ -104,12 +130,35 @@ class topk_codec : public host_codec_calls<topk_codec> {
   /// encode, decode and decode_add under an execution context (codec.hpp, Codec
   /// requirement 7; only on_host today): host_codec_calls.
   using host_codec_calls<topk_codec>::encode;
+  /// encode(in, out, workspace) and workspace_bytes(n): sparse_workspace_calls.
+  using detail::sparse_workspace_calls<topk_codec>::encode;
   using host_codec_calls<topk_codec>::decode;
   using host_codec_calls<topk_codec>::decode_add;
 
  private:
+  friend class detail::sparse_workspace_calls<topk_codec>;
+
+  // encode into `s`, or into the caller's workspace bound to a fresh `s`.
+  std::size_t encode_with(host_view<const float> in, std::span<std::byte> out,
+                          detail::sparse_scratch& s, const std::span<std::byte>* workspace) {
+    static constexpr const char* call = "topk_codec::encode";
+    const std::size_t n = in.size();
+    detail::sparse_check_elements(n, call);
+    detail::sparse_check_out(max_encoded_bytes(n), out.size(), call);
+    const std::size_t k = selected(n);
+    if (workspace != nullptr) {
+      detail::sparse_bind_workspace(scratch_needed(n), s, *workspace, n, call);
+    }
+    detail::sparse_top_k(in.data(), n, k, p_.nonfinite, s, call);
+    return detail::sparse_write(id, n, s.index.data(), s.value.data(), k, out, call);
+  }
+
+  detail::sparse_workspace scratch_needed(std::size_t n) const noexcept {
+    return detail::sparse_top_k_workspace(n, selected(n));
+  }
+
   topk_params p_;
-  detail::sparse_scratch s_;
+  detail::sparse_scratch s_;  // encode's scratch, kept (the workspace overload uses none)
 };
 
 /// Parameters of approx_topk_codec.
@@ -130,12 +179,15 @@ struct approx_topk_params {
 /// (topk_codec's) sends k. So the count always lands in the tolerance. The payload is
 /// topk_codec's (codec id topk): either decoder reads it. Not linear, not fixed size,
 /// stateless; NaN and ±Inf as topk_codec.
+/// Scratch as topk_codec: its own, or the caller's workspace of workspace_bytes(n) bytes
+/// (encode(in, out, workspace), no allocation, the same bytes).
 ///
 ///   gradcomm::approx_topk_codec c({.ratio = 0.01});
 ///   std::vector<std::byte> wire(c.max_encoded_bytes(n));
 ///   wire.resize(c.encode(g, wire));
 ///   auto [lo, hi] = c.count_bounds(n);  // lo <= inspect_sparse(wire).selected <= hi
-class approx_topk_codec : public host_codec_calls<approx_topk_codec> {
+class approx_topk_codec : public host_codec_calls<approx_topk_codec>,
+                          public detail::sparse_workspace_calls<approx_topk_codec> {
  public:
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = false};
@@ -183,44 +235,8 @@ class approx_topk_codec : public host_codec_calls<approx_topk_codec> {
   /// and returns its size. Throws buffer_too_small, or invalid_argument for a nonfinite
   /// value (policy reject or pass); writes nothing to `out` then.
   std::size_t encode(host_view<const float> in, std::span<std::byte> out) {
-    static constexpr const char* call = "approx_topk_codec::encode";
-    const std::size_t n = in.size();
-    detail::sparse_check_elements(n, call);
-    detail::sparse_check_out(max_encoded_bytes(n), out.size(), call);
-    const float* g = in.data();
-    const std::size_t k = sparse_count(n, p_.ratio);
-    const auto [lo, hi] = count_bounds(n);
-    passes_ = 0;
-    exact_ = false;
-    if (k != 0 && k != n) {
-      const std::size_t m = detail::sparse_sample_size(n, k);
-      detail::sparse_sample_keys(g, n, m, p_.nonfinite, s_);
-      const double scale = static_cast<double>(m) / static_cast<double>(n);
-      std::size_t r = std::clamp<std::size_t>(
-          static_cast<std::size_t>(std::llround(static_cast<double>(k) * scale)), 1, m);
-      for (int attempt = 0; attempt < 3; ++attempt) {
-        // Zeros are never worth a threshold pass: at least the smallest nonzero key.
-        const std::int32_t t = std::max<std::int32_t>(1, detail::sparse_sample_rank(s_, m, r));
-        ++passes_;
-        const detail::sparse_compaction c =
-            detail::sparse_compact(g, n, {.key = t}, hi, p_.nonfinite, s_, call);
-        if (c.total >= lo && c.total <= hi) {
-          return detail::sparse_write(id, n, s_.index.data(), s_.value.data(), c.total, out, call);
-        }
-        // The sample's rank that would have given k, had the count scaled with it.
-        const double want = static_cast<double>(r) * static_cast<double>(k) /
-                            static_cast<double>(std::max<std::size_t>(c.total, 1));
-        const std::size_t next = std::clamp<std::size_t>(
-            static_cast<std::size_t>(std::llround(std::min(want, static_cast<double>(m)))), 1, m);
-        if (next == r) break;
-        r = next;
-      }
-    }
-    exact_ = k != n;
-    detail::sparse_top_k(g, n, k, p_.nonfinite, s_, call);
-    return detail::sparse_write(id, n, s_.index.data(), s_.value.data(), k, out, call);
+    return encode_with(in, out, s_, nullptr);
   }
-
   /// out = the payload's values at their indices, 0 elsewhere (any topk payload). Throws
   /// decode_error naming the defect before writing anything.
   void decode(std::span<const std::byte> payload, host_view<float> out) const {
@@ -234,10 +250,69 @@ class approx_topk_codec : public host_codec_calls<approx_topk_codec> {
   /// encode, decode and decode_add under an execution context (codec.hpp, Codec
   /// requirement 7; only on_host today): host_codec_calls.
   using host_codec_calls<approx_topk_codec>::encode;
+  /// encode(in, out, workspace) and workspace_bytes(n): sparse_workspace_calls.
+  using detail::sparse_workspace_calls<approx_topk_codec>::encode;
   using host_codec_calls<approx_topk_codec>::decode;
   using host_codec_calls<approx_topk_codec>::decode_add;
 
  private:
+  friend class detail::sparse_workspace_calls<approx_topk_codec>;
+
+  // encode into `s`, or into the caller's workspace bound to a fresh `s`.
+  std::size_t encode_with(host_view<const float> in, std::span<std::byte> out,
+                          detail::sparse_scratch& s, const std::span<std::byte>* workspace) {
+    static constexpr const char* call = "approx_topk_codec::encode";
+    const std::size_t n = in.size();
+    detail::sparse_check_elements(n, call);
+    detail::sparse_check_out(max_encoded_bytes(n), out.size(), call);
+    const float* g = in.data();
+    const std::size_t k = sparse_count(n, p_.ratio);
+    const auto [lo, hi] = count_bounds(n);
+    if (workspace != nullptr) {
+      detail::sparse_bind_workspace(scratch_needed(n), s, *workspace, n, call);
+    }
+    passes_ = 0;
+    exact_ = false;
+    if (k != 0 && k != n) {
+      const std::size_t m = detail::sparse_sample_size(n, k);
+      detail::sparse_sample_keys(g, n, m, p_.nonfinite, s);
+      const double scale = static_cast<double>(m) / static_cast<double>(n);
+      std::size_t r = std::clamp<std::size_t>(
+          static_cast<std::size_t>(std::llround(static_cast<double>(k) * scale)), 1, m);
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        // Zeros are never worth a threshold pass: at least the smallest nonzero key.
+        const std::int32_t t = std::max<std::int32_t>(1, detail::sparse_sample_rank(s, m, r));
+        ++passes_;
+        const detail::sparse_compaction c =
+            detail::sparse_compact(g, n, {.key = t}, hi, p_.nonfinite, s, call);
+        if (c.total >= lo && c.total <= hi) {
+          return detail::sparse_write(id, n, s.index.data(), s.value.data(), c.total, out, call);
+        }
+        // The sample's rank that would have given k, had the count scaled with it.
+        const double want = static_cast<double>(r) * static_cast<double>(k) /
+                            static_cast<double>(std::max<std::size_t>(c.total, 1));
+        const std::size_t next = std::clamp<std::size_t>(
+            static_cast<std::size_t>(std::llround(std::min(want, static_cast<double>(m)))), 1, m);
+        if (next == r) break;
+        r = next;
+      }
+    }
+    exact_ = k != n;
+    detail::sparse_top_k(g, n, k, p_.nonfinite, s, call);
+    return detail::sparse_write(id, n, s.index.data(), s.value.data(), k, out, call);
+  }
+
+  // The threshold passes' sample and pairs, then the exact fallback's.
+  detail::sparse_workspace scratch_needed(std::size_t n) const noexcept {
+    const std::size_t k = sparse_count(n, p_.ratio);
+    detail::sparse_workspace w = detail::sparse_top_k_workspace(n, k);
+    if (k != 0 && k != n) {
+      w.cover({.pairs = std::min(count_bounds(n).second, n) + 16,
+               .keys = detail::sparse_sample_size(n, k)});
+    }
+    return w;
+  }
+
   std::pair<std::size_t, std::size_t> bounds(std::size_t n, double ratio) const noexcept {
     const std::size_t k = sparse_count(n, ratio);
     const auto slack = static_cast<std::size_t>(std::floor(p_.tolerance * static_cast<double>(k)));
@@ -247,7 +322,7 @@ class approx_topk_codec : public host_codec_calls<approx_topk_codec> {
   approx_topk_params p_;
   unsigned passes_ = 0;
   bool exact_ = false;
-  detail::sparse_scratch s_;
+  detail::sparse_scratch s_;  // encode's scratch, kept (the workspace overload uses none)
 };
 
 }  // namespace v0

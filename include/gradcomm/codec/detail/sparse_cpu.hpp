@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,24 +50,91 @@ inline void sparse_prefetch(const void* p) noexcept {
 /// How far ahead scattered loops prefetch.
 inline constexpr std::size_t sparse_prefetch_distance = 16;
 
+/// A grow-only array of T for the encoders' scratch: its own storage (a vector that grows
+/// when a call needs more), or, for one call, the caller's workspace (borrow), which never
+/// grows (workspace_bytes sized it). Copies and moves keep each object on its own storage.
+template <class T>
+class sparse_buffer {
+ public:
+  sparse_buffer() = default;
+  sparse_buffer(const sparse_buffer& o) : own_(o.own_) { point(); }
+  sparse_buffer(sparse_buffer&& o) noexcept : own_(std::move(o.own_)) {
+    point();
+    o.point();
+  }
+  sparse_buffer& operator=(const sparse_buffer& o) {
+    if (this != &o) {
+      own_ = o.own_;
+      point();
+    }
+    return *this;
+  }
+  sparse_buffer& operator=(sparse_buffer&& o) noexcept {
+    if (this != &o) {
+      own_ = std::move(o.own_);
+      point();
+      o.point();
+    }
+    return *this;
+  }
+
+  T* data() noexcept { return p_; }
+  const T* data() const noexcept { return p_; }
+  std::size_t size() const noexcept { return size_; }
+  T& operator[](std::size_t i) noexcept { return p_[i]; }
+  const T& operator[](std::size_t i) const noexcept { return p_[i]; }
+  T* begin() noexcept { return p_; }
+  T* end() noexcept { return p_ + size_; }
+
+  /// At least n elements (never shrinks). Own storage grows to exactly n; a borrowed
+  /// workspace cannot grow: throws logic_error (workspace_bytes was too small, a bug).
+  void grow_to(std::size_t n) {
+    if (n <= size_) return;
+    if (borrowed_) {
+      throw std::logic_error("sparse_buffer::grow_to: " + std::to_string(n) +
+                             " elements wanted, the workspace holds " + std::to_string(size_));
+    }
+    own_.resize(n);
+    point();
+  }
+  /// Uses [p, p + n) until release(): no allocation.
+  void borrow(T* p, std::size_t n) noexcept {
+    p_ = p;
+    size_ = n;
+    borrowed_ = true;
+  }
+
+ private:
+  void point() noexcept {
+    p_ = own_.data();
+    size_ = own_.size();
+    borrowed_ = false;
+  }
+  std::vector<T> own_;
+  T* p_ = nullptr;
+  std::size_t size_ = 0;
+  bool borrowed_ = false;
+};
+
 /// What the sparse encoders keep between calls, so that an encode allocates only when a
-/// selection is larger than every earlier one.
+/// selection is larger than every earlier one; or, bound to a caller's workspace
+/// (topk_workspace), what one call uses without allocating.
 struct sparse_scratch {
-  std::vector<std::uint64_t> index;
-  std::vector<float> value;
-  std::vector<std::int32_t> key;         // candidate or sample keys
-  std::vector<std::uint64_t> histogram;  // radix selection
+  sparse_buffer<std::uint64_t> index;
+  sparse_buffer<float> value;
+  sparse_buffer<std::int32_t> key;         // candidate or sample keys
+  sparse_buffer<std::uint64_t> histogram;  // radix selection
 
   // Room for at least `pairs` (index, value) pairs; grows by half again at least, so that
   // growing one chunk at a time stays amortized O(1).
   void reserve_pairs(std::size_t pairs) {
     if (index.size() >= pairs) return;
     const std::size_t grown = std::max(pairs, index.size() + index.size() / 2);
-    index.resize(grown);
-    value.resize(grown);
+    index.grow_to(grown);
+    value.grow_to(grown);
   }
   void reserve_keys(std::size_t keys) {
-    if (key.size() < keys) key.resize(std::max(keys, key.size() + key.size() / 2));
+    if (key.size() < keys) key.grow_to(std::max(keys, key.size() + key.size() / 2));
   }
 };
 

@@ -1,6 +1,6 @@
 // gradcomm/codec/detail/topk_cpu.hpp — the CPU selection of top-k and approximate top-k: the
-// radix k-th largest key, the stratified sample of keys, the exact top-k. Internal: not part
-// of the API.
+// radix k-th largest key, the stratified sample of keys, the exact top-k, and the workspace
+// they need. Internal: not part of the API.
 //
 //   gradcomm::detail::sparse_scratch s;
 //   gradcomm::detail::sparse_top_k(g, n, k, policy, s, "topk_codec::encode");
@@ -13,6 +13,7 @@
 #include <gradcomm/codec/detail/sparse_cpu.hpp>
 #include <gradcomm/codec/detail/sparse_math.hpp>
 #include <gradcomm/codec/detail/topk_math.hpp>
+#include <gradcomm/core/error.hpp>
 #include <gradcomm/core/philox.hpp>
 
 #include <algorithm>
@@ -20,7 +21,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <vector>
+#include <span>
+#include <string>
 
 namespace gradcomm {
 inline namespace v0 {
@@ -37,11 +39,11 @@ struct sparse_kth {
 template <bool ZeroNonfinite>
 void sparse_radix_digit(const float* __restrict g, std::size_t n, unsigned shift, unsigned width,
                         std::int32_t prefix, std::size_t& rank, std::size_t& greater,
-                        std::int32_t& digit, std::vector<std::uint64_t>& hist) {
+                        std::int32_t& digit, sparse_buffer<std::uint64_t>& hist) {
   const std::uint32_t bins = 1u << width;
   // Four histograms, so that equal neighbours do not wait on each other's increments; bin
   // `bins` takes the keys outside the prefix.
-  if (hist.size() < 4 * (bins + 1)) hist.resize(4 * (bins + 1));
+  hist.grow_to(4 * (bins + 1));
   std::fill(hist.begin(), hist.begin() + 4 * (bins + 1), std::uint64_t{0});
   std::uint64_t* h = hist.data();
   std::size_t i = 0;
@@ -167,6 +169,24 @@ inline std::size_t sparse_sample_size(std::size_t n, std::size_t k) {
   return static_cast<std::size_t>(std::clamp(std::ceil(want), 4096.0, std::max(cap, 4096.0)));
 }
 
+// The candidate pass of sparse_top_k for k of n (0 < k < n) with a sample of m: the sample
+// rank r that bounds the k-th largest from below, and how many pairs the pass stores.
+struct sparse_top_k_plan {
+  std::size_t r;
+  std::size_t cap;
+};
+inline sparse_top_k_plan sparse_top_k_candidates(std::size_t n, std::size_t k, std::size_t m) {
+  // Expected sample hits t; 4 standard deviations more, so that fewer than k candidates
+  // is rare (a few in 10^5) and costs only the fallback.
+  const double t = static_cast<double>(k) * static_cast<double>(m) / static_cast<double>(n);
+  const auto r = static_cast<std::size_t>(
+      std::min(static_cast<double>(m), std::ceil(t + 4.0 * std::sqrt(t) + 2.0)));
+  const double expect = static_cast<double>(r) * static_cast<double>(n) / static_cast<double>(m);
+  const auto cap =
+      static_cast<std::size_t>(std::max(2.0 * static_cast<double>(k), 2.0 * expect)) + 1024;
+  return {r, cap};
+}
+
 /// Exact top-k of g[0, n) into s.index / s.value [0, k), in index order; ties to the lower
 /// index. Usually one pass: a sample bounds the k-th largest magnitude from below, the pass
 /// keeps the candidates above the bound (a few per cent more than k) and nth_element on
@@ -190,16 +210,10 @@ inline void sparse_top_k(const float* g, std::size_t n, std::size_t k, nonfinite
   {
     const std::size_t m = sparse_sample_size(n, k);
     sparse_sample_keys(g, n, m, policy, s);
-    // Expected sample hits t; 4 standard deviations more, so that fewer than k candidates
-    // is rare (a few in 10^5) and costs only the fallback.
-    const double t = static_cast<double>(k) * static_cast<double>(m) / static_cast<double>(n);
-    const auto r = static_cast<std::size_t>(
-        std::min(static_cast<double>(m), std::ceil(t + 4.0 * std::sqrt(t) + 2.0)));
-    const std::int32_t bound = sparse_sample_rank(s, m, r);
-    const double expect = static_cast<double>(r) * static_cast<double>(n) / static_cast<double>(m);
-    const auto cap =
-        static_cast<std::size_t>(std::max(2.0 * static_cast<double>(k), 2.0 * expect)) + 1024;
-    const sparse_compaction c = sparse_compact(g, n, {.key = bound}, cap, policy, s, call, isa);
+    const sparse_top_k_plan plan = sparse_top_k_candidates(n, k, m);
+    const std::int32_t bound = sparse_sample_rank(s, m, plan.r);
+    const sparse_compaction c =
+        sparse_compact(g, n, {.key = bound}, plan.cap, policy, s, call, isa);
     if (c.complete() && c.total >= k) {
       sparse_keep_largest(s, c.total, k);
       return;
@@ -209,6 +223,64 @@ inline void sparse_top_k(const float* g, std::size_t n, std::size_t k, nonfinite
   const sparse_kth kth = sparse_radix_kth(g, n, k, policy, s);
   s.reserve_pairs(k + 16);
   sparse_compact(g, n, {.key = kth.key, .ties = k - kth.greater}, k, policy, s, call, isa);
+}
+
+/// The most scratch a selection takes, element by element: (index, value) pairs, keys and
+/// histogram entries; bytes() is what a caller's workspace must hold (8-byte alignment
+/// included).
+struct sparse_workspace {
+  std::size_t pairs = 0;
+  std::size_t keys = 0;
+  std::size_t histogram = 0;
+
+  std::size_t bytes() const noexcept {
+    const std::size_t b = (8 + 4) * pairs + 4 * keys + 8 * histogram;
+    return b == 0 ? 0 : b + 7;
+  }
+  /// Room for this selection and `o` one after the other.
+  void cover(const sparse_workspace& o) noexcept {
+    pairs = std::max(pairs, o.pairs);
+    keys = std::max(keys, o.keys);
+    histogram = std::max(histogram, o.histogram);
+  }
+  /// Binds s to `ws` (at least bytes() bytes, checked by the caller): no allocation until s
+  /// is destroyed.
+  void bind(sparse_scratch& s, std::span<std::byte> ws) const noexcept {
+    if (bytes() == 0) return;
+    std::byte* p = ws.data();
+    p += (8 - reinterpret_cast<std::uintptr_t>(p) % 8) % 8;
+    s.index.borrow(reinterpret_cast<std::uint64_t*>(p), pairs);
+    p += 8 * pairs;
+    s.histogram.borrow(reinterpret_cast<std::uint64_t*>(p), histogram);
+    p += 8 * histogram;
+    s.value.borrow(reinterpret_cast<float*>(p), pairs);
+    p += 4 * pairs;
+    s.key.borrow(reinterpret_cast<std::int32_t*>(p), keys);
+  }
+};
+
+/// Binds s to the caller's workspace `ws` for an encode of n elements whose selection takes
+/// `w`; throws invalid_argument naming both sizes when `ws` holds fewer than w.bytes().
+inline void sparse_bind_workspace(const sparse_workspace& w, sparse_scratch& s,
+                                  std::span<std::byte> ws, std::size_t n, const char* call) {
+  if (ws.size() < w.bytes()) {
+    throw_invalid_argument(call, "workspace of " + std::to_string(ws.size()) +
+                                     " bytes, an encode of " + std::to_string(n) +
+                                     " elements needs " + std::to_string(w.bytes()) +
+                                     " (workspace_bytes)");
+  }
+  w.bind(s, ws);
+}
+
+/// What sparse_top_k takes for k of n (k <= n) at the most, whichever way it goes.
+inline sparse_workspace sparse_top_k_workspace(std::size_t n, std::size_t k) noexcept {
+  if (k == 0) return {};
+  if (k == n) return {.pairs = n + 16};
+  const std::size_t m = sparse_sample_size(n, k);
+  // The candidate pass stores at most min(cap, n) pairs, growing 16 at a time; the radix
+  // fallback takes four histograms of 2^11 + 1 bins and k + 16 pairs (k < cap).
+  const std::size_t stored = std::min(sparse_top_k_candidates(n, k, m).cap, n);
+  return {.pairs = stored + 16, .keys = std::max(m, stored), .histogram = 4 * ((1u << 11) + 1)};
 }
 
 }  // namespace detail

@@ -187,6 +187,33 @@ struct sparse_squares {
   double sum;
   std::int32_t top;
 };
+// Adds one block's sixteen f32 lane sums to `total` in double, or, where their f32 sum
+// overflows, the block's g[b, e) squared again in double.
+inline void sparse_squares_block(const float* lane, const float* g, std::size_t b, std::size_t e,
+                                 double& total) noexcept {
+  float s = 0.0f;
+  for (std::size_t j = 0; j < 16; ++j) s += lane[j];
+  if (s <= 3.4e38f) {
+    for (std::size_t j = 0; j < 16; ++j) total += static_cast<double>(lane[j]);
+  } else {
+    for (std::size_t i = b; i < e; ++i) {
+      const double v = sparse_finite_or_zero(g[i]);
+      total += v * v;
+    }
+  }
+}
+// The elements after the sixteen-lane body, and the largest of the lanes' keys.
+inline sparse_squares sparse_squares_tail(const std::int32_t* tops, const float* g,
+                                          std::size_t body, std::size_t n, double total) noexcept {
+  std::int32_t top = 0;
+  for (std::size_t j = 0; j < 16; ++j) top = std::max(top, tops[j]);
+  for (std::size_t i = body; i < n; ++i) {
+    top = std::max(top, sparse_key(g[i]));
+    const double v = sparse_finite_or_zero(g[i]);
+    total += v * v;
+  }
+  return {total, top};
+}
 inline sparse_squares sparse_sum_squares_loop(const float* g, std::size_t n) noexcept {
   constexpr std::size_t lanes = 16, block = 1024;
   std::int32_t tops[lanes] = {};
@@ -202,25 +229,9 @@ inline sparse_squares sparse_sum_squares_loop(const float* g, std::size_t n) noe
         lane[j] += v * v;
       }
     }
-    float s = 0.0f;
-    for (float x : lane) s += x;
-    if (s <= 3.4e38f) {
-      for (float x : lane) total += static_cast<double>(x);
-    } else {
-      for (std::size_t i = b; i < e; ++i) {
-        const double v = sparse_finite_or_zero(g[i]);
-        total += v * v;
-      }
-    }
+    sparse_squares_block(lane, g, b, e, total);
   }
-  std::int32_t top = 0;
-  for (std::int32_t x : tops) top = std::max(top, x);
-  for (std::size_t i = body; i < n; ++i) {
-    top = std::max(top, sparse_key(g[i]));
-    const double v = sparse_finite_or_zero(g[i]);
-    total += v * v;
-  }
-  return {total, top};
+  return sparse_squares_tail(tops, g, body, n, total);
 }
 
 #if GRADCOMM_X86_DISPATCH
@@ -260,28 +271,12 @@ GRADCOMM_FLATTEN_AVX512 inline auto sparse_avx512(A... a) noexcept {
     float lane[lanes];
     _mm256_storeu_ps(lane, acc0);
     _mm256_storeu_ps(lane + 8, acc1);
-    float s = 0.0f;
-    for (float x : lane) s += x;
-    if (s <= 3.4e38f) {
-      for (float x : lane) total += static_cast<double>(x);
-    } else {
-      for (std::size_t i = b; i < e; ++i) {
-        const double v = sparse_finite_or_zero(g[i]);
-        total += v * v;
-      }
-    }
+    sparse_squares_block(lane, g, b, e, total);
   }
   std::int32_t tops[lanes];
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(tops), top0);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(tops + 8), top1);
-  std::int32_t top = 0;
-  for (std::int32_t x : tops) top = std::max(top, x);
-  for (std::size_t i = body; i < n; ++i) {
-    top = std::max(top, sparse_key(g[i]));
-    const double v = sparse_finite_or_zero(g[i]);
-    total += v * v;
-  }
-  return {total, top};
+  return sparse_squares_tail(tops, g, body, n, total);
 }
 #endif
 

@@ -396,7 +396,7 @@ TEST(SparseSelect, EveryInstructionSetAgrees) {
   g[5] = nan_f;
   g[70000] = -inf_f;
   for (std::size_t i = 3000; i < 4100; ++i) g[i] = 1e20f;  // a block whose f32 sum overflows
-  using isa = gc::detail::sparse_isa;
+  using isa = gc::detail::cpu_isa;
   std::vector<isa> paths = {isa::portable};
   if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx2)) paths.push_back(isa::avx2);
   if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx512)) paths.push_back(isa::avx512);
@@ -435,7 +435,7 @@ TEST(TopK, ManyTiesOnEveryPath) {
   // 100,000 values of a few magnitudes, 1 %: every chunk of 16 has hits. GCC 12 with
   // -fsanitize=undefined read the AVX-512 path's 16-bit masks with 16 stale bits above
   // them (sparse_mask_bits): elements visited twice, pairs stored past the scratch.
-  using isa = gc::detail::sparse_isa;
+  using isa = gc::detail::cpu_isa;
   std::vector<isa> paths = {isa::portable};
   if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx2)) paths.push_back(isa::avx2);
   if (gc::detail::cpu_isa_available(gc::detail::cpu_isa::avx512)) paths.push_back(isa::avx512);
@@ -801,6 +801,62 @@ TEST(SparseCodecs, NoAllocationAfterTheFirstEncode) {
   check_no_allocation(gc::approx_topk_codec{});
   check_no_allocation(gc::randomk_codec{});
   check_no_allocation(gc::dgc_memory<gc::topk_codec>(gc::topk_codec{}, {.clip_norm = 10.0f}));
+}
+
+// ---- caller-owned workspace (top-k, approximate top-k) -------------------------------------
+
+// encode(in, out, workspace) writes encode(in, out)'s bytes into a workspace of
+// workspace_bytes(n) bytes (at an odd address), allocates nothing, and refuses a workspace
+// one byte short with invalid_argument naming both sizes.
+template <class C>
+void check_workspace(C c, const std::vector<float>& g) {
+  SCOPED_TRACE(std::to_string(g.size()) + " elements");
+  bytes want(c.max_encoded_bytes(g.size())), got(want.size());
+  want.resize(c.encode(g, want));
+  const std::size_t need = c.workspace_bytes(g.size());
+  EXPECT_EQ(gc::workspace_bytes(c, g.size()), need);
+  bytes ws(need + 1);
+  const std::span<std::byte> w = std::span<std::byte>(ws).subspan(1);
+  const long before = g_allocations.load();
+  const std::size_t b = c.encode(g, got, w);
+  EXPECT_EQ(g_allocations.load() - before, 0) << "allocations with a caller's workspace";
+  got.resize(b);
+  EXPECT_EQ(got, want);
+  if (need == 0) return;
+  bytes o(c.max_encoded_bytes(g.size()));
+  try {
+    c.encode(g, o, w.first(need - 1));
+    ADD_FAILURE() << "a workspace one byte short was taken";
+  } catch (const gc::error& e) {
+    EXPECT_EQ(e.code(), gc::errc::invalid_argument);
+    const std::string m = e.what();
+    EXPECT_NE(m.find(std::to_string(need - 1) + " bytes"), std::string::npos) << m;
+    EXPECT_NE(m.find("needs " + std::to_string(need)), std::string::npos) << m;
+  }
+}
+
+TEST(TopK, CallerWorkspaceGivesTheSameBytes) {
+  std::vector<std::vector<float>> inputs;
+  for (std::size_t n : {0, 1, 255, 257, 70000}) inputs.push_back(gaussian(n, 11));
+  inputs.push_back(gaussian(300000, 12));
+  inputs.push_back(std::vector<float>(100000, 1.5f));  // all ties: the radix selection
+  std::vector<float> steps(200000);
+  for (std::size_t i = 0; i < steps.size(); ++i) steps[i] = static_cast<float>(i % 7);
+  inputs.push_back(steps);
+  for (const auto& g : inputs) {
+    for (double r : {0.001, 0.01, 0.3, 1.0}) {
+      SCOPED_TRACE("ratio " + std::to_string(r));
+      check_workspace(gc::topk_codec({.ratio = r}), g);
+      check_workspace(gc::approx_topk_codec({.ratio = r}), g);
+      check_workspace(gc::approx_topk_codec({.ratio = r, .tolerance = 0.0}), g);
+    }
+  }
+  // Nonfinite values: the same refusal with or without a workspace.
+  std::vector<float> bad = gaussian(1000, 3);
+  bad[17] = std::numeric_limits<float>::quiet_NaN();
+  gc::topk_codec c({.ratio = 0.01});
+  bytes o(c.max_encoded_bytes(bad.size())), ws(c.workspace_bytes(bad.size()));
+  EXPECT_EQ(message_of([&] { c.encode(bad, o, ws); }), message_of([&] { c.encode(bad, o); }));
 }
 
 // ---- malformed payloads ---------------------------------------------------------------------

@@ -19,6 +19,7 @@
 #include <gradcomm/codec/codec.hpp>
 #include <gradcomm/codec/detail/ef_cpu.hpp>
 #include <gradcomm/codec/detail/ef_math.hpp>
+#include <gradcomm/codec/detail/ef_state.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/error.hpp>
 #include <gradcomm/core/tensor.hpp>
@@ -39,33 +40,6 @@
 namespace gradcomm {
 inline namespace v0 {
 
-namespace detail {
-// Loads a wrapper's inner codec state (error feedback, DGC memory) into a copy first, so
-// that a rejected state leaves the inner codec as it was. An inner codec that is itself
-// sized (nested feedback) must cover the wrapper's n elements, and may not be sized when
-// the wrapper is not (whose next encode sizes it from the input), or the next encode would
-// fail on a state this load accepted.
-template <class Inner>
-void load_inner_state(Inner& inner, std::span<const std::byte> bytes, bool sized, std::uint64_t n,
-                      const char* call) {
-  Inner loaded = inner;
-  loaded.load_state(bytes);
-  if constexpr (requires(const Inner& c) {
-                  { c.sized() } -> std::convertible_to<bool>;
-                  { c.size() } -> std::convertible_to<std::size_t>;
-                }) {
-    if (sized && loaded.sized() && loaded.size() != n) {
-      throw decode_error(call, "inner state sized for " + std::to_string(loaded.size()) +
-                                   " elements, the outer state has " + std::to_string(n));
-    }
-    if (!sized && loaded.sized()) {
-      throw decode_error(call, "inner state sized for " + std::to_string(loaded.size()) +
-                                   " elements, the outer state is unsized");
-    }
-  }
-  inner = std::move(loaded);
-}
-}  // namespace detail
 
 /// ResidualCodec<C>: a Codec that offers error feedback's step fused into one pass,
 ///   `c.encode_with_residual(in, residual, out, next) -> size_t`:
@@ -286,37 +260,13 @@ class error_feedback {
   stream_key stream() const requires StochasticCodec<Inner> { return inner_.stream(); }
 
   /// Bytes that save_state writes (an upper bound where Inner's state_bytes is one).
-  std::size_t state_bytes() const {
-    std::size_t b = error_feedback_state_header_bytes + residual_.size() * sizeof(float);
-    if constexpr (Inner::traits.stateful) b += inner_.state_bytes();
-    return b;
-  }
+  std::size_t state_bytes() const { return state_format.bytes(residual_.size(), inner_); }
 
   /// Writes the state (layout above) into `out`; returns the bytes written. Throws
   /// buffer_too_small, writing nothing, when `out` is shorter than state_bytes().
   std::size_t save_state(std::span<std::byte> out) const {
-    static constexpr const char* call = "error_feedback::save_state";
-    const std::size_t need = state_bytes();
-    if (out.size() < need) detail::throw_buffer_too_small(call, need, out.size());
-    wire_writer w(out, call);
-    const std::span<std::byte> header = w.take(error_feedback_state_header_bytes);
-    w.put_bytes(std::as_bytes(std::span<const float>(residual_)));
-    std::uint64_t inner_bytes = 0;
-    if constexpr (Inner::traits.stateful) {
-      const std::span<std::byte> s = w.take(inner_.state_bytes());
-      inner_bytes = inner_.save_state(s);
-    }
-    // The header last: it records how many bytes Inner actually wrote.
-    wire_writer h(header, call);
-    h.put_u32(error_feedback_state_magic);
-    h.put_u8(error_feedback_state_version);
-    h.put_u8(static_cast<std::uint8_t>(id));
-    h.put_u8(static_cast<std::uint8_t>((sized_ ? 1u : 0u) | (Inner::traits.stateful ? 2u : 0u)));
-    h.put_u8(0);
-    h.put_u64(residual_.size());
-    h.put_u64(inner_bytes);
-    return error_feedback_state_header_bytes + residual_.size() * sizeof(float) +
-           static_cast<std::size_t>(inner_bytes);
+    return state_format.save(out, inner_, sized_, {residual_.data()}, {}, residual_.size(),
+                             "error_feedback::save_state");
   }
 
   /// Replaces the state (residual, its size, Inner's state) by one that save_state wrote.
@@ -325,73 +275,18 @@ class error_feedback {
   /// inner state of another size); then nothing has changed.
   /// Allocates at most what `bytes` can hold.
   void load_state(std::span<const std::byte> bytes) {
-    static constexpr const char* call = "error_feedback::load_state";
-    wire_reader r(bytes, call);
-    const std::span<const std::byte> fixed = r.take(error_feedback_state_header_bytes);
-    wire_reader h(fixed, call);
-    if (h.get_u32() != error_feedback_state_magic) {
-      throw decode_error(call, "bad magic: found bytes " + detail::wire_hex_bytes(fixed.first(4)) +
-                                   ", expected 47 43 45 46 (\"GCEF\")");
-    }
-    if (const std::uint8_t v = h.get_u8(); v != error_feedback_state_version) {
-      throw decode_error(call, "unsupported state version " + std::to_string(v) +
-                                   " (this build reads " +
-                                   std::to_string(error_feedback_state_version) + ")");
-    }
-    if (const std::uint8_t c = h.get_u8(); c != static_cast<std::uint8_t>(id)) {
-      throw decode_error(call, "state of codec id " + detail::wire_codec_text(c) +
-                                   ", this codec is " +
-                                   detail::wire_codec_text(static_cast<std::uint8_t>(id)));
-    }
-    const std::uint8_t flags = h.get_u8();
-    constexpr std::uint8_t inner_flag = Inner::traits.stateful ? 2 : 0;
-    if ((flags & ~3u) != 0 || (flags & 2u) != inner_flag) {
-      throw decode_error(call, "flags " + std::to_string(flags) + ", expected " +
-                                   std::to_string(inner_flag) + " or " +
-                                   std::to_string(inner_flag | 1));
-    }
-    const bool sized = (flags & 1u) != 0;
-    if (const std::uint8_t z = h.get_u8(); z != 0) {
-      throw decode_error(call, "reserved byte is " + std::to_string(z) + ", expected 0");
-    }
-    const std::uint64_t n = h.get_u64();
-    const std::uint64_t inner_bytes = h.get_u64();
-    if (!sized && n != 0) {
-      throw decode_error(call, "an unsized state with " + std::to_string(n) + " elements");
-    }
-    if (!Inner::traits.stateful && inner_bytes != 0) {
-      throw decode_error(
-          call, std::to_string(inner_bytes) + " bytes of inner state for a stateless inner codec");
-    }
-    // Divided, never multiplied: n comes from the bytes.
-    if (n > r.remaining() / sizeof(float)) {
-      throw decode_error(call, "truncated: a residual of " + std::to_string(n) +
-                                   " elements does not fit in the " +
-                                   std::to_string(r.remaining()) + " bytes left");
-    }
-    const std::span<const std::byte> body = r.take(n * sizeof(float));
-    if (inner_bytes != r.remaining()) {
-      throw decode_error(call,
-                         std::string(inner_bytes > r.remaining() ? "truncated" : "oversized") +
-                             ": inner state of " + std::to_string(inner_bytes) + " bytes, " +
-                             std::to_string(r.remaining()) + " left");
-    }
-    std::vector<float> e(static_cast<std::size_t>(n));
-    if (n != 0) std::memcpy(e.data(), body.data(), body.size());
-    for (std::size_t i = 0; i < e.size(); ++i) {
-      if (!std::isfinite(e[i])) {
-        throw decode_error(call, "non-finite residual at index " + std::to_string(i));
-      }
-    }
-    if constexpr (Inner::traits.stateful) {
-      detail::load_inner_state(inner_, r.take(inner_bytes), sized, n, call);
-    }
-    residual_ = std::move(e);
+    auto s = state_format.load(bytes, inner_, "error_feedback::load_state");
+    residual_ = std::move(s.buffers[0]);
     scratch_.resize(residual_.size());
-    sized_ = sized;
+    sized_ = s.sized;
   }
 
  private:
+  // The state's framing, which dgc_memory's has too (detail/ef_state.hpp).
+  static constexpr detail::ef_state_format<1, 0> state_format{
+      error_feedback_state_magic, error_feedback_state_version, {"residual"}};
+  static_assert(state_format.header_bytes == error_feedback_state_header_bytes);
+
   Inner inner_{};
   std::vector<float> residual_;
   std::vector<float> scratch_;  // g + e, or the next residual (ResidualCodec), reused

@@ -6,6 +6,8 @@
 #include <gradcomm/codec/codec.hpp>
 #include <gradcomm/codec/powersgd.hpp>
 
+#include "../support/workspace.hpp"
+
 #include <gtest/gtest.h>
 
 #include <Eigen/Dense>
@@ -20,6 +22,7 @@
 #include <limits>
 #include <new>
 #include <random>
+#include <span>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -1012,6 +1015,62 @@ TEST(PowerSgd, NothingIsAllocatedOnceSized) {
     c.decompress(g, p, q, out);
   }
   EXPECT_EQ(g_allocations.load() - before, 0);
+}
+
+// ---- caller-owned workspace ---------------------------------------------------------------
+
+TEST(PowerSgd, WorkspaceEncodeGivesTheSameBytesAndAllocatesNothing) {
+  constexpr std::size_t rows = 48, cols = 40, n = rows * cols;
+  for (const bool ef : {true, false}) {
+    for (const auto policy : {gc::nonfinite_policy::reject, gc::nonfinite_policy::zero}) {
+      const gc::powersgd_params p{
+          .rank = 3, .rows = rows, .cols = cols, .error_feedback = ef, .seed = 7, .policy = policy};
+      gc::powersgd_codec own(p), given(p);
+      const std::size_t need = given.workspace_bytes(n);
+      EXPECT_EQ(need, 63 + 4 * 3 * (rows + cols));
+      EXPECT_EQ(gc::workspace_bytes(given, n), need);
+      std::vector<std::byte> ws(need + 8), a(own.max_encoded_bytes(n)), b(a.size());
+      for (std::size_t step = 0; step < 4; ++step) {
+        const auto g = gaussian(n, 10 + static_cast<unsigned>(step));
+        a.resize(own.max_encoded_bytes(n));
+        b.resize(a.size());
+        a.resize(own.encode(g, a));
+        // Another offset each step: the bytes do not depend on the workspace's address.
+        const std::span<std::byte> w(ws.data() + step, need);
+        const long before = g_allocations.load();
+        b.resize(given.encode(g, b, w));
+        if (step > 0) {
+          EXPECT_EQ(g_allocations.load() - before, 0) << "sized: no allocation";
+        }
+        EXPECT_EQ(a, b) << "step " << step << (ef ? ", error feedback" : "");
+        EXPECT_EQ(saved(own), saved(given)) << "step " << step;
+        EXPECT_EQ(own.residual_norm(), given.residual_norm());
+      }
+      // Under a context too (host_codec_calls), and the state stays the same.
+      b.resize(given.max_encoded_bytes(n));
+      a.resize(b.size());
+      const auto g = gaussian(n, 99);
+      a.resize(own.encode(gc::on_host, g, a));
+      b.resize(given.encode(g, b, ws));
+      EXPECT_EQ(a, b);
+    }
+  }
+  // Shapes that go uncompressed need none; an empty workspace is enough.
+  gc::powersgd_codec own({.rank = 1}), given({.rank = 1});
+  const auto g = gaussian(1009, 3);  // prime: 1 × 1009
+  EXPECT_EQ(given.workspace_bytes(g.size()), 0u);
+  std::vector<std::byte> a(own.max_encoded_bytes(g.size())), b(a.size());
+  a.resize(own.encode(g, a));
+  b.resize(given.encode(g, b, std::span<std::byte>{}));
+  EXPECT_EQ(a, b);
+}
+
+TEST(PowerSgd, TooSmallAWorkspaceThrowsNamingBothSizes) {
+  constexpr std::size_t rows = 32, cols = 24, n = rows * cols;
+  gc::powersgd_codec c({.rank = 2, .rows = rows, .cols = cols});
+  expect_small_workspace_refused(c, std::span<const float>(gaussian(n, 5)));
+  EXPECT_FALSE(c.sized()) << "a refused call sizes nothing";
+  EXPECT_EQ(c.steps(), 0u);
 }
 
 }  // namespace

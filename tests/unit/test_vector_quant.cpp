@@ -4,6 +4,8 @@
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/vector_quant.hpp>
 
+#include "../support/workspace.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -532,6 +535,48 @@ TEST_P(VectorQuant, LearnedCodebookRefreshesOnSchedule) {
   EXPECT_NE(books[3], books[2]);
   EXPECT_EQ(books[5], books[3]);
   EXPECT_NE(books[6], books[5]);
+}
+
+TEST_P(VectorQuant, WorkspaceEncodeGivesTheSameBytes) {
+  const unsigned d = GetParam();
+  // The built-in codebook's search needs no scratch.
+  const gc::vq_gaussian_codec g({.dim = d});
+  EXPECT_EQ(g.workspace_bytes(1 << 16), 0u);
+  EXPECT_EQ(gc::workspace_bytes(g, 1 << 16), 0u);
+  const auto x = laplace(5000, 2);
+  std::vector<std::byte> a(g.max_encoded_bytes(x.size())), b(a.size());
+  EXPECT_EQ(g.encode(x, a), g.encode(x, b, std::span<std::byte>{}));
+  EXPECT_EQ(a, b);
+  // The learned one's refresh: sums, counts and samples, at most vq_learn_samples groups.
+  for (const std::size_t n :
+       {std::size_t{0}, std::size_t{1}, std::size_t{4099}, std::size_t{1} << 17}) {
+    gc::vq_learned_codec own({.dim = d, .refresh_interval = 2}),
+        given({.dim = d, .refresh_interval = 2});
+    const std::size_t need = given.workspace_bytes(n);
+    const std::size_t groups = (n + d - 1) / d;
+    EXPECT_EQ(need, n == 0 ? 0
+                           : alignof(gc::detail::vq_learn_scratch) - 1 +
+                                 sizeof(gc::detail::vq_learn_scratch) +
+                                 4 * d * std::min<std::size_t>(groups, gc::vq_learn_samples));
+    EXPECT_EQ(gc::workspace_bytes(given, n), need);
+    std::vector<std::byte> ws(need + 8);
+    for (std::size_t call = 0; call < 5; ++call) {
+      const auto in = laplace(n, 10 + static_cast<unsigned>(call));
+      std::vector<std::byte> p(own.max_encoded_bytes(n)), q(p.size());
+      p.resize(own.encode(in, p));
+      // Another offset each call: the bytes do not depend on the workspace's address.
+      q.resize(given.encode(in, q, std::span<std::byte>(ws.data() + call, need)));
+      EXPECT_EQ(p, q) << "n " << n << ", call " << call;
+      EXPECT_EQ(saved(own), saved(given));
+    }
+  }
+}
+
+TEST_P(VectorQuant, TooSmallAWorkspaceThrowsNamingBothSizes) {
+  gc::vq_learned_codec c({.dim = GetParam()});
+  const auto before = saved(c);
+  expect_small_workspace_refused(c, std::span<const float>(laplace(3000, 4)));
+  EXPECT_EQ(saved(c), before) << "a refused call changes nothing";
 }
 
 TEST_P(VectorQuant, LearnedCodebookFitsOtherDistributions) {

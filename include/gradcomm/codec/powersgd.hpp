@@ -21,6 +21,9 @@
 // (TwoRoundCodec, codec/codec.hpp). encode / decode / decode_add are the single-worker case
 // and a valid Codec on their own.
 //
+// This header holds the class and its wire and state formats; the passes over the matrix
+// are in codec/detail/powersgd_cpu.hpp, their arithmetic in codec/detail/powersgd_math.hpp.
+//
 // Needs Eigen: link gradcomm::eigen (Debian package libeigen3-dev), which defines
 // GRADCOMM_HAS_EIGEN=1. Without it this header declares only a stub `powersgd_codec` whose
 // use stops compilation with a message saying so.
@@ -31,7 +34,8 @@
 #if GRADCOMM_HAS_EIGEN
 
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/detail/cpu_dispatch.hpp>
+#include <gradcomm/codec/detail/powersgd_cpu.hpp>
+#include <gradcomm/codec/detail/powersgd_math.hpp>
 #include <gradcomm/core/dtype.hpp>
 #include <gradcomm/core/error.hpp>
 #include <gradcomm/core/philox.hpp>
@@ -42,7 +46,6 @@
 #include <Eigen/QR>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -128,559 +131,6 @@ inline constexpr std::size_t powersgd_params_bytes = 24;
 /// The most elements a state that load_state accepts is for (2^40: 4 TiB of f32).
 inline constexpr std::uint64_t powersgd_max_state_elements = std::uint64_t{1} << 40;
 
-namespace detail {
-
-// Columns the decoder and the residual for r > 4 handle at a time: a tile of P̂ Qᵀ stays in
-// L1 while every rank's factor column runs over it.
-inline constexpr std::size_t psgd_tile = 256;
-
-// Floats that a streaming loop over one row reads ahead of itself (3 KiB), and the four-row
-// Q pass (1.5 KiB a row: eight streams). The passes stream g and e from memory while the
-// factors (r·cols floats a row) come from L2; left to the hardware prefetchers alone, the
-// loads of g and e wait (measured at 4096 × 4096, rank 4, on an AMD EPYC: the P pass took
-// 1.7× as long; the distances are the best of 256 to 1024).
-inline constexpr std::size_t psgd_prefetch_ahead = 768;
-inline constexpr std::size_t psgd_q_prefetch_ahead = 384;
-
-// A read hint for the cache line at float i of p. A prefetch never faults; the address is
-// formed as an integer, so that one past the end of the array is no pointer arithmetic.
-[[gnu::always_inline]] inline void psgd_prefetch(const float* p, std::size_t i) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + 4 * i));
-#else
-  (void)p;
-  (void)i;
-#endif
-}
-
-inline float psgd_load(const float* p, std::size_t i) noexcept { return p[i]; }
-inline float psgd_load(const std::byte* p, std::size_t i) noexcept {
-  float v;
-  std::memcpy(&v, p + 4 * i, 4);
-  return v;
-}
-
-// v, or 0 where v is ±Inf or NaN: a bit mask, so that the loops vectorize.
-inline float psgd_finite_or_zero(float v) noexcept {
-  const auto b = std::bit_cast<std::int32_t>(v);
-  const std::int32_t keep = -static_cast<std::int32_t>((b & 0x7f800000) != 0x7f800000);
-  return std::bit_cast<float>(b & keep);
-}
-
-// One pass's view of the matrix and its factors. Factors are column-major: column k of
-// P (rows × r) starts at k·rows, column k of Q (cols × r) at k·cols.
-struct psgd_pass {
-  const float* g = nullptr;  // the input, rows × cols row-major
-  float* e = nullptr;        // the residual (null without error feedback)
-  bool zero = false;         // nonfinite_policy::zero
-  std::size_t rows = 0, cols = 0, r = 0;
-  const float* q = nullptr;      // P pass: the warm start; finish: this worker's Q
-  const float* q_out = nullptr;  // finish: the summed Q for `out` (null: no output)
-  const float* p = nullptr;      // Q pass and finish: P̂
-  float* p_acc = nullptr;        // P pass: P out
-  float* q_acc = nullptr;        // Q pass: Q out
-  float* out = nullptr;          // finish: the output (may be g)
-  // Error feedback's fold (P pass) and settle: e holds the residual's base, and where the
-  // last step's residual is deferred, e = finite_or_zero(base − pp · pqᵀ) (pp: that step's
-  // P̂, rows × r; pq: its Q, cols × r; both null when nothing is deferred).
-  float* m = nullptr;  // P pass with error feedback: M = g + e out, rows × cols
-  const float* pp = nullptr;
-  const float* pq = nullptr;
-};
-
-inline const float* psgd_at(const float* p, std::size_t i) noexcept { return p + i; }
-inline const std::byte* psgd_at(const std::byte* p, std::size_t i) noexcept { return p + 4 * i; }
-
-// Element j of a row of M: g (+ e), non-finite values zeroed under Zero (g's before the
-// sum, so that the residual's debt survives a bad gradient, and the sum's after it, for an
-// overflow). Without error feedback the passes compute it where they use it; with error
-// feedback the first pass (psgd_fold_rows) writes M and the second reads it.
-template <bool HasE, bool Zero>
-[[gnu::always_inline]] inline float psgd_m_of(float g, float e) noexcept {
-  if constexpr (Zero) {
-    const float v = psgd_finite_or_zero(g);
-    if constexpr (HasE) {
-      return psgd_finite_or_zero(v + e);
-    } else {
-      return v;
-    }
-  } else if constexpr (HasE) {
-    return g + e;
-  } else {
-    return g;
-  }
-}
-template <bool HasE, bool Zero>
-[[gnu::always_inline]] inline float psgd_m(const float* __restrict g, const float* __restrict e,
-                                           std::size_t j) noexcept {
-  return psgd_m_of<HasE, Zero>(g[j], HasE ? e[j] : 0.0f);
-}
-
-// at[j] = Σ_k P(i, k) · Q(j0 + j, k), k = 0, 1, ..., r−1 added left to right. Ranks go
-// four at a time through one loop (a load and a store of `at` per four). Decode and the
-// encoder's residual compute it alike (psgd_settled for r ≤ 4 too), so that they agree
-// to the bit.
-template <class Src>
-[[gnu::always_inline]] inline void psgd_lowrank_tile(const Src* p, std::size_t rows, std::size_t i,
-                                                     const Src* q, std::size_t cols, std::size_t r,
-                                                     std::size_t j0, std::size_t len,
-                                                     float* __restrict at) noexcept {
-  for (std::size_t k = 0; k < r; k += 4) {
-    const std::size_t g = std::min<std::size_t>(4, r - k);
-    // Missing ranks of the last group read column k again with a zero coefficient: + 0·q
-    // changes no sum (the finite q of a checked payload or of the encoder).
-    const float c0 = psgd_load(p, k * rows + i);
-    const float c1 = g > 1 ? psgd_load(p, (k + 1) * rows + i) : 0.0f;
-    const float c2 = g > 2 ? psgd_load(p, (k + 2) * rows + i) : 0.0f;
-    const float c3 = g > 3 ? psgd_load(p, (k + 3) * rows + i) : 0.0f;
-    const Src* __restrict q0 = psgd_at(q, k * cols + j0);
-    const Src* __restrict q1 = g > 1 ? psgd_at(q, (k + 1) * cols + j0) : q0;
-    const Src* __restrict q2 = g > 2 ? psgd_at(q, (k + 2) * cols + j0) : q0;
-    const Src* __restrict q3 = g > 3 ? psgd_at(q, (k + 3) * cols + j0) : q0;
-    if (k == 0) {
-      for (std::size_t j = 0; j < len; ++j) {
-        at[j] = ((c0 * psgd_load(q0, j) + c1 * psgd_load(q1, j)) + c2 * psgd_load(q2, j)) +
-                c3 * psgd_load(q3, j);
-      }
-    } else {
-      for (std::size_t j = 0; j < len; ++j) {
-        at[j] =
-            (((at[j] + c0 * psgd_load(q0, j)) + c1 * psgd_load(q1, j)) + c2 * psgd_load(q2, j)) +
-            c3 * psgd_load(q3, j);
-      }
-    }
-  }
-}
-
-// Lanes of the P pass's dot products: lane v sums the terms j ≡ v (mod 16) in order, then a
-// fixed tree adds the lanes. Four ranks × 16 lanes are eight AVX2 registers (sixteen SSE2
-// ones), independent sums enough to hide the adder's latency; the order is the code's, not
-// the vector width's, so both give the same bits.
-inline constexpr std::size_t psgd_lanes = 16;
-
-[[gnu::always_inline]] inline float psgd_lane_sum(const float (&l)[psgd_lanes]) noexcept {
-  float s[8];
-  for (std::size_t v = 0; v < 8; ++v) s[v] = l[v] + l[v + 8];
-  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-}
-
-// One element of the P pass: m into the four ranks' lanes.
-template <bool HasE, bool Zero>
-[[gnu::always_inline]] inline void psgd_p_term(
-    const float* __restrict g, const float* __restrict e, const float* __restrict q0,
-    const float* __restrict q1, const float* __restrict q2, const float* __restrict q3,
-    std::size_t j, std::size_t v, float* __restrict l0, float* __restrict l1, float* __restrict l2,
-    float* __restrict l3) noexcept {
-  const float m = psgd_m<HasE, Zero>(g, e, j);
-  l0[v] += m * q0[j];
-  l1[v] += m * q1[j];
-  l2[v] += m * q2[j];
-  l3[v] += m * q3[j];
-}
-
-// Row i of P = M Q (g, e: the row's start): one loop over the row reads each m once for
-// four ranks (the ranks missing from a last group read column k0 again and are dropped). A
-// non-finite m makes its row's P non-finite (∞·q and NaN·q stay so through the sums), which
-// is how the caller finds one: the loop does not look at m.
-template <bool HasE, bool Zero>
-[[gnu::always_inline]] inline void psgd_p_row(const psgd_pass& a, std::size_t i,
-                                              const float* __restrict g,
-                                              const float* __restrict e) noexcept {
-  constexpr std::size_t lanes = psgd_lanes;
-  const std::size_t rows = a.rows, cols = a.cols, full = cols & ~(lanes - 1);
-  {
-    for (std::size_t k0 = 0; k0 < a.r; k0 += 4) {
-      const std::size_t nk = std::min<std::size_t>(4, a.r - k0);
-      const float* __restrict q0 = a.q + k0 * cols;
-      const float* __restrict q1 = nk > 1 ? q0 + cols : q0;
-      const float* __restrict q2 = nk > 2 ? q0 + 2 * cols : q0;
-      const float* __restrict q3 = nk > 3 ? q0 + 3 * cols : q0;
-      float l0[lanes] = {}, l1[lanes] = {}, l2[lanes] = {}, l3[lanes] = {};
-      for (std::size_t j = 0; j < full; j += lanes) {
-        psgd_prefetch(g, j + psgd_prefetch_ahead);
-        if constexpr (HasE) psgd_prefetch(e, j + psgd_prefetch_ahead);
-        for (std::size_t v = 0; v < lanes; ++v) {
-          psgd_p_term<HasE, Zero>(g, e, q0, q1, q2, q3, j + v, v, l0, l1, l2, l3);
-        }
-      }
-      for (std::size_t j = full; j < cols; ++j) {
-        psgd_p_term<HasE, Zero>(g, e, q0, q1, q2, q3, j, j - full, l0, l1, l2, l3);
-      }
-      float* p = a.p_acc + k0 * rows + i;
-      p[0] = psgd_lane_sum(l0);
-      if (nk > 1) p[rows] = psgd_lane_sum(l1);
-      if (nk > 2) p[2 * rows] = psgd_lane_sum(l2);
-      if (nk > 3) p[3 * rows] = psgd_lane_sum(l3);
-    }
-  }
-}
-
-// P = M Q, a row at a time, M computed where it is used (no error feedback).
-template <bool Zero>
-[[gnu::always_inline]] inline void psgd_p_rows(const psgd_pass& a) noexcept {
-  for (std::size_t i = 0; i < a.rows; ++i) psgd_p_row<false, Zero>(a, i, a.g + i * a.cols, nullptr);
-}
-
-// The deferred residual's term at j for r ≤ 4: finite_or_zero(base − Σ_k P̂(i, k) Q(j, k)),
-// the sum exactly as psgd_lowrank_tile's first group (missing ranks: column 0 with
-// coefficient 0), so that the residual is what decode's P̂ Qᵀ leaves, to the bit.
-[[gnu::always_inline]] inline float psgd_settled(float base, const float* __restrict q0,
-                                                 const float* __restrict q1,
-                                                 const float* __restrict q2,
-                                                 const float* __restrict q3, const float (&c)[4],
-                                                 std::size_t j) noexcept {
-  return psgd_finite_or_zero(base -
-                             (((c[0] * q0[j] + c[1] * q1[j]) + c[2] * q2[j]) + c[3] * q3[j]));
-}
-
-// Row i's coefficients of the deferred P̂ for r ≤ 4 (0 for the missing ranks), and its Q
-// columns (column 0 again for the missing ones).
-struct psgd_deferred_row {
-  float c[4];
-  const float* q[4];
-  psgd_deferred_row(const psgd_pass& a, std::size_t i) noexcept {
-    for (std::size_t k = 0; k < 4; ++k) {
-      c[k] = k < a.r ? a.pp[k * a.rows + i] : 0.0f;
-      q[k] = a.pq + (k < a.r ? k : 0) * a.cols;
-    }
-  }
-};
-
-// One row of M = g + e into m, e settled first where the last step's residual is deferred
-// (Deferred; r ≤ 4). Its own function with restrict parameters, so that GCC vectorizes it
-// without overlap checks.
-template <bool Zero, bool Deferred>
-[[gnu::always_inline]] inline void psgd_fold_row(
-    const float* __restrict g, const float* __restrict base, float* __restrict m,
-    const float* __restrict q0, const float* __restrict q1, const float* __restrict q2,
-    const float* __restrict q3, const float (&c)[4], std::size_t cols) noexcept {
-  const std::size_t full = cols & ~(psgd_lanes - 1);
-  for (std::size_t j = 0; j < full; j += psgd_lanes) {
-    psgd_prefetch(g, j + psgd_prefetch_ahead);
-    psgd_prefetch(base, j + psgd_prefetch_ahead);
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC ivdep
-#endif
-    for (std::size_t v = j; v < j + psgd_lanes; ++v) {
-      const float e = Deferred ? psgd_settled(base[v], q0, q1, q2, q3, c, v) : base[v];
-      m[v] = psgd_m_of<true, Zero>(g[v], e);
-    }
-  }
-  for (std::size_t v = full; v < cols; ++v) {
-    const float e = Deferred ? psgd_settled(base[v], q0, q1, q2, q3, c, v) : base[v];
-    m[v] = psgd_m_of<true, Zero>(g[v], e);
-  }
-}
-
-// The P pass with error feedback, a row at a time: the row of M = g + e (the residual
-// settled first where it is deferred) goes to m, then row i of P = M Q is summed from m's
-// row while it is in L1. M is what the Q pass reads, and the residual's base for the next
-// step: the step's residual M − P̂ Qᵀ is settled in the next step's first pass (or by
-// psgd_settle_pass), so that no pass of its own reads and writes the n floats.
-template <bool Zero>
-[[gnu::always_inline]] inline void psgd_fold_rows(const psgd_pass& a) noexcept {
-  alignas(32) float at[psgd_tile];
-  const std::size_t rows = a.rows, cols = a.cols, r = a.r;
-  const float c0[4] = {};
-  for (std::size_t i = 0; i < rows; ++i) {
-    const float* g = a.g + i * cols;
-    const float* base = a.e + i * cols;
-    float* m = a.m + i * cols;
-    if (a.pp == nullptr) {
-      psgd_fold_row<Zero, false>(g, base, m, g, g, g, g, c0, cols);
-    } else if (r <= 4) {
-      const psgd_deferred_row d(a, i);
-      psgd_fold_row<Zero, true>(g, base, m, d.q[0], d.q[1], d.q[2], d.q[3], d.c, cols);
-    } else {
-      for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
-        const std::size_t len = std::min(psgd_tile, cols - j0);
-        psgd_lowrank_tile(a.pp, rows, i, a.pq, cols, r, j0, len, at);
-        for (std::size_t j = j0; j < j0 + len; ++j) {
-          m[j] = psgd_m_of<true, Zero>(g[j], psgd_finite_or_zero(base[j] - at[j - j0]));
-        }
-      }
-    }
-    psgd_p_row<false, false>(a, i, m, nullptr);
-  }
-}
-
-[[gnu::always_inline]] inline void psgd_p_pass_impl(const psgd_pass& a) noexcept {
-  if (a.m != nullptr) return a.zero ? psgd_fold_rows<true>(a) : psgd_fold_rows<false>(a);
-  a.zero ? psgd_p_rows<true>(a) : psgd_p_rows<false>(a);
-}
-
-// Σ v², each square in double, over eight lanes (lane k: the terms i ≡ k mod 8, in order)
-// added in a fixed tree: no chain of dependent additions, and the same bits on every ISA.
-[[gnu::always_inline]] inline double psgd_sum_squares(const float* __restrict v,
-                                                      std::size_t n) noexcept {
-  double l[8] = {};
-  const std::size_t full = n & ~std::size_t{7};
-  for (std::size_t j = 0; j < full; j += 8) {
-    for (std::size_t k = 0; k < 8; ++k) l[k] += static_cast<double>(v[j + k]) * v[j + k];
-  }
-  for (std::size_t j = full; j < n; ++j) l[j - full] += static_cast<double>(v[j]) * v[j];
-  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
-// e <- finite_or_zero(e − pp · pqᵀ) in place: the deferred residual settled. Returns Σ e²
-// (psgd_sum_squares of each row, added row after row) when `norm` is set.
-[[gnu::always_inline]] inline double psgd_settle_impl(const psgd_pass& a, bool norm) noexcept {
-  alignas(32) float at[psgd_tile];
-  const std::size_t rows = a.rows, cols = a.cols, r = a.r;
-  double sum = 0.0;
-  for (std::size_t i = 0; i < rows; ++i) {
-    float* __restrict e = a.e + i * cols;
-    if (r <= 4) {
-      const psgd_deferred_row d(a, i);
-      const float* __restrict q0 = d.q[0];
-      const float* __restrict q1 = d.q[1];
-      const float* __restrict q2 = d.q[2];
-      const float* __restrict q3 = d.q[3];
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC ivdep
-#endif
-      for (std::size_t j = 0; j < cols; ++j) e[j] = psgd_settled(e[j], q0, q1, q2, q3, d.c, j);
-    } else {
-      for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
-        const std::size_t len = std::min(psgd_tile, cols - j0);
-        psgd_lowrank_tile(a.pp, rows, i, a.pq, cols, r, j0, len, at);
-        for (std::size_t j = 0; j < len; ++j) {
-          e[j0 + j] = psgd_finite_or_zero(e[j0 + j] - at[j]);
-        }
-      }
-    }
-    if (norm) sum += psgd_sum_squares(e, cols);
-  }
-  return sum;
-}
-
-// Columns [j0, j1) of ranks k0 .. k0 + G − 1 of Q (q: column k0) over the four rows of M at
-// g + off[b] (and e + off[b]):
-//   Q(j, k0 + k) += (m0·c[4k] + m1·c[4k + 1]) + (m2·c[4k + 2] + m3·c[4k + 3]),
-// m_b = M(row b, j) and c[4k + b] row b's P̂(·, k0 + k). Its own function, with restrict
-// parameters and ivdep: otherwise GCC wants run-time overlap checks between Q and every
-// row, more than it will make, and leaves the loop scalar.
-template <bool HasE, bool Zero, std::size_t G>
-[[gnu::always_inline]] inline void psgd_q_span(const float* __restrict g, const float* __restrict e,
-                                               const std::size_t* __restrict off,
-                                               const float* __restrict c, float* __restrict q,
-                                               std::size_t cols, std::size_t j0,
-                                               std::size_t j1) noexcept {
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC ivdep
-#endif
-  for (std::size_t j = j0; j < j1; ++j) {
-    float m[4];
-    for (std::size_t b = 0; b < 4; ++b) {
-      m[b] = psgd_m<HasE, Zero>(g + off[b], HasE ? e + off[b] : nullptr, j);
-    }
-    for (std::size_t k = 0; k < G; ++k) {
-      const float* ck = c + 4 * k;
-      q[k * cols + j] += (m[0] * ck[0] + m[1] * ck[1]) + (m[2] * ck[2] + m[3] * ck[3]);
-    }
-  }
-}
-
-// Ranks k0 .. k0 + G − 1 of Q over the four rows from i0 (c as psgd_q_span's): one loop over
-// the rows reads each m once for G ranks, and each Q element is loaded and stored once per
-// four rows. Rows missing from a last block read row i0 again with coefficient 0: that adds
-// ±0 where m is finite, and where it is not, row i0's own term has made Q non-finite
-// already. A span of 64 columns at a time, the lines 384 columns ahead prefetched first (in
-// the first group: later groups find the rows in cache).
-template <bool HasE, bool Zero, std::size_t G>
-[[gnu::always_inline]] inline void psgd_q_group(const psgd_pass& a, std::size_t i0, std::size_t k0,
-                                                const float* c) noexcept {
-  constexpr std::size_t span = 64;
-  const std::size_t cols = a.cols, nb = std::min<std::size_t>(4, a.rows - i0);
-  const float* g = a.g + i0 * cols;
-  const float* e = HasE ? a.e + i0 * cols : nullptr;
-  std::size_t off[4];
-  for (std::size_t b = 0; b < 4; ++b) off[b] = b < nb ? b * cols : 0;
-  float* q = a.q_acc + k0 * cols;
-  for (std::size_t j = 0; j < cols; j += span) {
-    if (k0 == 0) {
-      for (std::size_t x = j + psgd_q_prefetch_ahead; x < j + psgd_q_prefetch_ahead + span;
-           x += psgd_lanes) {
-        for (std::size_t b = 0; b < nb; ++b) {
-          psgd_prefetch(g + off[b], x);
-          if constexpr (HasE) psgd_prefetch(e + off[b], x);
-        }
-      }
-    }
-    psgd_q_span<HasE, Zero, G>(g, e, off, c, q, cols, j, std::min(j + span, cols));
-  }
-}
-
-// Q = Mᵀ P̂, four rows at a time, four ranks at a time.
-template <bool HasE, bool Zero>
-[[gnu::always_inline]] inline void psgd_q_rows(const psgd_pass& a) noexcept {
-  const std::size_t r = a.r, rows = a.rows;
-  std::fill(a.q_acc, a.q_acc + r * a.cols, 0.0f);
-  for (std::size_t i0 = 0; i0 < rows; i0 += 4) {
-    const std::size_t nb = std::min<std::size_t>(4, rows - i0);
-    for (std::size_t k0 = 0; k0 < r; k0 += 4) {
-      const std::size_t nk = std::min<std::size_t>(4, r - k0);
-      float c[16] = {};
-      for (std::size_t k = 0; k < nk; ++k) {
-        for (std::size_t b = 0; b < nb; ++b) c[4 * k + b] = a.p[(k0 + k) * rows + i0 + b];
-      }
-      switch (nk) {
-        case 1: psgd_q_group<HasE, Zero, 1>(a, i0, k0, c); break;
-        case 2: psgd_q_group<HasE, Zero, 2>(a, i0, k0, c); break;
-        case 3: psgd_q_group<HasE, Zero, 3>(a, i0, k0, c); break;
-        default: psgd_q_group<HasE, Zero, 4>(a, i0, k0, c); break;
-      }
-    }
-  }
-}
-
-[[gnu::always_inline]] inline void psgd_q_pass_impl(const psgd_pass& a) noexcept {
-  if (a.e != nullptr) return a.zero ? psgd_q_rows<true, true>(a) : psgd_q_rows<true, false>(a);
-  a.zero ? psgd_q_rows<false, true>(a) : psgd_q_rows<false, false>(a);
-}
-
-// The output of a step: out = P̂ Q_outᵀ (the summed Q), a tile at a time through L1, as the
-// decoder computes it.
-[[gnu::always_inline]] inline void psgd_finish_pass_impl(const psgd_pass& a) noexcept {
-  alignas(32) float at[psgd_tile];
-  const std::size_t rows = a.rows, cols = a.cols, r = a.r;
-  for (std::size_t i = 0; i < rows; ++i) {
-    for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
-      const std::size_t len = std::min(psgd_tile, cols - j0);
-      psgd_lowrank_tile(a.p, rows, i, a.q_out, cols, r, j0, len, at);
-      std::memcpy(a.out + i * cols + j0, at, 4 * len);
-    }
-  }
-}
-
-// out = P Qᵀ (or out += P Qᵀ) from a payload's factors.
-template <bool Add>
-[[gnu::always_inline]] inline void psgd_decode_impl(const std::byte* p, const std::byte* q,
-                                                    std::size_t rows, std::size_t cols,
-                                                    std::size_t r, float* out) noexcept {
-  alignas(32) float at[psgd_tile];
-  for (std::size_t i = 0; i < rows; ++i) {
-    for (std::size_t j0 = 0; j0 < cols; j0 += psgd_tile) {
-      const std::size_t len = std::min(psgd_tile, cols - j0);
-      psgd_lowrank_tile(p, rows, i, q, cols, r, j0, len, at);
-      float* __restrict o = out + i * cols + j0;
-      if constexpr (Add) {
-        for (std::size_t j = 0; j < len; ++j) o[j] += at[j];
-      } else {
-        for (std::size_t j = 0; j < len; ++j) o[j] = at[j];
-      }
-    }
-  }
-}
-
-// The portable passes and their AVX2 clones (detail/cpu_dispatch.hpp). No FMA: the output
-// must be bitwise the same on every worker, whichever CPU it runs on.
-inline void psgd_p_pass_portable(const psgd_pass& a) noexcept { psgd_p_pass_impl(a); }
-inline void psgd_q_pass_portable(const psgd_pass& a) noexcept { psgd_q_pass_impl(a); }
-inline void psgd_finish_pass_portable(const psgd_pass& a) noexcept { psgd_finish_pass_impl(a); }
-inline double psgd_settle_portable(const psgd_pass& a, bool norm) noexcept {
-  return psgd_settle_impl(a, norm);
-}
-template <bool Add>
-inline void psgd_decode_portable(const std::byte* p, const std::byte* q, std::size_t rows,
-                                 std::size_t cols, std::size_t r, float* out) noexcept {
-  psgd_decode_impl<Add>(p, q, rows, cols, r, out);
-}
-#if GRADCOMM_X86_DISPATCH
-[[gnu::target("avx2")]] inline void psgd_p_pass_avx2(const psgd_pass& a) noexcept {
-  psgd_p_pass_impl(a);
-}
-[[gnu::target("avx2")]] inline void psgd_q_pass_avx2(const psgd_pass& a) noexcept {
-  psgd_q_pass_impl(a);
-}
-[[gnu::target("avx2")]] inline void psgd_finish_pass_avx2(const psgd_pass& a) noexcept {
-  psgd_finish_pass_impl(a);
-}
-[[gnu::target("avx2")]] inline double psgd_settle_avx2(const psgd_pass& a, bool norm) noexcept {
-  return psgd_settle_impl(a, norm);
-}
-template <bool Add>
-[[gnu::target("avx2")]] inline void psgd_decode_avx2(const std::byte* p, const std::byte* q,
-                                                     std::size_t rows, std::size_t cols,
-                                                     std::size_t r, float* out) noexcept {
-  psgd_decode_impl<Add>(p, q, rows, cols, r, out);
-}
-#endif
-
-inline void psgd_p_pass(const psgd_pass& a) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_runs(cpu_isa::avx2)) return psgd_p_pass_avx2(a);
-#endif
-  psgd_p_pass_portable(a);
-}
-inline void psgd_q_pass(const psgd_pass& a) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_runs(cpu_isa::avx2)) return psgd_q_pass_avx2(a);
-#endif
-  psgd_q_pass_portable(a);
-}
-inline void psgd_finish_pass(const psgd_pass& a) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_runs(cpu_isa::avx2)) return psgd_finish_pass_avx2(a);
-#endif
-  psgd_finish_pass_portable(a);
-}
-// Settles a deferred residual in place (psgd_settle_impl); returns Σ e² where `norm` is set.
-inline double psgd_settle(const psgd_pass& a, bool norm) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_runs(cpu_isa::avx2)) return psgd_settle_avx2(a, norm);
-#endif
-  return psgd_settle_portable(a, norm);
-}
-template <bool Add>
-inline void psgd_decode(const std::byte* p, const std::byte* q, std::size_t rows, std::size_t cols,
-                        std::size_t r, float* out) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_runs(cpu_isa::avx2)) return psgd_decode_avx2<Add>(p, q, rows, cols, r, out);
-#endif
-  psgd_decode_portable<Add>(p, q, rows, cols, r, out);
-}
-
-// A bound on |Σ_k P(i,k) Q(j,k)| over every element: Σ_k max|P(·,k)| · max|Q(·,k)|, in
-// double. Under psgd_safe_bound the sums in f32 cannot overflow (their rounding adds far
-// less than the margin).
-template <class Src>
-double psgd_product_bound(const Src* p, std::size_t rows, const Src* q, std::size_t cols,
-                          std::size_t r) noexcept {
-  double bound = 0.0;
-  for (std::size_t k = 0; k < r; ++k) {
-    float mp = 0.0f, mq = 0.0f;
-    for (std::size_t i = 0; i < rows; ++i) mp = std::max(mp, std::fabs(psgd_load(p, k * rows + i)));
-    for (std::size_t j = 0; j < cols; ++j) mq = std::max(mq, std::fabs(psgd_load(q, k * cols + j)));
-    bound += static_cast<double>(mp) * mq;
-  }
-  return bound;
-}
-inline constexpr double psgd_safe_bound = 0x1p127;  // half of FLT_MAX
-
-// Index of the first non-finite value among n floats at p (bytes or floats), or n.
-template <class Src>
-std::size_t psgd_first_nonfinite(const Src* p, std::size_t n) noexcept {
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(psgd_load(p, i))) return i;
-  }
-  return n;
-}
-
-// Index of the first of n floats at p whose magnitude is not below psgd_safe_bound (NaN
-// included), or n. No payload an encode accepts holds such a value (its factors' bound is
-// below psgd_safe_bound and P̂'s columns are unit vectors), so a residual element that
-// large could never be sent: every later encode would throw on it.
-template <class Src>
-std::size_t psgd_first_unsendable(const Src* p, std::size_t n) noexcept {
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!(std::fabs(psgd_load(p, i)) < static_cast<float>(psgd_safe_bound))) return i;
-  }
-  return n;
-}
-
-}  // namespace detail
-
 /// The PowerSGD codec (layouts below). Traits: not linear (two workers' payloads do not
 /// sum to the payload of their sum: their factors differ), not fixed size (the payload
 /// depends on the shape, not n alone), stateful (the warm start Q and the residual), and
@@ -710,6 +160,14 @@ std::size_t psgd_first_unsendable(const Src* p, std::size_t n) noexcept {
 /// Sizing: the shape and state are fixed by the first encode or compute_p (or by resize /
 /// load_state); a call with another n throws invalid_argument until reset(). Afterwards no
 /// call allocates (Householder QR included, for r < 48).
+///
+/// Workspace (codec.hpp, Codec requirement 8): encode's scratch is the step's two factors,
+/// P (rows·r f32) and this worker's Q (cols·r f32). encode(in, out) keeps them in the
+/// codec; encode(in, out, workspace) takes them from the caller's host memory of
+/// workspace_bytes(n) bytes instead, with the same payload and state byte for byte. M (the
+/// n floats of g + e with error feedback) is no scratch: it becomes the next residual, and
+/// stays in the state, as do Eigen's QR storage (rows·r + 3r f32, sized with the state) and
+/// the round API's buffers, which are the caller's already.
 ///
 /// Payload (core/wire.hpp; codec id powersgd, dtype f32, count n), parameters 24 bytes:
 ///
@@ -841,9 +299,10 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
     const std::size_t r = params_.rank;
     // Everything is allocated before anything changes.
     std::vector<float> q(low_rank ? s.cols * r : 0), q_local(q.size());
-    std::vector<float> p(low_rank ? s.rows * r : 0), e(params_.error_feedback ? n : 0, 0.0f);
+    std::vector<std::byte> scratch(low_rank ? factor_scratch_bytes(s) : 0);
+    std::vector<float> e(params_.error_feedback ? n : 0, 0.0f);
     const bool fold = low_rank && params_.error_feedback;
-    std::vector<float> m(fold ? n : 0), p_deferred(fold ? p.size() : 0);
+    std::vector<float> m(fold ? n : 0), p_deferred(fold ? s.rows * r : 0);
     std::vector<float> q_deferred(fold ? q.size() : 0);
     Eigen::HouseholderQR<Eigen::MatrixXf> qr;
     Eigen::Matrix<float, 1, Eigen::Dynamic> ws;
@@ -858,7 +317,7 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
     low_rank_ = low_rank;
     q_ = std::move(q);
     q_local_ = std::move(q_local);
-    p_ = std::move(p);
+    scratch_ = std::move(scratch);
     residual_ = std::move(e);
     m_ = std::move(m);
     p_deferred_ = std::move(p_deferred);
@@ -878,7 +337,7 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
     low_rank_ = false;
     q_.clear();
     q_local_.clear();
-    p_.clear();
+    scratch_.clear();
     residual_.clear();
     m_.clear();
     p_deferred_.clear();
@@ -916,33 +375,30 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
   /// with error feedback the residual becomes (in + e) − decode(payload). Throws
   /// buffer_too_small (before any work), invalid_argument for a size other than the
   /// state's, a non-finite input under `reject` (naming the index) or factors that
-  /// overflow f32; then the state is as before.
+  /// overflow f32; then the state is as before. The step's factors go to the codec's own
+  /// scratch (sized with the state).
   std::size_t encode(host_view<const float> in, std::span<std::byte> out) {
-    static constexpr const char* call = "powersgd_codec::encode";
-    const std::size_t n = in.size();
-    check_size(n, call);
-    const std::size_t need = max_encoded_bytes(n);
-    if (out.size() < need) detail::throw_buffer_too_small(call, need, out.size());
-    const bool first = prepare(n);
-    try {
-      phase_ = phase::idle;
-      if (!low_rank_) return encode_uncompressed(in, out, call);
-      const std::size_t r = params_.rank;
-      run_p_pass(in.data(), p_.data(), call);
-      orthogonalize(p_.data());
-      run_q_pass(in.data(), p_.data(), q_local_.data(), call);
-      wire_writer w(out, call);
-      write_params(w, n, r, rows_, cols_, 4 * r * (rows_ + cols_));
-      w.put_bytes(std::as_bytes(std::span<const float>(p_)));
-      w.put_bytes(std::as_bytes(std::span<const float>(q_local_)));
-      commit_warm_start(q_local_.data());
-      defer_residual(p_.data());  // against exactly what decode gives
-      ++steps_;
-      return w.position();
-    } catch (...) {
-      if (first) reset();
-      throw;
-    }
+    return encode_step(in, out, nullptr);
+  }
+
+  /// encode with the step's factors in the caller's `workspace` (host memory, at least
+  /// workspace_bytes(in.size()) bytes, any alignment; its contents are scratch): the same
+  /// payload, residual and warm start, byte for byte. Throws as encode, and invalid_argument
+  /// naming both sizes for a smaller workspace, before any work.
+  ///
+  ///   std::vector<std::byte> ws(c.workspace_bytes(g.size()));
+  ///   wire.resize(c.encode(g, wire, ws));
+  std::size_t encode(host_view<const float> in, std::span<std::byte> out,
+                     std::span<std::byte> workspace) {
+    return encode_step(in, out, &workspace);
+  }
+
+  /// Bytes of the caller-owned scratch that encode(in, out, workspace) needs for n
+  /// elements: P (rows·r f32) and this worker's Q (cols·r f32) of the step, and 63 bytes
+  /// so that the factors start on a 64-byte boundary whatever the workspace's address; 0
+  /// where n goes uncompressed or no shape holds it.
+  std::size_t workspace_bytes(std::size_t n) const noexcept {
+    return compresses(n) ? factor_scratch_bytes(shape(n)) : 0;
   }
 
   /// Overwrites `out` with the payload's tensor. Throws decode_error naming the defect
@@ -1047,7 +503,7 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
       a.out = out.data();
       detail::psgd_finish_pass(a);
       commit_warm_start(q.data());
-      defer_residual(p.data());
+      defer_residual(p.data(), q_local_.data());
     }
     ++steps_;
     phase_ = phase::idle;
@@ -1215,6 +671,56 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
  private:
   enum class phase : unsigned char { idle, p_done, q_done };
 
+  // The factors' alignment in a workspace (encode's own scratch included).
+  static constexpr std::size_t factor_align = 64;
+
+  std::size_t factor_scratch_bytes(powersgd_shape s) const noexcept {
+    return factor_align - 1 + 4 * std::size_t{params_.rank} * (s.rows + s.cols);
+  }
+  // P (rows·r floats) in `ws`, at its first 64-byte boundary; this worker's Q follows.
+  static float* factor_scratch(std::span<std::byte> ws) noexcept {
+    const auto addr = reinterpret_cast<std::uintptr_t>(ws.data());
+    return reinterpret_cast<float*>(ws.data() +
+                                    (factor_align - addr % factor_align) % factor_align);
+  }
+
+  // One step of encode, the factors in *workspace (checked) or, without one, in scratch_.
+  std::size_t encode_step(host_view<const float> in, std::span<std::byte> out,
+                          const std::span<std::byte>* workspace) {
+    static constexpr const char* call = "powersgd_codec::encode";
+    const std::size_t n = in.size();
+    check_size(n, call);
+    const std::size_t need = max_encoded_bytes(n);
+    if (out.size() < need) detail::throw_buffer_too_small(call, need, out.size());
+    if (workspace != nullptr && workspace->size() < workspace_bytes(n)) {
+      detail::throw_invalid_argument(call, "workspace of " + std::to_string(workspace->size()) +
+                                               " bytes, workspace_bytes(" + std::to_string(n) +
+                                               ") is " + std::to_string(workspace_bytes(n)));
+    }
+    const bool first = prepare(n);
+    try {
+      phase_ = phase::idle;
+      if (!low_rank_) return encode_uncompressed(in, out, call);
+      const std::size_t r = params_.rank;
+      float* const p = factor_scratch(workspace != nullptr ? *workspace : scratch_);
+      float* const q = p + rows_ * r;
+      run_p_pass(in.data(), p, call);
+      orthogonalize(p);
+      run_q_pass(in.data(), p, q, call);
+      wire_writer w(out, call);
+      write_params(w, n, r, rows_, cols_, 4 * r * (rows_ + cols_));
+      w.put_bytes(std::as_bytes(std::span<const float>(p, rows_ * r)));
+      w.put_bytes(std::as_bytes(std::span<const float>(q, cols_ * r)));
+      commit_warm_start(q);
+      defer_residual(p, q);  // against exactly what decode gives
+      ++steps_;
+      return w.position();
+    } catch (...) {
+      if (first) reset();
+      throw;
+    }
+  }
+
   bool shape_fits(std::size_t n) const noexcept {
     return params_.rows == 0 || params_.rows * params_.cols == n;
   }
@@ -1338,12 +844,12 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
   }
 
   // Ends a step with error feedback: M becomes the residual's base, deferred against P̂ (p)
-  // and this worker's Q (q_local_). No allocation, no throw.
-  void defer_residual(const float* p) noexcept {
+  // and this worker's Q (q). No allocation, no throw.
+  void defer_residual(const float* p, const float* q) noexcept {
     if (!params_.error_feedback) return;
     residual_.swap(m_);
     std::copy(p, p + p_deferred_.size(), p_deferred_.begin());
-    q_deferred_.swap(q_local_);
+    std::copy(q, q + q_deferred_.size(), q_deferred_.begin());
     deferred_ = true;
   }
   // Settles a deferred residual in place (the same bits as settling at once); returns Σ e²
@@ -1368,15 +874,7 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
   // as it is and keeps the norms far from overflow and underflow. Eigen's QR works in the
   // storage sized by resize(); the public householderQ() product would allocate.
   void orthogonalize(float* p) {
-    for (std::size_t k = 0; k < params_.rank; ++k) {
-      float* pk = p + k * rows_;
-      float big = 0.0f;
-      for (std::size_t i = 0; i < rows_; ++i) big = std::max(big, std::fabs(pk[i]));
-      if (big == 0.0f) continue;
-      int exponent = 0;
-      (void)std::frexp(big, &exponent);  // big = f · 2^exponent, f in [0.5, 1)
-      for (std::size_t i = 0; i < rows_; ++i) pk[i] = std::ldexp(pk[i], 1 - exponent);
-    }
+    for (std::size_t k = 0; k < params_.rank; ++k) detail::psgd_pow2_prescale(p + k * rows_, rows_);
     Eigen::Map<Eigen::MatrixXf> pm(p, static_cast<Eigen::Index>(rows_),
                                    static_cast<Eigen::Index>(params_.rank));
     qr_.compute(pm);
@@ -1440,14 +938,7 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
     normalize_column(qk);
   }
   // Scales a column to unit norm; returns false for a zero column (left as it is).
-  bool normalize_column(float* qk) const noexcept {
-    double s = 0.0;
-    for (std::size_t j = 0; j < cols_; ++j) s += static_cast<double>(qk[j]) * qk[j];
-    if (!(s > 0.0) || !std::isfinite(s)) return false;
-    const double inv = 1.0 / std::sqrt(s);  // in double: 1/‖q‖ of a subnormal q is no f32
-    for (std::size_t j = 0; j < cols_; ++j) qk[j] = static_cast<float>(qk[j] * inv);
-    return true;
-  }
+  bool normalize_column(float* qk) const noexcept { return detail::psgd_unit_column(qk, cols_); }
   // The warm start <- q (the summed Q), columns at unit norm; a zero column drawn afresh,
   // keyed by the step, the same on every worker.
   void commit_warm_start(const float* q) {
@@ -1543,8 +1034,10 @@ class powersgd_codec : public host_codec_calls<powersgd_codec> {
   phase phase_ = phase::idle;
   std::uint64_t steps_ = 0;
   std::vector<float> q_;        // warm start, cols × r
-  std::vector<float> q_local_;  // this worker's Q of the step in progress, cols × r
-  std::vector<float> p_;        // encode's P, rows × r
+  std::vector<float> q_local_;  // the round API: this worker's Q of the step, cols × r
+  // encode's own scratch for P (rows × r) and this worker's Q (cols × r): what a caller's
+  // workspace holds instead (workspace_bytes).
+  std::vector<std::byte> scratch_;
   // Error feedback, n: the residual, or where deferred_ its base M, the residual being
   // finite_or_zero(M − P̂ Qᵀ) with P̂ = p_deferred_ and Q = q_deferred_ (this worker's).
   // Mutable: reading the residual settles it in place, which changes no value.

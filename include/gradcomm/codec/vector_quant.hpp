@@ -40,6 +40,11 @@
 // (slow, but exact); x86 CPUs with AVX2 and FMA take the AVX2 loops, those with AVX-512 the
 // AVX-512 ones (GRADCOMM_CPU_ISA caps the choice, detail/cpu_dispatch.hpp).
 //
+// This header holds the class and its wire and state formats; the per-group arithmetic,
+// the codebook tree and its search tables are in codec/detail/vq_math.hpp, the encode and
+// decode loops and the built-in codebooks in codec/detail/vq_cpu.hpp, the k-means of the
+// learned codebook in codec/detail/vq_learn.hpp.
+//
 // Payload (core/wire.hpp): header with dtype f32, element count n, 8 parameter bytes:
 //
 //   param 0  u8   dim: 2, 4 or 8
@@ -64,9 +69,11 @@
 #pragma once
 
 #include <gradcomm/codec/codec.hpp>
-#include <gradcomm/codec/detail/cpu_dispatch.hpp>
-#include <gradcomm/codec/detail/vq_codebooks.hpp>
+#include <gradcomm/codec/detail/vq_cpu.hpp>
+#include <gradcomm/codec/detail/vq_learn.hpp>
+#include <gradcomm/codec/detail/vq_math.hpp>
 #include <gradcomm/core/config.hpp>
+#include <gradcomm/core/convert.hpp>
 #include <gradcomm/core/dtype.hpp>
 #include <gradcomm/core/error.hpp>
 #include <gradcomm/core/tensor.hpp>
@@ -77,14 +84,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
-
-#if GRADCOMM_X86_DISPATCH
-#include <immintrin.h>
-#endif
 
 namespace gradcomm {
 inline namespace v0 {
@@ -97,12 +101,6 @@ enum class vq_codebook : std::uint8_t {
   learned = 1,   ///< k-means on the data, refreshed every few calls; carried in the payload
 };
 
-/// Bits of a code (one group): 256 codewords.
-inline constexpr unsigned vq_code_bits = 8;
-/// Codewords in a codebook.
-inline constexpr unsigned vq_codewords = 256;
-/// Branching of the codebook tree: 16 coarse centroids of 16 codewords each.
-inline constexpr unsigned vq_branches = 16;
 /// Largest |coordinate| of a codeword a decoder or load_state accepts.
 inline constexpr float vq_max_codeword = 65536.0f;
 /// Groups a learned codebook's k-means refresh samples (evenly spread over the input).
@@ -120,776 +118,18 @@ struct vector_quant_params {
   nonfinite_policy nonfinite = nonfinite_policy::reject;  ///< `pass` acts as `reject`
 };
 
-/// A tree codebook: 16 coarse centroids and 256 codewords in `dim` dimensions; codeword
-/// 16·i + j is coarse centroid i's child j. Rows are `dim` floats apart.
-///
-///   const gradcomm::vq_tree& t = codec.codebook();
-///   const float* c = t.codeword(code);  // c[0 .. t.dim)
-struct vq_tree {
-  unsigned dim = 0;
-  std::array<float, vq_branches * 8> coarse{};
-  std::array<float, vq_codewords * 8> fine{};
-
-  const float* codeword(unsigned code) const noexcept { return fine.data() + code * dim; }
-  const float* centroid(unsigned i) const noexcept { return coarse.data() + i * dim; }
-};
-
-/// What the encoder searches: for each of the 17 stages (0: the coarse centroids; 1 + i:
-/// centroid i's children), the 16 candidates' |c|² and −2c, coordinate-major, so that one
-/// vector holds one coordinate of several candidates.
-///
-///   gradcomm::vq_search_tables t = gradcomm::vq_search_tables::of(tree);
-struct vq_search_tables {
-  /// The largest block scale whose products with every codeword coordinate stay finite.
-  float max_scale;
-  float norm[1 + vq_branches][vq_branches];
-  float minus2c[1 + vq_branches][8][vq_branches];
-  // The children's tables again, by child j first and coarse centroid i last
-  // (fine_norm[j][i] = norm[1 + i][j]), for loops that search 8 groups at once, each in
-  // its own subtree: one lookup by i fetches candidate j's values for all 8.
-  float fine_norm[vq_branches][vq_branches];
-  float fine_minus2c[vq_branches][8][vq_branches];
-
-  static vq_search_tables of(const vq_tree& tree) noexcept {
-    vq_search_tables t{};
-    t.max_scale = max_scale_of(tree.fine.data(), std::size_t{vq_codewords} * tree.dim);
-    auto fill = [&](unsigned stage, const float* rows) {
-      for (unsigned j = 0; j < vq_branches; ++j) {
-        float nn = 0.0f;
-        for (unsigned k = 0; k < tree.dim; ++k) {
-          const float c = rows[j * tree.dim + k];
-          nn = std::fma(c, c, nn);
-          t.minus2c[stage][k][j] = -2.0f * c;  // exact
-        }
-        t.norm[stage][j] = nn;
-      }
-    };
-    fill(0, tree.coarse.data());
-    for (unsigned i = 0; i < vq_branches; ++i) {
-      fill(1 + i, tree.fine.data() + i * vq_branches * tree.dim);
-    }
-    for (unsigned j = 0; j < vq_branches; ++j) {
-      for (unsigned i = 0; i < vq_branches; ++i) {
-        t.fine_norm[j][i] = t.norm[1 + i][j];
-        for (unsigned k = 0; k < 8; ++k) t.fine_minus2c[j][k][i] = t.minus2c[1 + i][k][j];
-      }
-    }
-    return t;
-  }
-
-  /// max_scale of `count` codeword coordinates: the largest f32 s with s · max |c| at most
-  /// FLT_MAX (f32 products are exact in double, so the comparison is).
-  static float max_scale_of(const float* coords, std::size_t count) noexcept {
-    constexpr float top = 3.40282347e38f;
-    float m = 0.0f;
-    for (std::size_t i = 0; i < count; ++i) m = std::fabs(coords[i]) > m ? std::fabs(coords[i]) : m;
-    if (!(m > 1.0f)) return top;  // s <= FLT_MAX anyway (and NaN rows never get here)
-    float s = static_cast<float>(static_cast<double>(top) / m);
-    while (static_cast<double>(s) * m > static_cast<double>(top)) s = std::nextafter(s, 0.0f);
-    return s;
-  }
-};
-
-namespace detail {
-
-GRADCOMM_HD inline float vq_fma(float a, float b, float c) noexcept {
-#if GRADCOMM_DEVICE_PASS
-  return fmaf(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-
-GRADCOMM_HD inline double vq_sqrt(double x) noexcept {
-#if GRADCOMM_DEVICE_PASS
-  return sqrt(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-
-GRADCOMM_HD inline std::uint32_t vq_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-// A block's scale (its RMS, held to max_scale: vq_search_tables) and how to normalize its
-// values. The sum of squares is taken in double, products exact, into 8 interleaved partial
-// sums added in a fixed order, so that every path (and a fused multiply-add) gets the same
-// bits; it is not finite exactly when the block holds ±Inf or NaN. Blocks whose scale lies
-// outside f32's normal range normalize in double.
-struct vq_norm {
-  double sum_squares;
-  float scale;   // RMS as f32: what the payload stores
-  float inv;     // 1 / RMS as f32 (0 for an all-zero block)
-  double inv_d;  // 1 / RMS
-  bool in_f32;   // normalize as x · inv in f32; otherwise in double
-};
-
-template <bool Zero>
-GRADCOMM_HD inline float vq_load(const float* x, std::size_t i) noexcept {
-  if constexpr (Zero) {
-    const float v = x[i];
-    return (vq_bits(v) & 0x7f800000u) == 0x7f800000u ? 0.0f : v;
-  } else {
-    return x[i];
-  }
-}
-
-// Zero: ±Inf and NaN read as 0 (nonfinite_policy::zero). A block whose RMS as f32 is above
-// max_scale gets max_scale (its values then normalize to at most the largest coordinate).
-template <bool Zero>
-GRADCOMM_HD inline vq_norm vq_block_norm(const float* x, std::size_t count,
-                                         float max_scale = 3.40282347e38f) noexcept {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    for (unsigned l = 0; l < 8; ++l) {
-      const double v = vq_load<Zero>(x, i + l);
-      acc[l] += v * v;
-    }
-  }
-  for (unsigned l = 0; i + l < count; ++l) {
-    const double v = vq_load<Zero>(x, i + l);
-    acc[l] += v * v;
-  }
-  const double ss =
-      ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-  if (!(ss > 0.0)) return {ss, 0.0f, 0.0f, 0.0, true};  // zeros (NaN too: the caller checks)
-  double rms = vq_sqrt(ss / static_cast<double>(count));
-  if (static_cast<float>(rms) > max_scale) rms = max_scale;
-  const double inv = 1.0 / rms;
-  return {ss, static_cast<float>(rms), static_cast<float>(inv), inv,
-          rms >= 0x1p-126 && rms <= 0x1p126};
-}
-
-template <bool Zero>
-GRADCOMM_HD inline float vq_normalize(const float* x, std::size_t i, const vq_norm& n) noexcept {
-  const float v = vq_load<Zero>(x, i);
-  return n.in_f32 ? v * n.inv : static_cast<float>(static_cast<double>(v) * n.inv_d);
-}
-
-// The nearest of one stage's 16 candidates to y (|y|² = yn): a key per candidate, its
-// clamped distance's bits with the index in the low 4 bits, and the smallest key.
-template <int D>
-GRADCOMM_HD inline unsigned vq_pick16(const float* y, float yn, const float* norm,
-                                      const float (*minus2c)[vq_branches]) noexcept {
-  std::uint32_t best = 0xffffffffu;
-  for (unsigned j = 0; j < vq_branches; ++j) {
-    float a = norm[j] + yn;
-    for (int k = 0; k < D; ++k) a = vq_fma(y[k], minus2c[k][j], a);
-    a = a > 0.0f ? a : 0.0f;
-    const std::uint32_t key = (vq_bits(a) & ~15u) | j;
-    best = key < best ? key : best;
-  }
-  return best & 15u;
-}
-
-// |y|², as the encoder defines it: fma chain over the coordinates in order.
-template <int D>
-GRADCOMM_HD inline float vq_norm2(const float* y) noexcept {
-  float yn = 0.0f;
-  for (int k = 0; k < D; ++k) yn = vq_fma(y[k], y[k], yn);
-  return yn;
-}
-
-}  // namespace detail
-
-/// The code of the group y (D normalized values) under `t`: the nearest coarse centroid,
-/// then the nearest of its 16 children. The CPU reference; the AVX2 loop and the CUDA
-/// kernels pick the same codes.
-///
-///   std::uint8_t c = gradcomm::vq_nearest<4>(y, tables);
-template <int D>
-GRADCOMM_HD inline std::uint8_t vq_nearest(const float* y, const vq_search_tables& t) noexcept {
-  const float yn = detail::vq_norm2<D>(y);
-  const unsigned c = detail::vq_pick16<D>(y, yn, t.norm[0], t.minus2c[0]);
-  const unsigned f = detail::vq_pick16<D>(y, yn, t.norm[1 + c], t.minus2c[1 + c]);
-  return static_cast<std::uint8_t>(c * vq_branches + f);
-}
-
-namespace detail {
-
-#if GRADCOMM_X86_DISPATCH
-// vq_pick16 with both halves of the 16 candidates in two AVX2 vectors. Every operation is
-// the scalar one's (add, fma in the same order, max with +0, the same keys), so the codes
-// are the same bits.
-template <int D>
-[[gnu::target("avx2,fma"), gnu::always_inline]] inline unsigned vq_pick16_avx2(
-    const float* y, float yn, const float* norm, const float (*minus2c)[vq_branches]) noexcept {
-  const __m256 ynv = _mm256_set1_ps(yn);
-  __m256 a0 = _mm256_add_ps(_mm256_loadu_ps(norm), ynv);
-  __m256 a1 = _mm256_add_ps(_mm256_loadu_ps(norm + 8), ynv);
-  for (int k = 0; k < D; ++k) {
-    const __m256 yk = _mm256_set1_ps(y[k]);
-    a0 = _mm256_fmadd_ps(yk, _mm256_loadu_ps(minus2c[k]), a0);
-    a1 = _mm256_fmadd_ps(yk, _mm256_loadu_ps(minus2c[k] + 8), a1);
-  }
-  const __m256 zero = _mm256_setzero_ps();
-  a0 = _mm256_max_ps(a0, zero);  // max(-0, +0) and max(NaN, +0) give +0, as a > 0 ? a : 0
-  a1 = _mm256_max_ps(a1, zero);
-  const __m256i mask = _mm256_set1_epi32(~15);
-  const __m256i k0 = _mm256_or_si256(_mm256_and_si256(_mm256_castps_si256(a0), mask),
-                                     _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  const __m256i k1 = _mm256_or_si256(_mm256_and_si256(_mm256_castps_si256(a1), mask),
-                                     _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15));
-  const __m256i m = _mm256_min_epu32(k0, k1);
-  __m128i h = _mm_min_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
-  h = _mm_min_epu32(h, _mm_shuffle_epi32(h, 0x4e));
-  h = _mm_min_epu32(h, _mm_shuffle_epi32(h, 0xb1));
-  return static_cast<unsigned>(_mm_cvtsi128_si32(h)) & 15u;
-}
-#endif
-
-#if GRADCOMM_X86_DISPATCH
-template <int D>
-[[gnu::target("avx2,fma"), gnu::always_inline]] inline std::uint8_t vq_nearest_avx2(
-    const float* y, const vq_search_tables& t) noexcept {
-  const float yn = vq_norm2<D>(y);
-  const unsigned c = vq_pick16_avx2<D>(y, yn, t.norm[0], t.minus2c[0]);
-  const unsigned f = vq_pick16_avx2<D>(y, yn, t.norm[1 + c], t.minus2c[1 + c]);
-  return static_cast<std::uint8_t>(c * vq_branches + f);
-}
-#endif
-
-#if GRADCOMM_X86_DISPATCH
-// vq_nearest_avx2 as a function of its own, for callers compiled for the baseline.
-template <int D>
-[[gnu::target("avx2,fma")]] inline std::uint8_t vq_nearest_avx2_call(
-    const float* y, const vq_search_tables& t) noexcept {
-  return vq_nearest_avx2<D>(y, t);
-}
-#endif
-
-// The groups of one block (count values, normalized by n) into codes. Zero: ±Inf and NaN
-// read as 0.
-template <int D, bool Zero>
-inline void vq_encode_block(const float* __restrict x, std::size_t count, const vq_norm& n,
-                            const vq_search_tables& t, std::uint8_t* __restrict codes) noexcept {
-  const std::size_t full = count / D;
-  float y[D];
-  for (std::size_t g = 0; g < full; ++g) {
-    for (int k = 0; k < D; ++k) y[k] = vq_normalize<Zero>(x, g * D + k, n);
-    codes[g] = vq_nearest<D>(y, t);
-  }
-  if (const std::size_t rest = count % D) {
-    for (int k = 0; k < D; ++k) {
-      y[k] = static_cast<std::size_t>(k) < rest ? vq_normalize<Zero>(x, full * D + k, n) : 0.0f;
-    }
-    codes[full] = vq_nearest<D>(y, t);
-  }
-}
-
-// Values in block b of n values in blocks of `block`.
-inline std::size_t vq_block_count(std::size_t n, std::size_t block, std::size_t b) noexcept {
-  return n - b * block < block ? n - b * block : block;
-}
-
-// Encodes blocks from `first` on; returns the first block holding ±Inf or NaN (left
-// unwritten), or the number of blocks. Scales go out as f32 bytes.
-template <int D>
-inline std::size_t vq_encode_blocks(const float* __restrict src, std::size_t n, std::size_t block,
-                                    std::size_t first, const vq_search_tables& t,
-                                    std::byte* __restrict scales,
-                                    std::uint8_t* __restrict codes) noexcept {
-  const std::size_t nb = n / block + (n % block != 0 ? 1 : 0);
-  for (std::size_t b = first; b < nb; ++b) {
-    const std::size_t begin = b * block;
-    const std::size_t count = n - begin < block ? n - begin : block;
-    const vq_norm norm = vq_block_norm<false>(src + begin, count, t.max_scale);
-    if (!std::isfinite(norm.sum_squares)) return b;
-    std::memcpy(scales + 4 * b, &norm.scale, 4);
-    vq_encode_block<D, false>(src + begin, count, norm, t, codes + begin / D);
-  }
-  return nb;
-}
-
-#if GRADCOMM_X86_DISPATCH
-// The same two loops for AVX2 and FMA. (A generic loop cannot call the AVX2 search: GCC
-// refuses to inline a target function into one compiled for the baseline.)
-// table16[i] for each lane's i (0 .. 15; `upper`: i >= 8).
-[[gnu::target("avx2,fma"), gnu::always_inline]] inline __m256 vq_lookup16_avx2(
-    const float* table16, __m256i i, __m256 upper) noexcept {
-  const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table16), i);
-  const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table16 + 8), i);
-  return _mm256_blendv_ps(lo, hi, upper);
-}
-
-// Codes of the 8·NB groups at x (8·NB·D values, normalized by `inv`): one lane a group, NB
-// registers of groups side by side (independent chains, for the pipelines to overlap). The
-// coarse stage broadcasts each candidate to all lanes. The fine stage, at d = 2, fetches
-// candidate j of each lane's subtree by a table lookup on the lane's coarse index (two
-// 8-entry permutes and a blend); at d = 4 and 8, where a candidate needs more lookups than
-// it has multiply-adds, it searches each group's subtree with the 16 candidates across the
-// lanes instead (vq_pick16_avx2). Each group gets the scalar search's operations, in its
-// order.
-template <int D, int NB = 1>
-[[gnu::target("avx2,fma"), gnu::always_inline]] inline void vq_encode8_avx2(
-    const float* __restrict x, float inv, const vq_search_tables& t,
-    std::uint8_t* __restrict codes) noexcept {
-  const __m256i lane = _mm256_setr_epi32(0, D, 2 * D, 3 * D, 4 * D, 5 * D, 6 * D, 7 * D);
-  const __m256 invv = _mm256_set1_ps(inv);
-  __m256 y[NB][D], yn[NB];
-  for (int b = 0; b < NB; ++b) {
-    yn[b] = _mm256_setzero_ps();
-    for (int k = 0; k < D; ++k) {
-      y[b][k] = _mm256_mul_ps(_mm256_i32gather_ps(x + 8 * D * b + k, lane, 4), invv);
-      yn[b] = _mm256_fmadd_ps(y[b][k], y[b][k], yn[b]);
-    }
-  }
-  const __m256 zero = _mm256_setzero_ps();
-  const __m256i low_bits = _mm256_set1_epi32(~15);
-  __m256i best[NB], coarse[NB];
-  for (int b = 0; b < NB; ++b) best[b] = _mm256_set1_epi32(-1);
-  for (unsigned j = 0; j < vq_branches; ++j) {
-    for (int b = 0; b < NB; ++b) {
-      __m256 a = _mm256_add_ps(_mm256_set1_ps(t.norm[0][j]), yn[b]);
-      for (int k = 0; k < D; ++k) {
-        a = _mm256_fmadd_ps(y[b][k], _mm256_set1_ps(t.minus2c[0][k][j]), a);
-      }
-      a = _mm256_max_ps(a, zero);
-      const __m256i key = _mm256_or_si256(_mm256_and_si256(_mm256_castps_si256(a), low_bits),
-                                          _mm256_set1_epi32(static_cast<int>(j)));
-      best[b] = _mm256_min_epu32(best[b], key);
-    }
-  }
-  for (int b = 0; b < NB; ++b) coarse[b] = _mm256_and_si256(best[b], _mm256_set1_epi32(15));
-  if constexpr (D == 2) {
-    __m256 upper[NB];
-    for (int b = 0; b < NB; ++b) {
-      upper[b] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(coarse[b], _mm256_set1_epi32(7)));
-      best[b] = _mm256_set1_epi32(-1);
-    }
-    for (unsigned j = 0; j < vq_branches; ++j) {
-      for (int b = 0; b < NB; ++b) {
-        __m256 a = _mm256_add_ps(vq_lookup16_avx2(t.fine_norm[j], coarse[b], upper[b]), yn[b]);
-        for (int k = 0; k < D; ++k) {
-          a = _mm256_fmadd_ps(y[b][k], vq_lookup16_avx2(t.fine_minus2c[j][k], coarse[b], upper[b]),
-                              a);
-        }
-        a = _mm256_max_ps(a, zero);
-        const __m256i key = _mm256_or_si256(_mm256_and_si256(_mm256_castps_si256(a), low_bits),
-                                            _mm256_set1_epi32(static_cast<int>(j)));
-        best[b] = _mm256_min_epu32(best[b], key);
-      }
-    }
-    for (int b = 0; b < NB; ++b) {
-      const __m256i code = _mm256_or_si256(_mm256_slli_epi32(coarse[b], 4),
-                                           _mm256_and_si256(best[b], _mm256_set1_epi32(15)));
-      // 8 codes of 32 bits to 8 bytes.
-      const __m128i c16 =
-          _mm_packus_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + 8 * b), _mm_packus_epi16(c16, c16));
-    }
-  } else {
-    for (int b = 0; b < NB; ++b) {
-      alignas(32) float ys[D][8], yns[8];
-      alignas(32) std::int32_t cs[8];
-      for (int k = 0; k < D; ++k) _mm256_store_ps(ys[k], y[b][k]);
-      _mm256_store_ps(yns, yn[b]);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(cs), coarse[b]);
-      for (int l = 0; l < 8; ++l) {
-        float yl[D];
-        for (int k = 0; k < D; ++k) yl[k] = ys[k][l];
-        const auto c = static_cast<unsigned>(cs[l]);
-        codes[8 * b + l] = static_cast<std::uint8_t>(
-            c * vq_branches + vq_pick16_avx2<D>(yl, yns[l], t.norm[1 + c], t.minus2c[1 + c]));
-      }
-    }
-  }
-}
-
-// vq_encode8_avx2 as a function of its own (the tests compare it with vq_nearest).
-template <int D, int NB = 1>
-[[gnu::target("avx2,fma")]] inline void vq_encode8_avx2_call(const float* x, float inv,
-                                                             const vq_search_tables& t,
-                                                             std::uint8_t* codes) noexcept {
-  vq_encode8_avx2<D, NB>(x, inv, t, codes);
-}
-
-template <int D>
-[[gnu::target("avx2,fma"), gnu::always_inline]] inline void vq_encode_block_avx2(
-    const float* __restrict x, std::size_t count, const vq_norm& n, const vq_search_tables& t,
-    std::uint8_t* __restrict codes) noexcept {
-  const std::size_t full = count / D;
-  float y[D];
-  std::size_t g = 0;
-  if (n.in_f32) {
-    // At d = 2, two registers of groups at a time: measured fastest on a Zen 5 core.
-    constexpr int nb = D == 2 ? 2 : 1;
-    for (; g + 8 * nb <= full; g += 8 * nb) vq_encode8_avx2<D, nb>(x + g * D, n.inv, t, codes + g);
-    for (; g + 8 <= full; g += 8) vq_encode8_avx2<D>(x + g * D, n.inv, t, codes + g);
-  }
-  for (; g < full; ++g) {
-    for (int k = 0; k < D; ++k) y[k] = vq_normalize<false>(x, g * D + k, n);
-    codes[g] = vq_nearest_avx2<D>(y, t);
-  }
-  if (const std::size_t rest = count % D) {
-    for (int k = 0; k < D; ++k) {
-      y[k] = static_cast<std::size_t>(k) < rest ? vq_normalize<false>(x, full * D + k, n) : 0.0f;
-    }
-    codes[full] = vq_nearest_avx2<D>(y, t);
-  }
-}
-
-template <int D>
-[[gnu::target("avx2,fma")]] inline std::size_t vq_encode_blocks_avx2(
-    const float* __restrict src, std::size_t n, std::size_t block, std::size_t first,
-    const vq_search_tables& t, std::byte* __restrict scales,
-    std::uint8_t* __restrict codes) noexcept {
-  const std::size_t nb = n / block + (n % block != 0 ? 1 : 0);
-  if (first >= nb) return nb;
-  // Each block's norm is taken one block ahead, so that its chain of dependent additions
-  // runs beside the previous block's search.
-  vq_norm next =
-      vq_block_norm<false>(src + first * block, vq_block_count(n, block, first), t.max_scale);
-  for (std::size_t b = first; b < nb; ++b) {
-    const std::size_t begin = b * block;
-    const vq_norm norm = next;
-    if (!std::isfinite(norm.sum_squares)) return b;
-    if (b + 1 < nb)
-      next =
-          vq_block_norm<false>(src + begin + block, vq_block_count(n, block, b + 1), t.max_scale);
-    std::memcpy(scales + 4 * b, &norm.scale, 4);
-    vq_encode_block_avx2<D>(src + begin, vq_block_count(n, block, b), norm, t, codes + begin / D);
-  }
-  return nb;
-}
-#endif
-
-#if GRADCOMM_X86_DISPATCH
-#define GRADCOMM_VQ_AVX512 \
-  gnu::target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"), gnu::always_inline
-
-// Index tables of vq_encode16_avx512's transpose: pick[k][l] = D·l + k (mod 32), value k of
-// group l of a pair of registers; up[q][l] = l − per·q (mod 16), per = 32 / D groups a pair.
-template <int D>
-struct vq_lane_tables {
-  std::int32_t pick[D][16];
-  std::int32_t up[D / 2][16];
-};
-template <int D>
-constexpr vq_lane_tables<D> vq_make_lane_tables() noexcept {
-  vq_lane_tables<D> t{};
-  for (int k = 0; k < D; ++k) {
-    for (int l = 0; l < 16; ++l) t.pick[k][l] = (D * l + k) % 32;
-  }
-  for (int q = 0; q < D / 2; ++q) {
-    for (int l = 0; l < 16; ++l) t.up[q][l] = (l - 32 / D * q + 16) % 16;
-  }
-  return t;
-}
-
-// The key of candidate j at distance a: (a & ~15) | j, a clamped at +0 first (max(-0, +0)
-// and max(NaN, +0) give +0), as vq_pick16's.
-[[GRADCOMM_VQ_AVX512]] inline __m512i vq_key16_avx512(__m512 a, unsigned j) noexcept {
-  const __m512 clamped = _mm512_maskz_max_ps(0xffff, a, _mm512_setzero_ps());
-  return _mm512_ternarylogic_epi32(_mm512_castps_si512(clamped), _mm512_set1_epi32(~15),
-                                   _mm512_set1_epi32(static_cast<int>(j)), 0xea);
-}
-
-// Codes of the 16·NB groups at x (16·NB·D values, normalized by `inv`): vq_encode8_avx2 on
-// 16 lanes, one a group, NB registers of groups side by side (independent chains of
-// dependent multiply-adds, for the pipelines to overlap). A 16-entry table is one register,
-// so the fine stage fetches
-// candidate j of each lane's subtree with one permute (vpermps) where AVX2 needs two and a
-// blend. Each lane does the scalar search's operations, in its order. (The maskz forms with
-// every lane set: GCC 12's plain forms trip -Wmaybe-uninitialized.)
-template <int D, int NB = 1>
-[[GRADCOMM_VQ_AVX512]] inline void vq_encode16_avx512(const float* __restrict x, float inv,
-                                                      const vq_search_tables& t,
-                                                      std::uint8_t* __restrict codes) noexcept {
-  constexpr __mmask16 all = 0xffff;
-  // Coordinate k of 16 groups: x[D·g + k] for g = 0..15, from D registers of 16 values.
-  // A pair of registers (32 values) holds per = 32 / D groups: vpermt2ps picks their value k
-  // into lanes 0 .. per-1, a masked vpermps moves them to lanes per·q .. (the tables are
-  // constants, so the loads do not wait on stores).
-  constexpr int per = 32 / D;
-  static constexpr vq_lane_tables<D> tab = vq_make_lane_tables<D>();
-  const __m512 invv = _mm512_set1_ps(inv);
-  __m512 y[NB][D], yn[NB];
-  for (int b = 0; b < NB; ++b) {
-    __m512 v[D];
-    for (int r = 0; r < D; ++r) v[r] = _mm512_loadu_ps(x + 16 * D * b + 16 * r);
-    yn[b] = _mm512_setzero_ps();
-    for (int k = 0; k < D; ++k) {
-      const __m512i pick = _mm512_loadu_si512(tab.pick[k]);
-      __m512 c = _mm512_permutex2var_ps(v[0], pick, v[1]);  // groups 0 .. per-1
-      for (int q = 1; q < D / 2; ++q) {
-        const __m512 part = _mm512_permutex2var_ps(v[2 * q], pick, v[2 * q + 1]);
-        const auto lanes = static_cast<__mmask16>(((1u << per) - 1) << (per * q));
-        c = _mm512_mask_permutexvar_ps(c, lanes, _mm512_loadu_si512(tab.up[q]), part);
-      }
-      y[b][k] = _mm512_mul_ps(c, invv);
-      yn[b] = _mm512_fmadd_ps(y[b][k], y[b][k], yn[b]);
-    }
-  }
-  // Keys (distance bits with the candidate in the low 4 bits) are distinct, so the minimum
-  // may be taken in any order.
-  __m512i best[NB], coarse[NB];
-  for (int b = 0; b < NB; ++b) best[b] = _mm512_set1_epi32(-1);
-  for (unsigned j = 0; j < vq_branches; ++j) {
-    for (int b = 0; b < NB; ++b) {
-      __m512 a = _mm512_add_ps(_mm512_set1_ps(t.norm[0][j]), yn[b]);
-      for (int k = 0; k < D; ++k) {
-        a = _mm512_fmadd_ps(y[b][k], _mm512_set1_ps(t.minus2c[0][k][j]), a);
-      }
-      best[b] = _mm512_maskz_min_epu32(all, best[b], vq_key16_avx512(a, j));
-    }
-  }
-  for (int b = 0; b < NB; ++b) {
-    coarse[b] = _mm512_and_si512(best[b], _mm512_set1_epi32(15));
-    best[b] = _mm512_set1_epi32(-1);
-  }
-  for (unsigned j = 0; j < vq_branches; ++j) {
-    const __m512 norm = _mm512_loadu_ps(t.fine_norm[j]);
-    for (int b = 0; b < NB; ++b) {
-      __m512 a = _mm512_add_ps(_mm512_maskz_permutexvar_ps(all, coarse[b], norm), yn[b]);
-      for (int k = 0; k < D; ++k) {
-        a = _mm512_fmadd_ps(
-            y[b][k],
-            _mm512_maskz_permutexvar_ps(all, coarse[b], _mm512_loadu_ps(t.fine_minus2c[j][k])), a);
-      }
-      best[b] = _mm512_maskz_min_epu32(all, best[b], vq_key16_avx512(a, j));
-    }
-  }
-  for (int b = 0; b < NB; ++b) {
-    const __m512i code = _mm512_or_si512(_mm512_maskz_slli_epi32(all, coarse[b], 4),
-                                         _mm512_and_si512(best[b], _mm512_set1_epi32(15)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16 * b),
-                     _mm512_maskz_cvtepi32_epi8(all, code));
-  }
-}
-
-// vq_encode16_avx512 as a function of its own (the tests compare it with vq_nearest).
-template <int D, int NB = 1>
-[[gnu::target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]] inline void vq_encode16_avx512_call(
-    const float* x, float inv, const vq_search_tables& t, std::uint8_t* codes) noexcept {
-  vq_encode16_avx512<D, NB>(x, inv, t, codes);
-}
-
-template <int D>
-[[GRADCOMM_VQ_AVX512]] inline void vq_encode_block_avx512(const float* __restrict x,
-                                                          std::size_t count, const vq_norm& n,
-                                                          const vq_search_tables& t,
-                                                          std::uint8_t* __restrict codes) noexcept {
-  const std::size_t full = count / D;
-  float y[D];
-  std::size_t g = 0;
-  if (n.in_f32) {
-    // Four registers of groups at a time (two at d = 8, where each holds more work):
-    // measured fastest on a Zen 5 core.
-    constexpr int nb = D == 8 ? 2 : 4;
-    for (; g + 16 * nb <= full; g += 16 * nb) {
-      vq_encode16_avx512<D, nb>(x + g * D, n.inv, t, codes + g);
-    }
-    for (; g + 16 <= full; g += 16) vq_encode16_avx512<D>(x + g * D, n.inv, t, codes + g);
-    for (; g + 8 <= full; g += 8) vq_encode8_avx2<D>(x + g * D, n.inv, t, codes + g);
-  }
-  for (; g < full; ++g) {
-    for (int k = 0; k < D; ++k) y[k] = vq_normalize<false>(x, g * D + k, n);
-    codes[g] = vq_nearest_avx2<D>(y, t);
-  }
-  if (const std::size_t rest = count % D) {
-    for (int k = 0; k < D; ++k) {
-      y[k] = static_cast<std::size_t>(k) < rest ? vq_normalize<false>(x, full * D + k, n) : 0.0f;
-    }
-    codes[full] = vq_nearest_avx2<D>(y, t);
-  }
-}
-
-// vq_encode_blocks_avx2 with the 16-group search.
-template <int D>
-[[gnu::target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]] inline std::size_t
-vq_encode_blocks_avx512(const float* __restrict src, std::size_t n, std::size_t block,
-                        std::size_t first, const vq_search_tables& t, std::byte* __restrict scales,
-                        std::uint8_t* __restrict codes) noexcept {
-  const std::size_t nb = n / block + (n % block != 0 ? 1 : 0);
-  if (first >= nb) return nb;
-  vq_norm next =
-      vq_block_norm<false>(src + first * block, vq_block_count(n, block, first), t.max_scale);
-  for (std::size_t b = first; b < nb; ++b) {
-    const std::size_t begin = b * block;
-    const vq_norm norm = next;
-    if (!std::isfinite(norm.sum_squares)) return b;
-    if (b + 1 < nb)
-      next =
-          vq_block_norm<false>(src + begin + block, vq_block_count(n, block, b + 1), t.max_scale);
-    std::memcpy(scales + 4 * b, &norm.scale, 4);
-    vq_encode_block_avx512<D>(src + begin, vq_block_count(n, block, b), norm, t, codes + begin / D);
-  }
-  return nb;
-}
-#undef GRADCOMM_VQ_AVX512
-#endif
-
-template <int D>
-inline std::size_t vq_encode_blocks_dispatch(const float* src, std::size_t n, std::size_t block,
-                                             std::size_t first, const vq_search_tables& t,
-                                             std::byte* scales, std::uint8_t* codes) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_runs(cpu_isa::avx2)) {
-    if (cpu_best_isa() == cpu_isa::avx512) {
-      return vq_encode_blocks_avx512<D>(src, n, block, first, t, scales, codes);
-    }
-    return vq_encode_blocks_avx2<D>(src, n, block, first, t, scales, codes);
-  }
-#endif
-  return vq_encode_blocks<D>(src, n, block, first, t, scales, codes);
-}
-
-// Decodes (Add: adds) n values from a valid codebook (256 rows of D floats), scales and codes.
-template <int D, bool Add>
-[[gnu::always_inline]] inline void vq_decode_blocks(const float* __restrict cb,
-                                                    const std::byte* __restrict scales,
-                                                    const std::uint8_t* __restrict codes,
-                                                    std::size_t n, std::size_t block,
-                                                    float* __restrict out) noexcept {
-  const std::size_t nb = n / block + (n % block != 0 ? 1 : 0);
-  for (std::size_t b = 0; b < nb; ++b) {
-    float s;
-    std::memcpy(&s, scales + 4 * b, 4);
-    const std::size_t begin = b * block;
-    const std::size_t count = n - begin < block ? n - begin : block;
-    const std::uint8_t* c = codes + begin / D;
-    float* o = out + begin;
-    const std::size_t full = count / D;
-    for (std::size_t g = 0; g < full; ++g) {
-      const float* w = cb + c[g] * D;
-      for (int k = 0; k < D; ++k) {
-        if constexpr (Add) {
-          o[g * D + k] += s * w[k];
-        } else {
-          o[g * D + k] = s * w[k];
-        }
-      }
-    }
-    for (std::size_t k = 0; k < count % D; ++k) {
-      const float v = s * cb[c[full] * D + k];
-      if constexpr (Add) {
-        o[full * D + k] += v;
-      } else {
-        o[full * D + k] = v;
-      }
-    }
-  }
-}
-
-#if GRADCOMM_X86_DISPATCH
-// AVX2 without FMA: s·w + acc stays two roundings, as in the portable loop.
-template <int D, bool Add>
-[[gnu::target("avx2")]] inline void vq_decode_blocks_avx2(const float* cb, const std::byte* scales,
-                                                          const std::uint8_t* codes, std::size_t n,
-                                                          std::size_t block, float* out) noexcept {
-  vq_decode_blocks<D, Add>(cb, scales, codes, n, block, out);
-}
-#endif
-
-template <int D, bool Add>
-inline void vq_decode_blocks_dispatch(const float* cb, const std::byte* scales,
-                                      const std::uint8_t* codes, std::size_t n, std::size_t block,
-                                      float* out) noexcept {
-#if GRADCOMM_X86_DISPATCH
-  if (cpu_runs(cpu_isa::avx2))
-    return vq_decode_blocks_avx2<D, Add>(cb, scales, codes, n, block, out);
-#endif
-  vq_decode_blocks<D, Add>(cb, scales, codes, n, block, out);
-}
-
-// Calls f.template operator()<D>() with D = dim (2, 4 or 8) as a constant.
-template <class F>
-decltype(auto) with_vq_dim(unsigned dim, F&& f) {
-  switch (dim) {
-    case 2: return f.template operator()<2>();
-    case 4: return f.template operator()<4>();
-    default: return f.template operator()<8>();
-  }
-}
-
-inline vq_tree vq_gaussian_tree(unsigned dim) noexcept {
-  vq_tree t;
-  t.dim = dim;
-  const float* coarse = dim == 2   ? vq_gaussian_coarse_d2
-                        : dim == 4 ? vq_gaussian_coarse_d4
-                                   : vq_gaussian_coarse_d8;
-  const float* fine = dim == 2   ? vq_gaussian_fine_d2
-                      : dim == 4 ? vq_gaussian_fine_d4
-                                 : vq_gaussian_fine_d8;
-  std::memcpy(t.coarse.data(), coarse, sizeof(float) * vq_branches * dim);
-  std::memcpy(t.fine.data(), fine, sizeof(float) * vq_codewords * dim);
-  return t;
-}
-
-// The built-in codebook's codewords (256 rows of dim floats) and search tables, built once.
-inline const vq_tree& vq_gaussian(unsigned dim) noexcept {
-  static const vq_tree t2 = vq_gaussian_tree(2), t4 = vq_gaussian_tree(4), t8 = vq_gaussian_tree(8);
-  return dim == 2 ? t2 : dim == 4 ? t4 : t8;
-}
-inline const vq_search_tables& vq_gaussian_tables(unsigned dim) noexcept {
-  static const vq_search_tables t2 = vq_search_tables::of(vq_gaussian(2)),
-                                t4 = vq_search_tables::of(vq_gaussian(4)),
-                                t8 = vq_search_tables::of(vq_gaussian(8));
-  return dim == 2 ? t2 : dim == 4 ? t4 : t8;
-}
-
-// k-means scratch: the sums and counts of one Lloyd iteration.
-struct vq_learn_scratch {
-  std::array<double, vq_codewords * 8> sums{};
-  std::array<std::uint64_t, vq_codewords> counts{};
-};
-
-// `iterations` Lloyd iterations on m normalized groups (D floats each), assigning by the
-// tree search: each codeword moves to the mean of its groups, each coarse centroid to the
-// mean of its subtree's groups; a codeword (centroid) with none stays. Deterministic.
-template <int D>
-void vq_lloyd(const float* samples, std::size_t m, unsigned iterations, vq_tree& tree,
-              vq_learn_scratch& s) {
-  for (unsigned it = 0; it < iterations; ++it) {
-    const vq_search_tables t = vq_search_tables::of(tree);
-    s.sums.fill(0.0);
-    s.counts.fill(0);
-    const bool simd = cpu_runs(cpu_isa::avx2);
-    for (std::size_t i = 0; i < m; ++i) {
-      const float* y = samples + i * D;
-#if GRADCOMM_X86_DISPATCH
-      const unsigned c = simd ? vq_nearest_avx2_call<D>(y, t) : vq_nearest<D>(y, t);
-#else
-      (void)simd;
-      const unsigned c = vq_nearest<D>(y, t);
-#endif
-      ++s.counts[c];
-      for (int k = 0; k < D; ++k) s.sums[c * D + k] += y[k];
-    }
-    for (unsigned i = 0; i < vq_branches; ++i) {
-      double sub[D] = {};
-      std::uint64_t total = 0;
-      for (unsigned j = 0; j < vq_branches; ++j) {
-        const unsigned c = i * vq_branches + j;
-        total += s.counts[c];
-        for (int k = 0; k < D; ++k) sub[k] += s.sums[c * D + k];
-        if (s.counts[c] == 0) continue;
-        for (int k = 0; k < D; ++k) {
-          tree.fine[c * D + k] =
-              static_cast<float>(s.sums[c * D + k] / static_cast<double>(s.counts[c]));
-        }
-      }
-      if (total == 0) continue;
-      for (int k = 0; k < D; ++k) {
-        tree.coarse[i * D + k] = static_cast<float>(sub[k] / static_cast<double>(total));
-      }
-    }
-  }
-}
-
-}  // namespace detail
-
-/// Vector quantization (layout, search and codebooks above). Not linear, fixed size (for a
-/// given configuration), stateful only with the learned codebook.
+/// Vector quantization (layout above; search and codebooks in detail/vq_*.hpp). Not
+/// linear, fixed size (for a given configuration), stateful only with the learned codebook.
 ///
 /// NaN and ±Inf: rejected naming the first index (`reject`, and `pass`, since no codeword
 /// carries them), or read as 0 (`zero`). Decoding reads everything from the payload: any
 /// vector_quant_codec decodes any vector_quant payload, whatever its dim, block or codebook.
+///
+/// Workspace (codec.hpp, Codec requirement 8): the built-in codebook's search needs no
+/// scratch (its tables are constants; workspace_bytes is 0). The learned codebook's
+/// refresh needs k-means buffers: encode(in, out) keeps them in the codec (allocated at
+/// construction); encode(in, out, workspace) takes them from the caller's host memory of
+/// workspace_bytes(n) bytes instead, with the same payload and codebook byte for byte.
 ///
 ///   gradcomm::vector_quant_codec<> c({.dim = 8});    // 1.125 bits a value
 ///   std::vector<std::byte> wire(c.max_encoded_bytes(n));
@@ -954,30 +194,55 @@ class vector_quant_codec : public host_codec_calls<vector_quant_codec<Kind>> {
   std::size_t encode(host_view<const float> in, std::span<std::byte> out) const requires(!learned) {
     return encode_with(in, out, detail::vq_gaussian_tables(params_.dim));
   }
+  /// encode with a caller's workspace: the built-in codebook's search needs none
+  /// (workspace_bytes is 0), so this is encode(in, out).
+  std::size_t encode(host_view<const float> in, std::span<std::byte> out,
+                     std::span<std::byte> workspace) const requires(!learned) {
+    (void)workspace;
+    return encode(in, out);
+  }
 
   /// Encodes `in` (learned codebook): first, on every refresh_interval-th call (the first
   /// included), k-means on `in` refreshes the codebook. A call that throws changes nothing.
+  /// The k-means buffers are the codec's own (allocated at construction).
   std::size_t encode(host_view<const float> in, std::span<std::byte> out) requires(learned) {
-    const std::size_t need = max_encoded_bytes(in.size());
-    if (out.size() < need) {
-      detail::throw_buffer_too_small("vector_quant_codec::encode", need, out.size());
+    return encode_learned(in, out, nullptr);
+  }
+  /// encode (learned codebook) with the k-means buffers in the caller's `workspace` (host
+  /// memory, at least workspace_bytes(in.size()) bytes, any alignment; its contents are
+  /// scratch): the same payload and codebook, byte for byte. Throws as encode, and
+  /// invalid_argument naming both sizes for a smaller workspace, before any work.
+  ///
+  ///   std::vector<std::byte> ws(c.workspace_bytes(g.size()));
+  ///   wire.resize(c.encode(g, wire, ws));
+  std::size_t encode(host_view<const float> in, std::span<std::byte> out,
+                     std::span<std::byte> workspace) requires(learned) {
+    return encode_learned(in, out, &workspace);
+  }
+
+  /// Bytes of the caller-owned scratch that encode(in, out, workspace) needs for n values:
+  /// 0 for the built-in codebook; for the learned one, the k-means refresh's sums and
+  /// counts (detail::vq_learn_scratch) and its samples (min(ceil(n / dim),
+  /// vq_learn_samples) groups of dim f32), and the slack that aligns them wherever the
+  /// workspace starts (0 for n = 0).
+  std::size_t workspace_bytes(std::size_t n) const noexcept {
+    if constexpr (learned) {
+      const std::size_t groups = n / params_.dim + (n % params_.dim != 0 ? 1 : 0);
+      if (groups == 0) return 0;
+      const std::size_t samples = groups < vq_learn_samples ? groups : vq_learn_samples;
+      return alignof(detail::vq_learn_scratch) - 1 + sizeof(detail::vq_learn_scratch) +
+             4 * std::size_t{params_.dim} * samples;
+    } else {
+      (void)n;
+      return 0;
     }
-    if (state_.calls % params_.refresh_interval == 0) {
-      vq_tree next = state_.tree;
-      learn_into(in, next);  // throws on non-finite values, before anything changes
-      state_.tree = next;
-      state_.tables = vq_search_tables::of(state_.tree);
-    }
-    const std::size_t bytes = encode_with(in, out, state_.tables);
-    ++state_.calls;
-    return bytes;
   }
 
   /// Refreshes the learned codebook from `in` now (k-means, warm-started from the codebook
   /// in use), outside the refresh_interval schedule.
   void learn(host_view<const float> in) requires(learned) {
     vq_tree next = state_.tree;
-    learn_into(in, next);
+    learn_into(in, next, state_.samples.data(), state_.scratch[0]);
     state_.tree = next;
     state_.tables = vq_search_tables::of(state_.tree);
   }
@@ -1128,9 +393,45 @@ class vector_quant_codec : public host_codec_calls<vector_quant_codec<Kind>> {
         "non-finite value " + std::to_string(in[i]) + " at index " + std::to_string(i));
   }
 
+  std::size_t encode_learned(host_view<const float> in, std::span<std::byte> out,
+                             const std::span<std::byte>* workspace) requires(learned) {
+    static constexpr const char* call = "vector_quant_codec::encode";
+    const std::size_t need = max_encoded_bytes(in.size());
+    if (out.size() < need) detail::throw_buffer_too_small(call, need, out.size());
+    if (workspace != nullptr && workspace->size() < workspace_bytes(in.size())) {
+      detail::throw_invalid_argument(call, "workspace of " + std::to_string(workspace->size()) +
+                                               " bytes, workspace_bytes(" +
+                                               std::to_string(in.size()) + ") is " +
+                                               std::to_string(workspace_bytes(in.size())));
+    }
+    if (state_.calls % params_.refresh_interval == 0) {
+      vq_tree next = state_.tree;
+      // Throws on non-finite values, before anything changes.
+      if (workspace == nullptr) {
+        learn_into(in, next, state_.samples.data(), state_.scratch[0]);
+      } else if (workspace_bytes(in.size()) != 0) {
+        // The sums and counts at the workspace's first boundary for them, the samples after.
+        std::byte* at = workspace->data();
+        const auto addr = reinterpret_cast<std::uintptr_t>(at);
+        constexpr std::size_t align = alignof(detail::vq_learn_scratch);
+        at += (align - addr % align) % align;
+        auto* scratch = ::new (static_cast<void*>(at)) detail::vq_learn_scratch;
+        learn_into(in, next, reinterpret_cast<float*>(at + sizeof(detail::vq_learn_scratch)),
+                   *scratch);
+      }
+      state_.tree = next;
+      state_.tables = vq_search_tables::of(state_.tree);
+    }
+    const std::size_t bytes = encode_with(in, out, state_.tables);
+    ++state_.calls;
+    return bytes;
+  }
+
   // k-means on up to vq_learn_samples groups of `in`, spread evenly, normalized as the
-  // encoder normalizes them; `tree` is the warm start and the result.
-  void learn_into(host_view<const float> in, vq_tree& tree) {
+  // encoder normalizes them, into `samples` (room for min(groups, vq_learn_samples) groups);
+  // `tree` is the warm start and the result.
+  void learn_into(host_view<const float> in, vq_tree& tree, float* samples,
+                  detail::vq_learn_scratch& scratch) {
     const std::size_t n = in.size();
     const unsigned dim = params_.dim;
     const std::size_t block = params_.block;
@@ -1151,7 +452,7 @@ class vector_quant_codec : public host_codec_calls<vector_quant_codec<Kind>> {
         // Groups g of the block with g % stride == 0 (blocks are whole groups).
         const std::size_t g0 = begin / D, g1 = (begin + count + D - 1) / D;
         for (std::size_t g = (g0 + stride - 1) / stride * stride; g < g1; g += stride) {
-          float* y = state_.samples.data() + m * D;
+          float* y = samples + m * D;
           for (int k = 0; k < D; ++k) {
             const std::size_t i = g * D + static_cast<std::size_t>(k) - begin;
             y[k] = i >= count ? 0.0f
@@ -1161,7 +462,7 @@ class vector_quant_codec : public host_codec_calls<vector_quant_codec<Kind>> {
           ++m;
         }
       }
-      detail::vq_lloyd<D>(state_.samples.data(), m, vq_learn_iterations, tree, state_.scratch[0]);
+      detail::vq_lloyd<D>(samples, m, vq_learn_iterations, tree, scratch);
     });
   }
 
@@ -1236,7 +537,7 @@ class vector_quant_codec : public host_codec_calls<vector_quant_codec<Kind>> {
     const std::byte* scales = r.take(4 * nb).data();
     // Non-negative floats order like their bits; negative ones (the sign bit), ±Inf and
     // NaN all sort above max_scale's: one compare a block.
-    const std::uint32_t max_bits = detail::vq_bits(max_scale);
+    const std::uint32_t max_bits = detail::float_bits(max_scale);
     for (std::size_t b = 0; b < nb; ++b) {
       std::uint32_t u;
       std::memcpy(&u, scales + 4 * b, 4);

@@ -181,8 +181,11 @@ class host_codec_calls {
 ///     wrapper (error feedback, DGC) hands its context on to its inner codec;
 ///  8. optional: `cc.workspace_bytes(n)`, the caller-owned scratch (bytes) a call on n
 ///     elements needs, asked before the call as with CUB's two-phase calls. Read through
-///     `gradcomm::workspace_bytes(c, n)`, which is 0 where a codec declares none. No
-///     codec declares it yet: their host paths keep their scratch in the codec object.
+///     `gradcomm::workspace_bytes(c, n)`, which is 0 where a codec declares none. The
+///     codecs that need scratch declare it (top-k and approximate top-k: selection;
+///     PowerSGD: its matrices; vector quantization: its search) with an encode that takes
+///     the caller's workspace span and allocates nothing for it; their short host encode
+///     keeps its scratch in the codec object.
 template <class C>
 concept Codec = std::same_as<typename C::value_type, float> &&
     std::same_as<std::remove_cv_t<decltype(C::traits)>, codec_traits> &&

@@ -1073,5 +1073,9 @@ class local_world {
   std::shared_ptr<detail::local_state> state_;
 };
 
+// The transport checks itself against the concepts it promises (transport/transport.hpp).
+static_assert(AsyncTransport<local_transport>);
+static_assert(local_transport::space == memory_space::host);
+
 }  // namespace v0
 }  // namespace gradcomm

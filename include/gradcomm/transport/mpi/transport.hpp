@@ -848,6 +848,10 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
   std::shared_ptr<detail::mpi_state> state_;
 };
 
+// The transport checks itself against the concepts it promises (transport/transport.hpp).
+static_assert(AsyncTransport<mpi_transport>);
+static_assert(mpi_transport::space == memory_space::host);
+
 }  // namespace v0
 }  // namespace gradcomm
 

@@ -25,6 +25,13 @@
 //  * two-round codecs (PowerSGD): the transport's all-reduce of P, then of Q.
 // Every rank ends with bitwise identical values: every reduction that is not the
 // transport's own decodes the same payloads in the same order on every rank.
+//
+// Where the parts are: this header has the public class, its options and statistics;
+// comm/detail/buckets.hpp the choice of algorithm per bucket and the tensor segments;
+// comm/detail/allreduce_native.hpp, allreduce_sra.hpp, allreduce_allgather.hpp and
+// allreduce_two_round.hpp one algorithm each; comm/detail/allreduce_agreement.hpp the
+// check before the first round; comm/detail/buffer_ops.hpp the buffer operations the
+// algorithms ask of the execution context.
 #pragma once
 
 #include <gradcomm/codec/cast.hpp>
@@ -32,23 +39,25 @@
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/comm/allgather_reduce.hpp>
 #include <gradcomm/comm/communicator.hpp>
+#include <gradcomm/comm/detail/allreduce_agreement.hpp>
+#include <gradcomm/comm/detail/allreduce_common.hpp>
+#include <gradcomm/comm/detail/buckets.hpp>
+#include <gradcomm/comm/detail/buffer_ops.hpp>
 #include <gradcomm/comm/optimizer.hpp>
 #include <gradcomm/core/config.hpp>
 #include <gradcomm/core/counters.hpp>
 #include <gradcomm/core/dtype.hpp>
 #include <gradcomm/core/error.hpp>
+#include <gradcomm/core/execution.hpp>
 #include <gradcomm/core/tensor.hpp>
 #include <gradcomm/transport/transport.hpp>
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <cmath>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -102,341 +111,6 @@ struct bucket_stats {
   std::int64_t wait_ns = 0;    ///< time in the transport (waiting for peers and moving bytes)
   double residual_norm = 0.0;  ///< ||e|| of this rank's error-feedback states, last round
 };
-
-namespace detail {
-
-inline constexpr std::size_t allreduce_align = 256;
-
-// Chunk i of n elements cut into `parts`, boundaries on multiples of allreduce_align.
-struct ar_range {
-  std::size_t lo, hi;
-  std::size_t size() const noexcept { return hi - lo; }
-};
-inline ar_range ar_chunk(std::size_t n, int parts, int i) noexcept {
-  const std::size_t units = (n + allreduce_align - 1) / allreduce_align;
-  const auto p = static_cast<std::size_t>(parts), ui = static_cast<std::size_t>(i);
-  const std::size_t base = units / p, extra = units % p;
-  const std::size_t lo = (base * ui + std::min(ui, extra)) * allreduce_align;
-  const std::size_t hi = lo + (base + (ui < extra ? 1 : 0)) * allreduce_align;
-  return {std::min(lo, n), std::min(hi, n)};
-}
-
-template <class T, class E>
-concept reduces_natively =
-    !std::is_void_v<E> && requires(T & t, std::span<const E> in, std::span<E> out) {
-  t.allreduce(in, out, reduce_op::sum);
-};
-
-enum class ar_algorithm { native, scatter_reduce_allgather, allgather, two_round };
-
-template <Codec C, Transport T>
-constexpr ar_algorithm algorithm_for() {
-  if constexpr (TwoRoundCodec<C>) {
-    return ar_algorithm::two_round;
-  } else if constexpr (C::traits.linear && reduces_natively<T, linear_element_t<C>>) {
-    return ar_algorithm::native;
-  } else if constexpr (C::traits.fixed_size) {
-    return ar_algorithm::scatter_reduce_allgather;
-  } else {
-    return ar_algorithm::allgather;
-  }
-}
-
-inline void scale(float* v, std::size_t n, float s) noexcept {
-  for (std::size_t i = 0; i < n; ++i) v[i] *= s;
-}
-
-// One bucket's reduction with codec C: the codec states it needs (per chunk, for the
-// reduced chunk) and buffers that grow once and stay. prepare() runs on the caller's
-// thread (encoding), finish() on the communication thread (the transport, decoding).
-template <Codec C, Transport T>
-class bucket_engine {
- public:
-  static constexpr ar_algorithm algorithm = algorithm_for<C, T>();
-
-  bucket_engine(const C& proto, std::size_t n, int ranks, int rank, std::uint32_t id)
-      : n_(n), ranks_(ranks), rank_(rank), id_(id), decoder_(proto) {
-    if constexpr (algorithm == ar_algorithm::scatter_reduce_allgather) {
-      for (int j = 0; j < ranks; ++j) chunk_codecs_.push_back(proto);
-      reduced_codec_.push_back(proto);
-      offsets_.resize(static_cast<std::size_t>(ranks) + 1);
-      sizes_.resize(static_cast<std::size_t>(ranks));
-      std::size_t at = 0;
-      for (int j = 0; j < ranks; ++j) {
-        offsets_[static_cast<std::size_t>(j)] = at;
-        at += proto.max_encoded_bytes(ar_chunk(n, ranks, j).size());
-      }
-      offsets_.back() = at;
-      send_.resize(at);
-    } else {
-      chunk_codecs_.push_back(proto);
-      if constexpr (algorithm == ar_algorithm::two_round) {
-        p_.resize(proto.p_floats(n));
-        q_.resize(proto.q_floats(n));
-      } else if constexpr (!value_codec<C> || algorithm != ar_algorithm::native) {
-        send_.resize(proto.max_encoded_bytes(n));
-      }
-    }
-  }
-
-  // Encodes `in` (the bucket's values) for round `step`; returns the payload bytes.
-  std::size_t prepare(host_view<const float> in, std::uint32_t step, std::uint64_t seed) {
-    if constexpr (algorithm == ar_algorithm::scatter_reduce_allgather) {
-      std::size_t total = 0;
-      for (int j = 0; j < ranks_; ++j) {
-        const auto uj = static_cast<std::size_t>(j);
-        const ar_range c = ar_chunk(n_, ranks_, j);
-        set_key(chunk_codecs_[uj], seed, step, key_bucket(0, j));
-        sizes_[uj] = chunk_codecs_[uj].encode(
-            host_view<const float>(in.data() + c.lo, c.size()),
-            std::span<std::byte>(send_.data() + offsets_[uj], offsets_[uj + 1] - offsets_[uj]));
-        total += sizes_[uj];
-      }
-      return total;
-    } else if constexpr (algorithm == ar_algorithm::two_round) {
-      chunk_codecs_[0].compute_p(in, host_view<float>(p_.data(), p_.size()));
-      return (p_.size() + q_.size()) * sizeof(float);
-    } else if constexpr (value_codec<C> && algorithm == ar_algorithm::native) {
-      return n_ * sizeof(float);
-    } else {
-      set_key(chunk_codecs_[0], seed, step, key_bucket(0, 0));
-      mine_ = chunk_codecs_[0].encode(in, std::span<std::byte>(send_));
-      return mine_;
-    }
-  }
-
-  // Finishes the round: `in` is what prepare() saw, `out` (may be `in`) receives the
-  // reduction. Adds stage-2 encoding and decoding time to `st`.
-  template <class Counters>
-  void finish(T& t, host_view<const float> in, host_view<float> out, reduction op,
-              std::uint32_t step, std::uint64_t seed, Counters& st) {
-    const float inv = op == reduction::mean ? 1.0f / static_cast<float>(ranks_) : 1.0f;
-    if constexpr (algorithm == ar_algorithm::native) {
-      if constexpr (value_codec<C>) {  // the payload would be the values: sum them as they are
-        t.allreduce(std::span<const float>(in.data(), n_), std::span<float>(out.data(), n_),
-                    reduce_op::sum);
-        scoped_timer d(st.decode_ns);
-        if (inv != 1.0f) scale(out.data(), n_, inv);
-      } else {
-        using E = linear_element_t<C>;
-        const std::size_t head = mine_ - n_ * sizeof(E);
-        auto body = std::span<E>(reinterpret_cast<E*>(send_.data() + head), n_);
-        t.allreduce(std::span<const E>(body), body, reduce_op::sum);
-        scoped_timer d(st.decode_ns);
-        decoder_.decode(std::span<const std::byte>(send_.data(), mine_), out);
-        if (inv != 1.0f) scale(out.data(), n_, inv);
-      }
-    } else if constexpr (algorithm == ar_algorithm::scatter_reduce_allgather) {
-      finish_sra(t, out, inv, step, seed, st);
-    } else if constexpr (algorithm == ar_algorithm::two_round) {
-      C& c = chunk_codecs_[0];
-      t.allreduce(std::span<const float>(p_), std::span<float>(p_), reduce_op::sum);
-      {
-        scoped_timer e(st.encode_ns);
-        c.compute_q(in, host_view<float>(p_.data(), p_.size()),
-                    host_view<float>(q_.data(), q_.size()));
-      }
-      t.allreduce(std::span<const float>(q_), std::span<float>(q_), reduce_op::sum);
-      scoped_timer d(st.decode_ns);
-      c.decompress(in, host_view<const float>(p_.data(), p_.size()),
-                   host_view<const float>(q_.data(), q_.size()), out);
-      if (inv != 1.0f) scale(out.data(), n_, inv);
-    } else {
-      finish_allgather(t, out, inv, st);
-    }
-  }
-
-  double residual_norm() const {
-    double s = 0.0;
-    for (const C& c : chunk_codecs_) s += std::pow(residual_norm_of(c), 2);
-    for (const C& c : reduced_codec_) s += std::pow(residual_norm_of(c), 2);
-    return std::sqrt(s);
-  }
-
- private:
-  // Stream keys: bucket id in the high 16 bits, the stage and the chunk below.
-  std::uint32_t key_bucket(int stage, int chunk) const noexcept {
-    return (id_ << 16) | (static_cast<std::uint32_t>(stage) << 15) |
-           (static_cast<std::uint32_t>(chunk) & 0x7fffu);
-  }
-  void set_key(C& c, std::uint64_t seed, std::uint32_t step, std::uint32_t bucket) const {
-    if constexpr (StochasticCodec<C>)
-      c.set_stream(stream_key{seed, step, static_cast<std::uint32_t>(rank_), bucket});
-  }
-
-  template <class Counters>
-  void finish_sra(T& t, host_view<float> out, float inv, std::uint32_t step, std::uint64_t seed,
-                  Counters& st) {
-    const auto ur = static_cast<std::size_t>(ranks_), me = static_cast<std::size_t>(rank_);
-    // Fixed size: every rank's payload for a chunk has the size of ours for it.
-    const std::size_t mine_size = sizes_[me];
-    recv_.resize(std::max(recv_.size(), mine_size * ur));
-    counts_.assign(ur, mine_size);
-    packed_.resize(std::max(packed_.size(), offsets_.back()));
-    // The payloads sit at offsets_ with gaps; alltoallv wants them one after another.
-    std::size_t at = 0;
-    for (std::size_t j = 0; j < ur; ++j) {
-      if (at != offsets_[j]) std::memmove(send_.data() + at, send_.data() + offsets_[j], sizes_[j]);
-      at += sizes_[j];
-    }
-    t.alltoallv(std::span<const std::byte>(send_.data(), at), std::span<const std::size_t>(sizes_),
-                std::span<std::byte>(recv_.data(), mine_size * ur),
-                std::span<const std::size_t>(counts_));
-    const ar_range mine = ar_chunk(n_, ranks_, rank_);
-    acc_.assign(mine.size(), 0.0f);
-    {
-      scoped_timer d(st.decode_ns);
-      for (std::size_t r = 0; r < ur; ++r)
-        decoder_.decode_add(std::span<const std::byte>(recv_.data() + r * mine_size, mine_size),
-                            host_view<float>(acc_.data(), acc_.size()));
-      if (inv != 1.0f) scale(acc_.data(), acc_.size(), inv);
-    }
-    std::size_t reduced;
-    {
-      scoped_timer e(st.encode_ns);
-      set_key(reduced_codec_[0], seed, step, key_bucket(1, rank_));
-      reduced = reduced_codec_[0].encode(host_view<const float>(acc_.data(), acc_.size()),
-                                         std::span<std::byte>(packed_));
-    }
-    if (reduced != mine_size)
-      throw error(make_error_code(errc::internal), "allreduce", rank_,
-                  "codec " + std::string(codec_name(C::id)) +
-                      " is fixed-size but encoded a chunk in " + std::to_string(reduced) +
-                      " bytes, then in " + std::to_string(mine_size));
-    // Every chunk's payload size is sizes_[j] (our stage-1 encoding of the same length).
-    gathered_.resize(std::max(gathered_.size(), at));
-    t.allgatherv(std::span<const std::byte>(packed_.data(), reduced),
-                 std::span<std::byte>(gathered_.data(), at), std::span<const std::size_t>(sizes_));
-    scoped_timer d(st.decode_ns);
-    std::size_t from = 0;
-    for (std::size_t j = 0; j < ur; ++j) {
-      const ar_range c = ar_chunk(n_, ranks_, static_cast<int>(j));
-      decoder_.decode(std::span<const std::byte>(gathered_.data() + from, sizes_[j]),
-                      host_view<float>(out.data() + c.lo, c.size()));
-      from += sizes_[j];
-    }
-  }
-
-  template <class Counters>
-  void finish_allgather(T& t, host_view<float> out, float inv, Counters& st) {
-    const auto ur = static_cast<std::size_t>(ranks_);
-    ws_.sizes.resize(ur);
-    ws_.counts.resize(ur);
-    const auto mine = static_cast<std::int64_t>(mine_);
-    t.allgather(std::as_bytes(std::span<const std::int64_t>(&mine, 1)),
-                std::as_writable_bytes(std::span<std::int64_t>(ws_.sizes)));
-    const std::size_t limit = decoder_.max_encoded_bytes(n_);
-    std::uint64_t total = 0;
-    for (std::size_t r = 0; r < ur; ++r) {
-      const std::int64_t s = ws_.sizes[r];
-      if (s < 0 || static_cast<std::uint64_t>(s) > limit)
-        throw decode_error("allreduce",
-                           "rank " + std::to_string(r) + " announced a payload of " +
-                               std::to_string(s) + " bytes, more than " + std::to_string(limit) +
-                               " for " + std::to_string(n_) + " elements",
-                           rank_);
-      ws_.counts[r] = static_cast<std::size_t>(s);
-      total += static_cast<std::uint64_t>(s);
-    }
-    // Break-even: a ring all-reduce of f32 moves 2(N-1)/N × 4n bytes per rank; the
-    // all-gather brings each rank the others' payloads, about (N-1)/N × total.
-    if (ur > 1 && total > 2 * n_ * sizeof(float)) {
-      {
-        scoped_timer d(st.decode_ns);
-        decoder_.decode(std::span<const std::byte>(send_.data(), mine_), out);
-      }
-      st.dense_rounds += 1;
-      t.allreduce(std::span<const float>(out.data(), n_), std::span<float>(out.data(), n_),
-                  reduce_op::sum);
-      scoped_timer d(st.decode_ns);
-      if (inv != 1.0f) scale(out.data(), n_, inv);
-      return;
-    }
-    ws_.gathered.resize(std::max(ws_.gathered.size(), static_cast<std::size_t>(total)));
-    t.allgatherv(std::span<const std::byte>(send_.data(), mine_),
-                 std::span<std::byte>(ws_.gathered.data(), static_cast<std::size_t>(total)),
-                 std::span<const std::size_t>(ws_.counts));
-    scoped_timer d(st.decode_ns);
-    std::fill(out.begin(), out.end(), 0.0f);
-    std::size_t from = 0;
-    for (std::size_t r = 0; r < ur; ++r) {
-      decoder_.decode_add(std::span<const std::byte>(ws_.gathered.data() + from, ws_.counts[r]),
-                          out);
-      from += ws_.counts[r];
-    }
-    if (inv != 1.0f) scale(out.data(), n_, inv);
-  }
-
-  std::size_t n_;
-  int ranks_, rank_;
-  std::uint32_t id_;
-  C decoder_;
-  std::vector<C> chunk_codecs_, reduced_codec_;
-  std::vector<std::size_t> offsets_, sizes_, counts_;
-  std::vector<std::byte> send_, recv_, packed_, gathered_;
-  std::vector<float> acc_, p_, q_;
-  std::size_t mine_ = 0;
-  allgather_workspace ws_;
-};
-
-// FNV-1a, 64 bits: the fingerprint the ranks compare before the first round.
-inline std::uint64_t ar_hash(std::span<const std::byte> b) noexcept {
-  std::uint64_t h = 14695981039346656037ull;
-  for (std::byte x : b) h = (h ^ static_cast<std::uint64_t>(x)) * 1099511628211ull;
-  return h;
-}
-
-inline std::string ar_hex(std::span<const std::byte> b) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string s;
-  for (std::size_t i = 0; i < b.size(); ++i) {
-    if (i) s += ' ';
-    s += digits[static_cast<unsigned>(b[i]) >> 4];
-    s += digits[static_cast<unsigned>(b[i]) & 15];
-  }
-  return s;
-}
-
-// What two ranks' codec probes (the same values encoded by a fresh copy of each rank's
-// prototype) say about their settings: the first header field that differs.
-inline std::string ar_probe_difference(std::span<const std::byte> a, int ra,
-                                       std::span<const std::byte> b, int rb) {
-  auto on = [&](const std::string& x, const std::string& y) {
-    return x + " on rank " + std::to_string(ra) + " but " + y + " on rank " + std::to_string(rb);
-  };
-  auto hex = [](std::byte v) { return "0x" + ar_hex(std::span<const std::byte>(&v, 1)); };
-  if (a.size() < wire_header_bytes || b.size() < wire_header_bytes)
-    return "probe payloads of " + on(std::to_string(a.size()), std::to_string(b.size())) + " bytes";
-  auto name = [](std::byte id) { return std::string(codec_name(static_cast<codec_id>(id))); };
-  if (a[5] != b[5]) return "codec " + on(name(a[5]), name(b[5]));
-  const std::string codec = name(a[5]);
-  if (a[6] != b[6])
-    return codec + " element dtype " +
-           on(std::to_string(static_cast<unsigned>(a[6])),
-              std::to_string(static_cast<unsigned>(b[6])));
-  const std::size_t pa = static_cast<std::size_t>(a[7]), pb = static_cast<std::size_t>(b[7]);
-  const auto params_a = a.subspan(wire_header_bytes, std::min(pa, a.size() - wire_header_bytes));
-  const auto params_b = b.subspan(wire_header_bytes, std::min(pb, b.size() - wire_header_bytes));
-  const std::string layout = " (" + codec + " parameters [" + ar_hex(params_a) + "] vs [" +
-                             ar_hex(params_b) + "]; the codec's header documents their layout)";
-  if (pa != pb)
-    return codec + " parameter bytes: " + on(std::to_string(pa), std::to_string(pb)) + layout;
-  for (std::size_t i = 0; i < params_a.size() && i < params_b.size(); ++i)
-    if (params_a[i] != params_b[i])
-      return codec + " parameter byte " + std::to_string(i) + ": " +
-             on(hex(params_a[i]), hex(params_b[i])) + layout;
-  return codec + " payload of the same values: " +
-         on(std::to_string(a.size()) + " bytes", std::to_string(b.size()) + " bytes") +
-         " or other bytes (state or settings the header does not carry)";
-}
-
-// Per-round tallies the engines add to (the communication thread's own).
-struct round_tally {
-  std::atomic<std::int64_t> encode_ns{0}, decode_ns{0};
-  std::uint64_t dense_rounds = 0;
-};
-
-}  // namespace detail
 
 /// C, reduced by the all-reduce in one stage: every rank's payload is all-gathered and
 /// each rank decodes and sums them all, where a fixed-size codec's scatter–reduce–
@@ -752,19 +426,14 @@ class allreduce {
 
  private:
   enum class bucket_kind { main, small_f32, small_bf16 };
-  struct tensor {
-    host_view<float> view;
-    std::string name;
-  };
-  struct segment {
-    std::size_t tensor, offset, len, at;  // tensor[offset, offset+len) ↔ bucket[at, at+len)
-  };
+  using tensor = detail::ar_tensor;
+  using segment = detail::ar_segment;
   struct bucket {
     bucket_kind kind = bucket_kind::main;
     std::size_t elements = 0;
     std::vector<segment> segments;
-    std::vector<float> fused;  // empty when one segment covers the bucket
-    float* direct = nullptr;   // the tensor's memory when it does
+    detail::staging_buffer<host_context, float> fused;  // empty when one segment covers it
+    float* direct = nullptr;                            // the tensor's memory when it does
     std::unique_ptr<main_engine> main;
     std::unique_ptr<f32_engine> f32;
     std::unique_ptr<bf16_engine> bf16;
@@ -835,36 +504,28 @@ class allreduce {
     cut(true);
     for (std::size_t b = 0; b < buckets_.size(); ++b) {
       bucket& bk = buckets_[b];
-      const auto id = static_cast<std::uint32_t>(b);
+      const detail::ar_shape shape{bk.elements, ranks, me, static_cast<std::uint32_t>(b)};
       if (bk.segments.size() == 1)
         bk.direct = tensors_[bk.segments[0].tensor].view.data() + bk.segments[0].offset;
       else
-        bk.fused.resize(bk.elements);
+        bk.fused.resize(bk.elements);  // staging in the context's memory
       switch (bk.kind) {
-        case bucket_kind::main:
-          bk.main = std::make_unique<main_engine>(proto_, bk.elements, ranks, me, id);
-          break;
+        case bucket_kind::main: bk.main = std::make_unique<main_engine>(ctx_, proto_, shape); break;
         case bucket_kind::small_f32:
-          bk.f32 = std::make_unique<f32_engine>(identity_codec{}, bk.elements, ranks, me, id);
+          bk.f32 = std::make_unique<f32_engine>(ctx_, identity_codec{}, shape);
           break;
         case bucket_kind::small_bf16:
-          bk.bf16 = std::make_unique<bf16_engine>(bf16_codec{}, bk.elements, ranks, me, id);
+          bk.bf16 = std::make_unique<bf16_engine>(ctx_, bf16_codec{}, shape);
           break;
       }
     }
   }
 
   void gather(bucket& bk) {
-    if (bk.direct) return;
-    for (const segment& s : bk.segments)
-      std::memcpy(bk.fused.data() + s.at, tensors_[s.tensor].view.data() + s.offset,
-                  s.len * sizeof(float));
+    if (!bk.direct) detail::ar_gather(ctx_, bk.segments, tensors_, bk.view());
   }
   void scatter(bucket& bk) {
-    if (bk.direct) return;
-    for (const segment& s : bk.segments)
-      std::memcpy(tensors_[s.tensor].view.data() + s.offset, bk.fused.data() + s.at,
-                  s.len * sizeof(float));
+    if (!bk.direct) detail::ar_scatter(ctx_, bk.segments, tensors_, bk.view());
   }
 
   void rethrow_failure() {
@@ -872,42 +533,20 @@ class allreduce {
     if (failure_) std::rethrow_exception(failure_);
   }
 
-  // ---- the ranks agree before the first round -----------------------------------------
-  // Ranks whose registrations, options or codec settings differ would average layer A of
-  // one rank with layer B of another, or feed one format's payloads to another's decoder.
-  // At the first start() one all-gather of 32 bytes compares fingerprints; only where they
-  // differ do the ranks exchange what they hashed, and every rank names the same first
-  // difference from the same bytes. Collectives in the same order on every rank: the
-  // first start() of every rank, before any bucket's.
+  // ---- the ranks agree before the first round (comm/detail/allreduce_agreement.hpp) ----
+  // Collectives in the same order on every rank: the first start() of every rank, before
+  // any bucket's.
   void agree() {
-    static constexpr const char* call = "allreduce::start";
-    const int n = t_->size();
-    const auto un = static_cast<std::size_t>(n);
     try {
-      const std::vector<std::byte> rec = registration_record(), probe = codec_probe();
-      const std::uint64_t mine[4] = {detail::ar_hash(rec), detail::ar_hash(probe), rec.size(),
-                                     probe.size()};
-      std::vector<std::uint64_t> all(4 * un);
-      t_->allgather(std::as_bytes(std::span<const std::uint64_t>(mine)),
-                    std::as_writable_bytes(std::span<std::uint64_t>(all)));
-      if (all_rows_equal(all)) {
+      const detail::ar_option_values options = option_values();
+      const std::vector<std::byte> rec = detail::ar_registration_record(options, tensors_);
+      const std::vector<std::byte> probe =
+          detail::ar_codec_probe(proto_, probe_elements(), opt_.seed);
+      if (detail::ar_agree(*t_, options, rec, probe)) {
         agreed_ = true;
         say_what_travels_uncompressed();
         return;
       }
-      std::vector<std::size_t> rec_counts(un), probe_counts(un);
-      std::size_t rec_total = 0, probe_total = 0;
-      for (std::size_t q = 0; q < un; ++q) {
-        rec_counts[q] = static_cast<std::size_t>(all[4 * q + 2]);
-        probe_counts[q] = static_cast<std::size_t>(all[4 * q + 3]);
-        rec_total += rec_counts[q];
-        probe_total += probe_counts[q];
-      }
-      std::vector<std::byte> recs(rec_total), probes(probe_total);
-      t_->allgatherv(rec, recs, rec_counts);
-      t_->allgatherv(probe, probes, probe_counts);
-      detail::throw_invalid_argument(call, difference(recs, rec_counts, probes, probe_counts),
-                                     t_->rank());
     } catch (...) {
       std::lock_guard lock(mutex_);
       if (!failure_) failure_ = std::current_exception();
@@ -979,31 +618,7 @@ class allreduce {
     }
   }
 
-  static bool all_rows_equal(const std::vector<std::uint64_t>& all) {
-    for (std::size_t i = 4; i < all.size(); ++i)
-      if (all[i] != all[i % 4]) return false;
-    return true;
-  }
-
-  // What the ranks must agree on: the options that shape buckets and rounds, then every
-  // tensor's size and name in registration order.
-  std::vector<std::byte> registration_record() const {
-    const auto options = option_values();
-    std::size_t bytes = 8 * (options.size() + 1);
-    for (const tensor& t : tensors_) bytes += 16 + t.name.size();
-    std::vector<std::byte> r(bytes);
-    wire_writer w(r, "allreduce::start");
-    for (const auto& [name, value] : options) w.put_u64(value);
-    w.put_u64(tensors_.size());
-    for (const tensor& t : tensors_) {
-      w.put_u64(t.view.size());
-      w.put_u64(t.name.size());
-      w.put_bytes(std::as_bytes(std::span<const char>(t.name)));
-    }
-    return r;
-  }
-
-  std::vector<std::pair<const char*, std::uint64_t>> option_values() const {
+  detail::ar_option_values option_values() const {
     return {{"bucket_bytes", opt_.bucket_bytes},
             {"small_tensor_elems", opt_.small_tensor_elems},
             {"small_dtype", static_cast<std::uint64_t>(opt_.small_dtype)},
@@ -1011,95 +626,11 @@ class allreduce {
             {"seed", opt_.seed}};
   }
 
-  // The codec's settings as its payloads show them: the same values encoded by a fresh
-  // copy of the prototype, at the first compressed bucket's size (empty when none).
-  std::vector<std::byte> codec_probe() const {
-    const bucket* first = nullptr;
+  // The size of the first compressed bucket, which the codec probe encodes (0: none).
+  std::size_t probe_elements() const {
     for (const bucket& bk : buckets_)
-      if (bk.kind == bucket_kind::main) {
-        first = &bk;
-        break;
-      }
-    if (!first) return {};
-    std::vector<float> values(first->elements);
-    std::uint32_t x = 0x9e3779b9u;
-    for (float& v : values) {
-      x = x * 1664525u + 1013904223u;
-      v = static_cast<float>(static_cast<std::int32_t>(x >> 8) - (1 << 23)) * 0x1p-23f;
-    }
-    C c = proto_;
-    if constexpr (StochasticCodec<C>) c.set_stream(stream_key{opt_.seed, 0, 0, 0});
-    std::vector<std::byte> out(c.max_encoded_bytes(values.size()));
-    out.resize(c.encode(host_view<const float>(values.data(), values.size()), out));
-    return out;
-  }
-
-  // The first difference between rank 0's record and probe and another rank's.
-  std::string difference(std::span<const std::byte> recs, std::span<const std::size_t> rec_counts,
-                         std::span<const std::byte> probes,
-                         std::span<const std::size_t> probe_counts) const {
-    struct parsed {
-      std::vector<std::uint64_t> options;
-      std::vector<std::pair<std::uint64_t, std::string>> tensors;
-    };
-    const auto options = option_values();
-    auto parse = [&](std::span<const std::byte> b) {
-      wire_reader r(b, "allreduce::start");
-      parsed p;
-      for (std::size_t i = 0; i < options.size(); ++i) p.options.push_back(r.get_u64());
-      const std::uint64_t count = r.get_u64();
-      for (std::uint64_t i = 0; i < count; ++i) {
-        const std::uint64_t size = r.get_u64();
-        const auto name = r.take(r.get_u64());
-        p.tensors.emplace_back(
-            size, std::string(reinterpret_cast<const char*>(name.data()), name.size()));
-      }
-      return p;
-    };
-    std::vector<parsed> ps;
-    std::size_t at = 0;
-    for (std::size_t c : rec_counts) {
-      ps.push_back(parse(recs.subspan(at, c)));
-      at += c;
-    }
-    const parsed& p0 = ps[0];
-    for (std::size_t qi = 1; qi < ps.size(); ++qi) {
-      const parsed& pq = ps[qi];
-      const std::string rq = "rank " + std::to_string(qi);
-      for (std::size_t i = 0; i < options.size(); ++i)
-        if (pq.options[i] != p0.options[i])
-          return std::string("option ") + options[i].first + " is " +
-                 std::to_string(p0.options[i]) + " on rank 0 but " + std::to_string(pq.options[i]) +
-                 " on " + rq;
-      if (pq.tensors.size() != p0.tensors.size())
-        return "rank 0 registered " + std::to_string(p0.tensors.size()) + " tensors but " + rq +
-               " registered " + std::to_string(pq.tensors.size());
-      for (std::size_t i = 0; i < p0.tensors.size(); ++i) {
-        const auto& [s0, n0] = p0.tensors[i];
-        const auto& [sq, nq] = pq.tensors[i];
-        if (s0 == sq && n0 == nq) continue;
-        auto named = [](const std::string& nm) { return nm.empty() ? "" : " '" + nm + "'"; };
-        if (n0 != nq)
-          return "the ranks registered other tensors: tensor " + std::to_string(i) + " is" +
-                 named(n0) + " (" + std::to_string(s0) + " elements) on rank 0 but" + named(nq) +
-                 " (" + std::to_string(sq) + " elements) on " + rq +
-                 "; register the same tensors in the same order on every rank";
-        return "the ranks registered other tensors: tensor " + std::to_string(i) + named(n0) +
-               " has " + std::to_string(s0) + " elements on rank 0 but " + std::to_string(sq) +
-               " on " + rq;
-      }
-    }
-    std::vector<std::span<const std::byte>> pr;
-    at = 0;
-    for (std::size_t c : probe_counts) {
-      pr.push_back(probes.subspan(at, c));
-      at += c;
-    }
-    for (std::size_t qi = 1; qi < pr.size(); ++qi)
-      if (!std::ranges::equal(pr[qi], pr[0]))
-        return "the ranks' codec settings differ: " +
-               detail::ar_probe_difference(pr[0], 0, pr[qi], static_cast<int>(qi));
-    return "the ranks' fingerprints differ, but not what they hashed";
+      if (bk.kind == bucket_kind::main) return bk.elements;
+    return 0;
   }
 
   // Finishes one started bucket on this thread.
@@ -1173,6 +704,7 @@ class allreduce {
   }
 
   T* t_;
+  host_context ctx_;  // where the buckets' buffers live and their work runs
   C proto_;
   allreduce_options opt_;
   O optimizer_;

@@ -40,7 +40,6 @@
 namespace gradcomm {
 inline namespace v0 {
 
-
 /// ResidualCodec<C>: a Codec that offers error feedback's step fused into one pass,
 ///   `c.encode_with_residual(in, residual, out, next) -> size_t`:
 ///  1. with s[i] = in[i] + residual[i] (one f32 addition), it writes into `out` the payload

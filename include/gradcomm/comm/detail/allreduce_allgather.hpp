@@ -21,6 +21,23 @@ namespace gradcomm {
 inline namespace v0 {
 namespace detail {
 
+// The dense round of a variable-size codec: out := a × the transport's all-reduce of each
+// rank's decoded payload `mine`; counts a dense round in st.dense_rounds.
+template <Codec C, Transport T, class Ctx, class Tally>
+void ar_dense_round(const Ctx& ctx, C& decoder, T& t, std::span<const std::byte> mine,
+                    view_in<Ctx, float> out, float a, Tally& st) {
+  const std::size_t n = out.size();
+  {
+    scoped_timer d(st.decode_ns);
+    decoder.decode(mine, out);
+  }
+  st.dense_rounds += 1;
+  t.allreduce(std::span<const float>(out.data(), n), std::span<float>(out.data(), n),
+              reduce_op::sum);
+  scoped_timer d(st.decode_ns);
+  if (a != 1.0f) scale(ctx, out, a);
+}
+
 template <Codec C, Transport T, class Ctx = host_context>
 class allreduce_allgather {
  public:
@@ -51,15 +68,7 @@ class allreduce_allgather {
     // Break-even: a ring all-reduce of f32 moves 2(N-1)/N × 4n bytes per rank; the
     // all-gather brings each rank the others' payloads, about (N-1)/N × total.
     if (shape_.ranks > 1 && total > 2 * n * sizeof(float)) {
-      {
-        scoped_timer d(st.decode_ns);
-        decoder_.decode(mine, out);
-      }
-      st.dense_rounds += 1;
-      t.allreduce(std::span<const float>(out.data(), n), std::span<float>(out.data(), n),
-                  reduce_op::sum);
-      scoped_timer d(st.decode_ns);
-      if (a != 1.0f) scale(ctx_, out, a);
+      ar_dense_round(ctx_, decoder_, t, mine, out, a, st);
       return;
     }
     allgather_payloads_decode_add(ctx_, decoder_, t, mine, total, out, ws_, a, st.decode_ns);

@@ -21,23 +21,6 @@ namespace gradcomm {
 inline namespace v0 {
 namespace detail {
 
-// The dense round of a variable-size codec: out := a × the transport's all-reduce of each
-// rank's decoded payload `mine`; counts a dense round in st.dense_rounds.
-template <Codec C, Transport T, class Ctx, class Tally>
-void ar_dense_round(const Ctx& ctx, C& decoder, T& t, std::span<const std::byte> mine,
-                    view_in<Ctx, float> out, float a, Tally& st) {
-  const std::size_t n = out.size();
-  {
-    scoped_timer d(st.decode_ns);
-    decoder.decode(mine, out);
-  }
-  st.dense_rounds += 1;
-  t.allreduce(std::span<const float>(out.data(), n), std::span<float>(out.data(), n),
-              reduce_op::sum);
-  scoped_timer d(st.decode_ns);
-  if (a != 1.0f) scale(ctx, out, a);
-}
-
 template <Codec C, Transport T, class Ctx = host_context>
 class allreduce_allgather {
  public:
@@ -60,23 +43,46 @@ class allreduce_allgather {
   template <class Tally>
   void finish(T& t, view_in<Ctx, const float>, view_in<Ctx, float> out, reduction op, std::uint32_t,
               std::uint64_t, Tally& st) {
+    const std::size_t total = gather_sizes(t);
+    // Break-even: a ring all-reduce of f32 moves 2(N-1)/N × 4n bytes per rank; the
+    // all-gather brings each rank the others' payloads, about (N-1)/N × total.
+    finish_gathered(t, out, op, total, shape_.ranks > 1 && total > 2 * shape_.n * sizeof(float),
+                    st);
+  }
+
+  double residual_norm() const { return ar_residual_norm(std::span<const C>(&codec_, 1)); }
+
+ protected:  // allreduce_sparse.hpp adds its O(k) round to these
+  // The first half of the round: every rank's payload size (ws_.counts); returns the total.
+  std::size_t gather_sizes(T& t) {
+    return allgather_payload_sizes(t, mine_, decoder_.max_encoded_bytes(shape_.n), shape_.n, ws_,
+                                   "allreduce");
+  }
+
+  // The second half: `dense`, each rank decodes its own payload and the dense values are
+  // all-reduced (a dense round in st.dense_rounds); otherwise the payloads (`total` bytes)
+  // are all-gathered and decoded in rank order.
+  template <class Tally>
+  void finish_gathered(T& t, view_in<Ctx, float> out, reduction op, std::size_t total, bool dense,
+                       Tally& st) {
     const float a = ar_scale_of(op, shape_.ranks);
     const std::size_t n = shape_.n;
     const auto mine = std::span<const std::byte>(ws_.local.data(), mine_);
-    const std::size_t total =
-        allgather_payload_sizes(t, mine_, decoder_.max_encoded_bytes(n), n, ws_, "allreduce");
-    // Break-even: a ring all-reduce of f32 moves 2(N-1)/N × 4n bytes per rank; the
-    // all-gather brings each rank the others' payloads, about (N-1)/N × total.
-    if (shape_.ranks > 1 && total > 2 * n * sizeof(float)) {
-      ar_dense_round(ctx_, decoder_, t, mine, out, a, st);
+    if (dense) {
+      {
+        scoped_timer d(st.decode_ns);
+        decoder_.decode(mine, out);
+      }
+      st.dense_rounds += 1;
+      t.allreduce(std::span<const float>(out.data(), n), std::span<float>(out.data(), n),
+                  reduce_op::sum);
+      scoped_timer d(st.decode_ns);
+      if (a != 1.0f) scale(ctx_, out, a);
       return;
     }
     allgather_payloads_decode_add(ctx_, decoder_, t, mine, total, out, ws_, a, st.decode_ns);
   }
 
-  double residual_norm() const { return ar_residual_norm(std::span<const C>(&codec_, 1)); }
-
- private:
   Ctx ctx_;
   ar_shape shape_;
   C codec_, decoder_;

@@ -1,7 +1,7 @@
 // The allreduce communicator over MPI ranks (run under mpiexec -np 2, 3, 4): exact sums
 // with the identity codec, every rank ending with the same bits for each algorithm
-// (native f32 and bf16 sums, scatter-reduce-allgather, all-gather of sparse payloads),
-// and the bytes scatter-reduce-allgather sends.
+// (native f32 and bf16 sums, scatter-reduce-allgather, all-gather of sparse payloads, the
+// O(k) sparse reduce-scatter), and the bytes scatter-reduce-allgather and O(k) send.
 #include "mpi_gtest_main.hpp"
 
 #include <gradcomm/codec/error_feedback.hpp>
@@ -131,6 +131,35 @@ TEST(MpiAllreduce, LossyCodecsEndWithTheSameBitsOnEveryRank) {
   EXPECT_TRUE(same_on_all_ranks(run({40000}, ef_sign{}, opt, wavy_value, 3)[0]));
   EXPECT_TRUE(same_on_all_ranks(
       run({40000}, ef_topk(gc::topk_codec({.ratio = 0.01})), opt, wavy_value, 3)[0]));
+}
+
+// The O(k) sparse reduce-scatter (comm/detail/allreduce_sparse.hpp), forced: the same bits
+// on every rank, its name in stats(b), at most 6k(N-1)/N values (4-byte words) sent per rank
+// and round; the cost rule keeps all-gather at this size and world.
+TEST(MpiAllreduce, SparseReduceScatterIsTheSameOnEveryRankAndSendsOkPerRank) {
+  constexpr std::size_t n = 40000;
+  constexpr int rounds = 3;
+  for (auto choice : {gc::sparse_allreduce::reduce_scatter, gc::sparse_allreduce::automatic}) {
+    gc::mpi_transport t(MPI_COMM_WORLD, 20s);
+    gc::allreduce<ef_topk, gc::mpi_transport> comm(
+        t, ef_topk(gc::topk_codec({.ratio = 0.01})),
+        {.bucket_bytes = n * sizeof(float), .op = gc::reduction::sum, .sparse = choice});
+    std::vector<float> g(n);
+    comm.add_tensor(g);
+    for (int r = 0; r < rounds; ++r) {
+      for (std::size_t i = 0; i < n; ++i) g[i] = wavy_value(t.rank(), 0, i);
+      comm.average();
+      EXPECT_TRUE(same_on_all_ranks(g)) << "round " << r;
+    }
+    const gc::bucket_stats s = comm.stats(0);
+    if (choice == gc::sparse_allreduce::automatic) {
+      EXPECT_EQ(s.algorithm, gc::detail::ar_algorithm::allgather);
+      continue;
+    }
+    EXPECT_EQ(s.algorithm, gc::detail::ar_algorithm::sparse_reduce_scatter);
+    const double k = 0.01 * n, N = ranks();
+    EXPECT_LE(static_cast<double>(s.wire_bytes) / 4.0 / rounds, 6.0 * k * (N - 1) / N);
+  }
 }
 
 TEST(MpiAllreduce, TopkSumsSparseIntegerGradientsExactly) {

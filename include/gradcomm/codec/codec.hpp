@@ -455,5 +455,22 @@ concept TwoRoundCodec = Codec<C> && C::traits.two_round&& requires(C& c, const C
   c.decompress(on_host, in, cbuf, cbuf, buf);
 };
 
+// ---- T7: sparse entries (read by the all-reduce's O(k) reduce-scatter) ----
+
+/// T7: `static constexpr bool sparse_entries = true;` for a variable-size codec whose payload
+/// is a list of (index, value) entries [false]: decode() writes the entries' values at their
+/// indices and zeros elsewhere, and every entry costs at least 4 payload bytes (its f32
+/// value), so a payload of b bytes holds at most b / 4 entries. Read by
+/// `sparse_entry_codec<C>`: the all-reduce may then sum the ranks' entries region by region
+/// in O(k) bytes per rank (comm/detail/allreduce_sparse.hpp) instead of all-gathering the
+/// payloads. A wrapper whose payload is its inner codec's declares the inner codec's
+/// (error_feedback, dgc_memory).
+///
+///   static_assert(gradcomm::sparse_entry_codec<gradcomm::topk_codec>);
+template <class C>
+concept sparse_entry_codec = Codec<C> && !C::traits.fixed_size && !C::traits.two_round && requires {
+  requires C::sparse_entries;
+};
+
 }  // namespace v0
 }  // namespace gradcomm

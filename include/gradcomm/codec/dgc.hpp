@@ -93,6 +93,8 @@ class dgc_memory {
   using inner_type = Inner;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = true};
   static constexpr codec_id id = Inner::id;
+  /// The payload is the inner codec's, so are its entries (codec.hpp, T7).
+  static constexpr bool sparse_entries = sparse_entry_codec<Inner>;
 
   /// A default Inner; throws as the other constructor.
   explicit dgc_memory(dgc_params p = {}) requires std::default_initializable<Inner>

@@ -100,6 +100,8 @@ class error_feedback {
       .linear = Inner::traits.linear, .fixed_size = Inner::traits.fixed_size, .stateful = true};
   /// The inner codec's id: the payload is the inner codec's.
   static constexpr codec_id id = Inner::id;
+  /// The payload is the inner codec's, so are its entries (codec.hpp, T7).
+  static constexpr bool sparse_entries = sparse_entry_codec<Inner>;
   /// The payload is the inner codec's, so is its body (codec.hpp, T2).
   using linear_element = linear_element_t<Inner>;
 

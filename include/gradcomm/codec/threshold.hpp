@@ -60,6 +60,8 @@ class threshold_codec : public host_codec_calls<threshold_codec> {
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = false};
   static constexpr codec_id id = codec_id::threshold;
+  /// The payload lists (index, value) entries (codec.hpp, T7).
+  static constexpr bool sparse_entries = true;
 
   /// Throws invalid_argument for a negative or non-finite τ or an unknown rule or policy.
   explicit threshold_codec(threshold_params p = {}) : p_(p) {

@@ -85,6 +85,8 @@ class topk_codec : public host_codec_calls<topk_codec>,
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = false};
   static constexpr codec_id id = codec_id::topk;
+  /// The payload lists (index, value) entries (codec.hpp, T7).
+  static constexpr bool sparse_entries = true;
 
   /// Throws invalid_argument for a ratio outside (0, 1] or an unknown policy.
   explicit topk_codec(topk_params p = {}) : p_(p) {
@@ -192,6 +194,8 @@ class approx_topk_codec : public host_codec_calls<approx_topk_codec>,
   using value_type = float;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = false};
   static constexpr codec_id id = codec_id::topk;
+  /// The payload lists (index, value) entries (codec.hpp, T7).
+  static constexpr bool sparse_entries = true;
 
   /// Throws invalid_argument for a ratio outside (0, 1], a tolerance outside [0, 1) or an
   /// unknown policy.

@@ -21,17 +21,21 @@
 //  * variable-size (sparse) codecs: all-gather(v) of the payloads and decode_add in rank
 //    order; when the payloads add up to more than the f32 bucket twice over (the volume
 //    of a ring all-reduce of f32), each rank decodes its own payload and the dense
-//    values are all-reduced instead — same result, fewer bytes;
+//    values are all-reduced instead — same result, fewer bytes. Codecs whose payloads are
+//    (index, value) entries (codec.hpp, T7: top-k, threshold) also have an O(k) reduce-
+//    scatter that re-sparsifies region by region (comm/detail/allreduce_sparse.hpp), whose
+//    bytes per rank stay flat in N; a cost rule picks one of the three each round
+//    (allreduce_options::sparse overrides it, stats(b).algorithm shows it);
 //  * two-round codecs (PowerSGD): the transport's all-reduce of P, then of Q.
 // Every rank ends with bitwise identical values: every reduction that is not the
 // transport's own decodes the same payloads in the same order on every rank.
 //
 // Where the parts are: this header has the public class, its options and statistics;
 // comm/detail/buckets.hpp the choice of algorithm per bucket and the tensor segments;
-// comm/detail/allreduce_native.hpp, allreduce_sra.hpp, allreduce_allgather.hpp and
-// allreduce_two_round.hpp one algorithm each; comm/detail/allreduce_agreement.hpp the
-// check before the first round; comm/detail/buffer_ops.hpp the buffer operations the
-// algorithms ask of the execution context.
+// comm/detail/allreduce_native.hpp, allreduce_sra.hpp, allreduce_allgather.hpp,
+// allreduce_sparse.hpp and allreduce_two_round.hpp one algorithm each;
+// comm/detail/allreduce_agreement.hpp the check before the first round; comm/detail/buffer_ops.hpp
+// the buffer operations the algorithms ask of the execution context.
 #pragma once
 
 #include <gradcomm/codec/cast.hpp>
@@ -93,6 +97,10 @@ struct allreduce_options {
   /// travel uncompressed while the codec compresses. Unset, it goes to stderr; a lambda
   /// that does nothing silences it.
   std::function<void(const std::string&)> notice = nullptr;
+  /// The algorithm of a sparse-entry codec's buckets (top-k, threshold; codec.hpp, T7):
+  /// `automatic` picks all-gather, dense or the O(k) reduce-scatter each round by the cost
+  /// rule of comm/detail/allreduce_sparse.hpp; stats(b).algorithm says which ran.
+  sparse_allreduce sparse = sparse_allreduce::automatic;
 };
 
 /// What one bucket did, summed over its rounds (`rounds` of them).
@@ -110,6 +118,9 @@ struct bucket_stats {
   std::int64_t decode_ns = 0;
   std::int64_t wait_ns = 0;    ///< time in the transport (waiting for peers and moving bytes)
   double residual_norm = 0.0;  ///< ||e|| of this rank's error-feedback states, last round
+  /// The last round's algorithm (before any: the one the codec's traits call for); a
+  /// sparse-entry codec's bucket chooses allgather, dense or sparse_reduce_scatter per round.
+  detail::ar_algorithm algorithm = detail::ar_algorithm::allgather;
 };
 
 /// C, reduced by the all-reduce in one stage: every rank's payload is all-gathered and
@@ -398,6 +409,7 @@ class allreduce {
     s.decode_ns = bk.decode_ns.load(std::memory_order_relaxed);
     s.wait_ns = bk.wait_ns;
     s.residual_norm = bk.residual_norm;
+    s.algorithm = bk.algorithm;
     return s;
   }
 
@@ -443,6 +455,7 @@ class allreduce {
     std::atomic<std::int64_t> encode_ns{0}, decode_ns{0};
     std::int64_t wait_ns = 0;
     double residual_norm = 0.0;
+    detail::ar_algorithm algorithm = detail::ar_algorithm::allgather;
 
     host_view<float> view() {
       return direct ? host_view<float>(direct, elements) : host_view<float>(fused.data(), elements);
@@ -504,7 +517,8 @@ class allreduce {
     cut(true);
     for (std::size_t b = 0; b < buckets_.size(); ++b) {
       bucket& bk = buckets_[b];
-      const detail::ar_shape shape{bk.elements, ranks, me, static_cast<std::uint32_t>(b)};
+      const detail::ar_shape shape{bk.elements, ranks, me, static_cast<std::uint32_t>(b),
+                                   opt_.sparse};
       if (bk.segments.size() == 1)
         bk.direct = tensors_[bk.segments[0].tensor].view.data() + bk.segments[0].offset;
       else
@@ -518,6 +532,8 @@ class allreduce {
           bk.bf16 = std::make_unique<bf16_engine>(ctx_, bf16_codec{}, shape);
           break;
       }
+      bk.algorithm =
+          visit(bk, [](auto& eng) { return std::remove_reference_t<decltype(eng)>::algorithm; });
     }
   }
 
@@ -623,7 +639,8 @@ class allreduce {
             {"small_tensor_elems", opt_.small_tensor_elems},
             {"small_dtype", static_cast<std::uint64_t>(opt_.small_dtype)},
             {"op", static_cast<std::uint64_t>(opt_.op)},
-            {"seed", opt_.seed}};
+            {"seed", opt_.seed},
+            {"sparse", static_cast<std::uint64_t>(opt_.sparse)}};
   }
 
   // The size of the first compressed bucket, which the codec probe encodes (0: none).
@@ -679,6 +696,10 @@ class allreduce {
         bk.payload_bytes += bk.pending_payload;
         bk.residual_norm = residual;
         dense_rounds_ += tally.dense_rounds;
+        if (tally.path)
+          bk.algorithm = *tally.path;
+        else if (tally.dense_rounds)
+          bk.algorithm = detail::ar_algorithm::dense;
       }
     }
     std::lock_guard lock(mutex_);

@@ -43,14 +43,32 @@ class allreduce_allgather {
   template <class Tally>
   void finish(T& t, view_in<Ctx, const float>, view_in<Ctx, float> out, reduction op, std::uint32_t,
               std::uint64_t, Tally& st) {
+    const std::size_t total = gather_sizes(t);
+    // Break-even: a ring all-reduce of f32 moves 2(N-1)/N × 4n bytes per rank; the
+    // all-gather brings each rank the others' payloads, about (N-1)/N × total.
+    finish_gathered(t, out, op, total, shape_.ranks > 1 && total > 2 * shape_.n * sizeof(float),
+                    st);
+  }
+
+  double residual_norm() const { return ar_residual_norm(std::span<const C>(&codec_, 1)); }
+
+ protected:  // allreduce_sparse.hpp adds its O(k) round to these
+  // The first half of the round: every rank's payload size (ws_.counts); returns the total.
+  std::size_t gather_sizes(T& t) {
+    return allgather_payload_sizes(t, mine_, decoder_.max_encoded_bytes(shape_.n), shape_.n, ws_,
+                                   "allreduce");
+  }
+
+  // The second half: `dense`, each rank decodes its own payload and the dense values are
+  // all-reduced (a dense round in st.dense_rounds); otherwise the payloads (`total` bytes)
+  // are all-gathered and decoded in rank order.
+  template <class Tally>
+  void finish_gathered(T& t, view_in<Ctx, float> out, reduction op, std::size_t total, bool dense,
+                       Tally& st) {
     const float a = ar_scale_of(op, shape_.ranks);
     const std::size_t n = shape_.n;
     const auto mine = std::span<const std::byte>(ws_.local.data(), mine_);
-    const std::size_t total =
-        allgather_payload_sizes(t, mine_, decoder_.max_encoded_bytes(n), n, ws_, "allreduce");
-    // Break-even: a ring all-reduce of f32 moves 2(N-1)/N × 4n bytes per rank; the
-    // all-gather brings each rank the others' payloads, about (N-1)/N × total.
-    if (shape_.ranks > 1 && total > 2 * n * sizeof(float)) {
+    if (dense) {
       {
         scoped_timer d(st.decode_ns);
         decoder_.decode(mine, out);
@@ -65,9 +83,6 @@ class allreduce_allgather {
     allgather_payloads_decode_add(ctx_, decoder_, t, mine, total, out, ws_, a, st.decode_ns);
   }
 
-  double residual_norm() const { return ar_residual_norm(std::span<const C>(&codec_, 1)); }
-
- private:
   Ctx ctx_;
   ar_shape shape_;
   C codec_, decoder_;

@@ -14,12 +14,24 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
 
 namespace gradcomm {
 inline namespace v0 {
+
+/// Which algorithm the buckets of a sparse-entry codec (codec.hpp, T7: top-k, threshold,
+/// with or without error feedback or DGC) take each round (allreduce_options::sparse):
+/// `automatic` by the cost rule of comm/detail/allreduce_sparse.hpp, or always one of
+/// `allgather` (every rank receives every payload), `reduce_scatter` (O(k) per rank:
+/// regions summed and re-sparsified by their owners) or `dense` (each rank decodes its
+/// payload, the f32 values are all-reduced). Other codecs ignore it.
+///
+///   gradcomm::allreduce_options o{.sparse = gradcomm::sparse_allreduce::reduce_scatter};
+enum class sparse_allreduce : unsigned char { automatic, allgather, reduce_scatter, dense };
+
 namespace detail {
 
 inline constexpr std::size_t allreduce_align = 256;
@@ -44,7 +56,30 @@ concept reduces_natively =
   t.allreduce(in, out, reduce_op::sum);
 };
 
-enum class ar_algorithm { native, scatter_reduce_allgather, allgather, two_round };
+// The algorithms; the last two only as a round's choice of a variable-size codec's bucket
+// (bucket_stats::algorithm): dense, the f32 all-reduce of the decoded payloads, and
+// sparse_reduce_scatter, the O(k) scheme of comm/detail/allreduce_sparse.hpp.
+enum class ar_algorithm {
+  native,
+  scatter_reduce_allgather,
+  allgather,
+  two_round,
+  dense,
+  sparse_reduce_scatter
+};
+
+// "allgather", for messages and tables.
+inline const char* ar_algorithm_name(ar_algorithm a) noexcept {
+  switch (a) {
+    case ar_algorithm::native: return "native";
+    case ar_algorithm::scatter_reduce_allgather: return "scatter_reduce_allgather";
+    case ar_algorithm::allgather: return "allgather";
+    case ar_algorithm::two_round: return "two_round";
+    case ar_algorithm::dense: return "dense";
+    case ar_algorithm::sparse_reduce_scatter: return "sparse_reduce_scatter";
+  }
+  return "?";
+}
 
 template <Codec C, Transport T>
 constexpr ar_algorithm algorithm_for() {
@@ -60,11 +95,13 @@ constexpr ar_algorithm algorithm_for() {
 }
 
 // One bucket's reduction: n values over `ranks` ranks, this one `rank`; `id` is the
-// bucket's index (it keys the codecs' streams).
+// bucket's index (it keys the codecs' streams); `sparse` the choice of a sparse-entry
+// codec's algorithm (allreduce_options::sparse).
 struct ar_shape {
   std::size_t n;
   int ranks, rank;
   std::uint32_t id;
+  sparse_allreduce sparse = sparse_allreduce::automatic;
 };
 
 // The factor a round's sum is scaled by: 1/ranks for the mean, 1 for the sum.
@@ -104,6 +141,7 @@ struct ar_tensor {
 struct round_tally {
   std::atomic<std::int64_t> encode_ns{0}, decode_ns{0};
   std::uint64_t dense_rounds = 0;
+  std::optional<ar_algorithm> path;  // the round's algorithm where the engine chose one
 };
 
 }  // namespace detail

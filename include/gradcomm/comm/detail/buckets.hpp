@@ -7,6 +7,7 @@
 #include <gradcomm/comm/detail/allreduce_allgather.hpp>
 #include <gradcomm/comm/detail/allreduce_common.hpp>
 #include <gradcomm/comm/detail/allreduce_native.hpp>
+#include <gradcomm/comm/detail/allreduce_sparse.hpp>
 #include <gradcomm/comm/detail/allreduce_sra.hpp>
 #include <gradcomm/comm/detail/allreduce_two_round.hpp>
 #include <gradcomm/comm/detail/buffer_ops.hpp>
@@ -21,6 +22,13 @@ namespace gradcomm {
 inline namespace v0 {
 namespace detail {
 
+// The all-gather family's engine: a sparse-entry codec's (codec.hpp, T7) picks all-gather,
+// dense or the O(k) reduce-scatter each round (allreduce_sparse.hpp); any other's
+// all-gathers, dense past the break-even (allreduce_allgather.hpp).
+template <Codec C, Transport T, class Ctx>
+using allgather_engine = std::conditional_t<sparse_entry_codec<C>, allreduce_sparse<C, T, Ctx>,
+                                            allreduce_allgather<C, T, Ctx>>;
+
 // One bucket's reduction with codec C: the algorithm its traits call for
 // (algorithm_for). Each has the same calls: construction (ctx, codec prototype, shape),
 // prepare() on the caller's thread (encoding), finish() on the communication thread (the
@@ -31,7 +39,7 @@ using bucket_engine = std::conditional_t<
     std::conditional_t<
         algorithm_for<C, T>() == ar_algorithm::scatter_reduce_allgather, allreduce_sra<C, T, Ctx>,
         std::conditional_t<algorithm_for<C, T>() == ar_algorithm::two_round,
-                           allreduce_two_round<C, T, Ctx>, allreduce_allgather<C, T, Ctx>>>>;
+                           allreduce_two_round<C, T, Ctx>, allgather_engine<C, T, Ctx>>>>;
 
 // tensor[offset, offset + len) ↔ bucket[at, at + len)
 struct ar_segment {

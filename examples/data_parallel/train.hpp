@@ -72,6 +72,11 @@ struct train_config {
   /// > 0: each worker keeps its own momentum u <- m u + g and hands u to comm.step in
   /// place of g (the communicator's optimizer then runs without momentum).
   float worker_momentum = 0.0f;
+  /// Early training on the all-reduce (main.cpp): DGC's sparsity warm-up for top-k, this
+  /// many steps a stage (gradcomm::sparsity_warmup; 0: off), and steps PowerSGD sends
+  /// uncompressed first (allreduce_options::uncompressed_steps; 0: off).
+  std::uint64_t topk_warmup_steps = 0;
+  std::uint64_t powersgd_warmup_steps = 0;
 };
 
 /// One epoch of one configuration: a row of the CSV file. Traffic and timings are means

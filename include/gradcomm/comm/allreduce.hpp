@@ -93,6 +93,10 @@ struct allreduce_options {
   std::uint64_t seed = 0;
   /// Communication on a background thread (start() returns before it finished).
   bool overlap = true;
+  /// Rounds at the start in which every compressed bucket travels as f32 (the exact mean;
+  /// the codec is not called, so its error feedback starts at zero after them): PyTorch's
+  /// PowerSGD hook's start_powerSGD_iter. 0: compressed from the first round.
+  std::uint64_t uncompressed_steps = 0;
   /// What the communicator says once, on rank 0: that tensors under small_tensor_elems
   /// travel uncompressed while the codec compresses. Unset, it goes to stderr; a lambda
   /// that does nothing silences it.
@@ -462,12 +466,13 @@ class allreduce {
     }
   };
 
+  // A compressed bucket's first options.uncompressed_steps rounds take its f32 engine.
   template <class F>
-  static auto visit(bucket& bk, F&& f) {
+  auto visit(bucket& bk, F&& f) const {
     switch (bk.kind) {
       case bucket_kind::small_f32: return f(*bk.f32);
       case bucket_kind::small_bf16: return f(*bk.bf16);
-      default: return f(*bk.main);
+      default: return bk.rounds < opt_.uncompressed_steps ? f(*bk.f32) : f(*bk.main);
     }
   }
 
@@ -524,7 +529,11 @@ class allreduce {
       else
         bk.fused.resize(bk.elements);  // staging in the context's memory
       switch (bk.kind) {
-        case bucket_kind::main: bk.main = std::make_unique<main_engine>(ctx_, proto_, shape); break;
+        case bucket_kind::main:
+          bk.main = std::make_unique<main_engine>(ctx_, proto_, shape);
+          if (opt_.uncompressed_steps != 0)
+            bk.f32 = std::make_unique<f32_engine>(ctx_, identity_codec{}, shape);
+          break;
         case bucket_kind::small_f32:
           bk.f32 = std::make_unique<f32_engine>(ctx_, identity_codec{}, shape);
           break;
@@ -640,7 +649,8 @@ class allreduce {
             {"small_dtype", static_cast<std::uint64_t>(opt_.small_dtype)},
             {"op", static_cast<std::uint64_t>(opt_.op)},
             {"seed", opt_.seed},
-            {"sparse", static_cast<std::uint64_t>(opt_.sparse)}};
+            {"sparse", static_cast<std::uint64_t>(opt_.sparse)},
+            {"uncompressed_steps", opt_.uncompressed_steps}};
   }
 
   // The size of the first compressed bucket, which the codec probe encodes (0: none).

@@ -31,6 +31,7 @@
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/codec/sparse.hpp>
 #include <gradcomm/codec/vector_quant.hpp>
+#include <gradcomm/codec/warmup.hpp>
 
 #include <gradcomm/transport/local.hpp>
 #include <gradcomm/transport/mpi.hpp>  // a stub without gradcomm::mpi

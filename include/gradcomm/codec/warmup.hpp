@@ -140,6 +140,8 @@ class warmed_up {
   using inner_type = C;
   static constexpr codec_traits traits{.linear = false, .fixed_size = false, .stateful = true};
   static constexpr codec_id id = C::id;
+  /// T7: its payload is C's, so it is sparse entries where C's is.
+  static constexpr bool sparse_entries = sparse_entry_codec<C>;
 
   /// Throws invalid_argument for a bad schedule (sparsity_warmup::check). The target is
   /// the sparsifier's ratio at construction.

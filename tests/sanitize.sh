@@ -2,9 +2,9 @@
 # The unit and MPI tests under AddressSanitizer and UndefinedBehaviorSanitizer (ctest label
 # "sanitize"), every report fatal, built by GCC or clang in a build folder of their own.
 #
-#   sh tests/sanitize.sh gcc      # g++,     build-sanitize-gcc
+#   sh tests/sanitize.sh gcc      # g++,     build-sanitize-gcc (what CI runs)
 #   sh tests/sanitize.sh clang    # clang++, build-sanitize-clang
-#   sh tests/sanitize.sh both     # one after the other (what CI runs)
+#   sh tests/sanitize.sh both     # one after the other
 #
 # Environment: JOBS (default: number of cores), SANITIZERS (default address,undefined),
 # CTEST_ARGS (extra ctest arguments, e.g. -R local_transport). Needs what

@@ -257,6 +257,7 @@ struct advice {
   accuracy_class accuracy = accuracy_class::eight_bit;
   int world_size = 1;
   link_model link;
+  codec_speeds speeds;  ///< the measurements the model ran on (advise<T> again with another class)
   std::vector<bucket_advice> buckets;
   /// The advice of the largest bucket (the first of them on a tie): the pick for a trainer
   /// with one codec for all buckets.
@@ -449,6 +450,7 @@ advice advise(std::span<const std::size_t> bucket_values, int world_size, const 
   out.accuracy = accuracy;
   out.world_size = world_size;
   out.link = link;
+  out.speeds = speeds;
   for (std::size_t b = 0; b < bucket_values.size(); ++b) {
     const std::size_t n = bucket_values[b];
     bucket_advice ba;
@@ -548,7 +550,9 @@ link_model probe_link(T& t, const advise_options& options = {}) {
 
 /// Each candidate's encode, decode and decode_add speed on this machine, timed on one
 /// buffer of each distinct size in `bucket_values` (sizes above max_timed_values are timed
-/// at that many), the fastest of `codec_reps` calls after one untimed call. Local: no
+/// at that many), the mean of `codec_reps` calls after one untimed call (the mean, not the
+/// fastest: on a machine whose cores are shared, a short call that runs undisturbed says
+/// less about a training step's share of the CPU than the mean does). Local: no
 /// transport, so ranks differ; advise(t, ...) takes the slowest rank's rates.
 ///
 ///   gradcomm::codec_speeds s = gradcomm::measure_codec_speeds(std::vector<std::size_t>{1 << 20});
@@ -578,21 +582,22 @@ inline codec_speeds measure_codec_speeds(std::span<const std::size_t> bucket_val
             const host_view<float> o(acc.data(), n);
             std::size_t bytes = codec.encode(in, std::span<std::byte>(wire));
             codec.decode_add(std::span<const std::byte>(wire.data(), bytes), o);
-            double te = 1e300, td = 1e300, ta = 1e300;
+            double te = 0, td = 0, ta = 0;
             for (int i = 0; i < options.codec_reps; ++i) {
               auto t0 = std::chrono::steady_clock::now();
               bytes = codec.encode(in, std::span<std::byte>(wire));
-              te = std::min(te, detail::advise_seconds_since(t0));
+              te += detail::advise_seconds_since(t0);
               const std::span<const std::byte> payload(wire.data(), bytes);
               t0 = std::chrono::steady_clock::now();
               codec.decode(payload, o);
-              td = std::min(td, detail::advise_seconds_since(t0));
+              td += detail::advise_seconds_since(t0);
               t0 = std::chrono::steady_clock::now();
               codec.decode_add(payload, o);
-              ta = std::min(ta, detail::advise_seconds_since(t0));
+              ta += detail::advise_seconds_since(t0);
             }
             const double dn = static_cast<double>(n);
-            out.rates.push_back({c, n, te / dn, td / dn, ta / dn});
+            const double reps = options.codec_reps;
+            out.rates.push_back({c, n, te / reps / dn, td / reps / dn, ta / reps / dn});
           },
           options.seed);
     }

@@ -286,6 +286,9 @@ struct advise_options {
   /// Codecs are timed on at most this many values (their rate per value is taken as it is
   /// for larger buckets).
   std::size_t max_timed_values = std::size_t{1} << 22;
+  /// Bytes of inputs and codec states the timed calls cycle through (up to 8 copies of a
+  /// bucket): calls on one cache-warm buffer run faster than a step's buckets do.
+  std::size_t cold_bytes = std::size_t{32} << 20;
   std::uint64_t seed = 0;
 };
 
@@ -409,16 +412,18 @@ inline std::string advise_label(const candidate_prediction& p) {
   return std::string(advised_codec_name(p.codec)) + " " + ar_algorithm_name(p.algorithm);
 }
 
-// A deterministic input for timing codecs: values of both signs and several magnitudes.
+// A deterministic input for timing codecs, gradient-like: symmetric about 0, nearly
+// Gaussian (a sum of four uniforms), so that selections (top-k) see the spread they see in
+// training.
 inline void advise_fill(std::vector<float>& v, std::uint64_t seed) {
   std::uint64_t s = seed * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull;
-  for (float& x : v) {
+  auto uniform = [&] {
     s ^= s << 13;
     s ^= s >> 7;
     s ^= s << 17;
-    const double u = static_cast<double>(s >> 11) * (1.0 / 9007199254740992.0);  // [0, 1)
-    x = static_cast<float>((u - 0.5) * (1.0 + 8.0 * u * u));
-  }
+    return static_cast<double>(s >> 11) * (1.0 / 9007199254740992.0);  // [0, 1)
+  };
+  for (float& x : v) x = static_cast<float>(uniform() + uniform() + uniform() + uniform() - 2.0);
 }
 
 }  // namespace detail
@@ -550,7 +555,8 @@ link_model probe_link(T& t, const advise_options& options = {}) {
 
 /// Each candidate's encode, decode and decode_add speed on this machine, timed on one
 /// buffer of each distinct size in `bucket_values` (sizes above max_timed_values are timed
-/// at that many), the mean of `codec_reps` calls after one untimed call (the mean, not the
+/// at that many), the mean of max(`codec_reps`, copies) calls cycling through copies of the
+/// buffer and the codec (cold_bytes in all) after one untimed call on each (the mean, not the
 /// fastest: on a machine whose cores are shared, a short call that runs undisturbed says
 /// less about a training step's share of the CPU than the mean does). Local: no
 /// transport, so ranks differ; advise(t, ...) takes the slowest rank's rates.
@@ -567,37 +573,48 @@ inline codec_speeds measure_codec_speeds(std::span<const std::size_t> bucket_val
   std::sort(sizes.begin(), sizes.end());
   sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
   codec_speeds out;
-  std::vector<float> input, acc;
+  std::vector<std::vector<float>> inputs, accs;
   std::vector<std::byte> wire;
   for (std::size_t n : sizes) {
-    input.resize(n);
-    acc.assign(n, 0.0f);
-    detail::advise_fill(input, options.seed + n);
+    // Copies enough to stream through options.cold_bytes (input and error-feedback state:
+    // 8 bytes a value), so that the timed calls run from memory as a step's buckets do.
+    const std::size_t copies = std::clamp<std::size_t>(options.cold_bytes / (8 * n) + 1, 1, 8);
+    inputs.assign(copies, std::vector<float>(n));
+    accs.assign(copies, std::vector<float>(n, 0.0f));
+    for (std::size_t k = 0; k < copies; ++k)
+      detail::advise_fill(inputs[k], options.seed + n + 7919 * k);
+    const int calls = std::max<int>(options.codec_reps, static_cast<int>(copies));
     for (advised_codec c : advised_codecs()) {
       with_advised_codec(
           c,
-          [&](auto codec) {
-            wire.resize(codec.max_encoded_bytes(n));
-            const host_view<const float> in(input.data(), n);
-            const host_view<float> o(acc.data(), n);
-            std::size_t bytes = codec.encode(in, std::span<std::byte>(wire));
-            codec.decode_add(std::span<const std::byte>(wire.data(), bytes), o);
+          [&](auto proto) {
+            using C = decltype(proto);
+            std::vector<C> codecs(copies, proto);
+            wire.resize(proto.max_encoded_bytes(n));
+            for (std::size_t k = 0; k < copies; ++k) {  // untimed: first touch of the states
+              const std::size_t bytes = codecs[k].encode(
+                  host_view<const float>(inputs[k].data(), n), std::span<std::byte>(wire));
+              codecs[k].decode_add(std::span<const std::byte>(wire.data(), bytes),
+                                   host_view<float>(accs[k].data(), n));
+            }
             double te = 0, td = 0, ta = 0;
-            for (int i = 0; i < options.codec_reps; ++i) {
+            for (int i = 0; i < calls; ++i) {
+              const std::size_t k = static_cast<std::size_t>(i) % copies;
+              const host_view<float> o(accs[k].data(), n);
               auto t0 = std::chrono::steady_clock::now();
-              bytes = codec.encode(in, std::span<std::byte>(wire));
+              const std::size_t bytes = codecs[k].encode(
+                  host_view<const float>(inputs[k].data(), n), std::span<std::byte>(wire));
               te += detail::advise_seconds_since(t0);
               const std::span<const std::byte> payload(wire.data(), bytes);
               t0 = std::chrono::steady_clock::now();
-              codec.decode(payload, o);
+              codecs[k].decode(payload, o);
               td += detail::advise_seconds_since(t0);
               t0 = std::chrono::steady_clock::now();
-              codec.decode_add(payload, o);
+              codecs[k].decode_add(payload, o);
               ta += detail::advise_seconds_since(t0);
             }
-            const double dn = static_cast<double>(n);
-            const double reps = options.codec_reps;
-            out.rates.push_back({c, n, te / reps / dn, td / reps / dn, ta / reps / dn});
+            const double per = static_cast<double>(calls) * static_cast<double>(n);
+            out.rates.push_back({c, n, te / per, td / per, ta / per});
           },
           options.seed);
     }

@@ -280,7 +280,7 @@ struct advice {
 ///
 ///   gradcomm::advise(t, sizes, gradcomm::accuracy_class::any, {.probe_reps = 9});
 struct advise_options {
-  int probe_reps = 8;                              ///< timed exchanges of each probe size
+  int probe_reps = 5;                              ///< timed exchanges of each probe size
   std::size_t probe_bytes = std::size_t{2} << 20;  ///< the large probe message (the small: 8 B)
   int codec_reps = 3;                              ///< timed calls of each codec operation
   /// Codecs are timed on at most this many values (their rate per value is taken as it is
@@ -511,9 +511,9 @@ advice advise(std::span<const std::size_t> bucket_values, int world_size, const 
 
 /// The link's α and β measured through the transport (collective: every rank calls it at
 /// the same point of its sequence of collectives). Every rank sends to its successor and
-/// receives from its predecessor at once, `probe_reps` times back to back an 8-byte message,
-/// then a `probe_bytes` one; α is the mean time of a small exchange, β the mean extra time
-/// of a large one per extra byte; each is the largest over the ranks, so that every rank
+/// receives from its predecessor at once, `probe_reps` times an 8-byte message and a
+/// `probe_bytes` one; α is the median time of the small exchange, β the median extra time
+/// of the large one per extra byte; each is the largest over the ranks, so that every rank
 /// returns the same. One rank: no link, {0, 0}.
 ///
 ///   gradcomm::link_model l = gradcomm::probe_link(transport);
@@ -534,18 +534,20 @@ link_model probe_link(T& t, const advise_options& options = {}) {
     auto req = t.post(s, r);
     t.wait(req);
   };
-  // probe_reps exchanges back to back after one barrier, timed together: a lone exchange
-  // after a barrier measures how late the last rank left it (scheduling, on shared cores)
-  // more than the link, and a ring's steps follow each other in the same way.
-  auto mean_time = [&](std::size_t bytes) {
+  auto median_time = [&](std::size_t bytes) {
     exchange(bytes);  // connections open on first use
-    t.barrier();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < options.probe_reps; ++i) exchange(bytes);
-    return detail::advise_seconds_since(t0) / options.probe_reps;
+    std::vector<double> times;
+    for (int i = 0; i < options.probe_reps; ++i) {
+      t.barrier();
+      const auto t0 = std::chrono::steady_clock::now();
+      exchange(bytes);
+      times.push_back(detail::advise_seconds_since(t0));
+    }
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
   };
   const std::size_t small = 8, large = options.probe_bytes;
-  const double ts = mean_time(small), tl = mean_time(large);
+  const double ts = median_time(small), tl = median_time(large);
   double m[2] = {ts, std::max(tl - ts, tl * 1e-3) / static_cast<double>(large - small)};
   t.allreduce(std::span<const double>(m), std::span<double>(m), reduce_op::max);
   return {m[0], m[1]};

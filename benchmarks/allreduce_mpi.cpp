@@ -24,6 +24,16 @@
 // The link is measured first — rank 0 → 1 alone, then every rank → its successor at once
 // (what a ring all-reduce needs of each host's link), in Gbit/s — and with it the time a
 // ring all-reduce of f32 would take at that rate. --link measures it and stops.
+//
+// --advise checks gradcomm::advise (comm/advise.hpp) against measurement: it runs the advisor
+// on the MPI transport with this run's buckets (--mib cut into --bucket-mib buckets) for every
+// accuracy class, then measures every candidate codec as a row (as above) and prints, per
+// candidate, the model's prediction beside the measured median, and per class the pick (the
+// largest bucket's) beside the measured fastest codec of the class and uncompressed (none:
+// gradcomm's own f32 ring). Targets: the pick within 10 % of the fastest of its class, and
+// never slower than none.
+//
+//   mpirun -np 2 build/benchmarks/bench_allreduce_mpi --advise --mib 16 --reps 3 --no-targets
 #include <gradcomm/codec/cast.hpp>
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
@@ -31,6 +41,7 @@
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/codec/sparse.hpp>
+#include <gradcomm/comm/advise.hpp>
 #include <gradcomm/comm/allreduce.hpp>
 #include <gradcomm/core/counters.hpp>
 #include <gradcomm/transport/mpi.hpp>
@@ -71,6 +82,7 @@ struct options {
   std::string label;     // printed in the header (e.g. "2 hosts at 1gbit")
   bool targets = true;   // judge the ratios against the targets (shaped links only)
   bool link = false;     // measure the link instead
+  bool advise = false;   // check the advisor against measured rows
   double link_mib = 16;  // bytes per link measurement, in MiB
   double bucket_mib = static_cast<double>(gc::allreduce_options{}.bucket_bytes) / (1 << 20);
 };
@@ -88,6 +100,7 @@ void print_usage(const char* why) {
       "usage: bench_allreduce_mpi [--mib M] [--bucket-mib B] [--reps K] [--warmup W] [--csv FILE]\n"
       "                           [--only row,row,...] [--label TEXT] [--no-targets]\n"
       "       bench_allreduce_mpi --link [--link-mib M]\n"
+      "       bench_allreduce_mpi --advise [--mib M] [--bucket-mib B] [--reps K] [--label TEXT]\n"
       "rows: mpi_allreduce_f32 (both baselines) identity_f32 bf16 scalar_8bit_ef "
       "sign_ef topk_1pct_ef powersgd_r4\n",
       why);
@@ -104,6 +117,7 @@ options parse(int argc, char** argv) {
                             {"--label", [&](const char* v) { o.label = v; }},
                             {"--no-targets", [&](const char*) { o.targets = false; }, true},
                             {"--link", [&](const char*) { o.link = true; }, true},
+                            {"--advise", [&](const char*) { o.advise = true; }, true},
                             {"--bucket-mib", [&](const char* v) { o.bucket_mib = std::atof(v); }},
                             {"--link-mib", [&](const char* v) { o.link_mib = std::atof(v); }}});
   // MPI counts are ints: keep the element count below 2^31.
@@ -468,6 +482,103 @@ link_rates measure_link(const options& o, int rank, int size) {
   return {bits / one_way * 1e-9, bits / ring * 1e-9};
 }
 
+// The bucket sizes the all-reduce makes of w.work (one tensor): full buckets of
+// bucket_bytes (rounded down to 256 values), then the rest.
+std::vector<std::size_t> bucket_sizes(const workload& w) {
+  const std::size_t cap = w.bucket_bytes / sizeof(float) / 256 * 256;
+  std::vector<std::size_t> sizes;
+  for (std::size_t off = 0; off < w.work.size(); off += cap)
+    sizes.push_back(std::min(cap, w.work.size() - off));
+  return sizes;
+}
+
+// --advise: the advisor's picks for every class beside every candidate measured.
+void run_advise(workload& w, const options& o, const std::string& hosts) {
+  const std::vector<std::size_t> sizes = bucket_sizes(w);
+  gc::mpi_transport transport(MPI_COMM_WORLD);
+  const double t0 = MPI_Wtime();
+  const gc::advice any = gc::advise(transport, sizes, gc::accuracy_class::any);
+  const double advise_s = MPI_Wtime() - t0;
+  std::vector<gc::advice> by_class;
+  for (auto c : {gc::accuracy_class::lossless, gc::accuracy_class::sixteen_bit,
+                 gc::accuracy_class::eight_bit, gc::accuracy_class::any})
+    by_class.push_back(gc::advise<gc::mpi_transport>(sizes, w.size, any.link, any.speeds, c));
+  baseline_log log;
+  std::vector<row> rows;
+  for (gc::advised_codec c : gc::advised_codecs())
+    gc::with_advised_codec(c, [&](auto codec) {
+      rows.push_back(
+          run_codec(w, o, log, std::string(gc::advised_codec_name(c)), 0, std::move(codec)));
+    });
+  if (w.rank != 0) return;
+  auto measured = [&](gc::advised_codec c) {
+    for (const row& r : rows)
+      if (r.name == gc::advised_codec_name(c)) return r.median_s;
+    return 0.0;
+  };
+  auto predicted = [&](gc::advised_codec c) {
+    double s = 0;
+    for (const auto& b : any.buckets)
+      for (const auto& p : b.candidates)
+        if (p.codec == c) s += p.predicted_s;
+    return s;
+  };
+  auto algorithm = [&](gc::advised_codec c) {
+    for (const auto& p : any.largest().candidates)
+      if (p.codec == c) return gc::detail::ar_algorithm_name(p.algorithm);
+    return "?";
+  };
+  std::printf("\n# bench_allreduce_mpi --advise%s%s: %d ranks on %s\n",
+              o.label.empty() ? "" : " — ", o.label.c_str(), w.size, hosts.c_str());
+  std::printf(
+      "# %.0f MiB of f32 a rank in %zu buckets of up to %zu MiB; %d timed calls a row after %d "
+      "warm-up; the advisor took %.2f s (probe and codec timing)\n",
+      o.mib, sizes.size(), w.bucket_bytes >> 20, o.reps, o.warmup, advise_s);
+  std::printf("# probed link: α %.1f µs, β %.3f Gbit/s; MPI_Allreduce of f32 (all calls): %s\n\n",
+              any.link.latency_s * 1e6, any.link.gbit_per_s(), spread(log.plain).c_str());
+  for (const auto& b : by_class.back().buckets)
+    if (&b == &by_class.back().buckets.front() || b.values != by_class.back().buckets[0].values)
+      std::printf("# any: %s\n", b.why.c_str());
+  auto part = [&](gc::advised_codec c, bool wire) {
+    double s = 0;
+    for (const auto& b : any.buckets)
+      for (const auto& p : b.candidates)
+        if (p.codec == c) s += wire ? p.wire_s : p.compute_s;
+    return s;
+  };
+  std::printf(
+      "\n| codec | algorithm (largest bucket) | predicted ms (compute + wire) | measured ms | "
+      "measured / predicted | measured encode + decode ms, in transport ms (rank 0) |\n"
+      "|---|---|---:|---:|---:|---:|\n");
+  for (gc::advised_codec c : gc::advised_codecs()) {
+    const row* r = nullptr;
+    for (const row& x : rows)
+      if (x.name == gc::advised_codec_name(c)) r = &x;
+    std::printf("| %s | %s | %.1f (%.1f + %.1f) | %.1f | %.2f | %.1f + %.1f, %.1f |\n",
+                gc::advised_codec_name(c).data(), algorithm(c), predicted(c) * 1e3,
+                part(c, false) * 1e3, part(c, true) * 1e3, measured(c) * 1e3,
+                measured(c) / std::max(predicted(c), 1e-12), r ? r->encode_s * 1e3 : 0.0,
+                r ? r->decode_s * 1e3 : 0.0, r ? r->wait_s * 1e3 : 0.0);
+  }
+  std::printf(
+      "\n| class | pick | pick ms | fastest of class | its ms | pick / fastest | none ms "
+      "| pick ≤ 1.10 × fastest | pick ≤ none |\n|---|---|---:|---|---:|---:|---:|---|---|\n");
+  const double none_ms = measured(gc::advised_codec::none) * 1e3;
+  for (const gc::advice& a : by_class) {
+    const gc::advised_codec pick = a.largest().codec;
+    gc::advised_codec fastest = gc::advised_codec::none;
+    for (gc::advised_codec c : gc::advised_codecs())
+      if (gc::advised_codec_class(c) <= a.accuracy && measured(c) < measured(fastest)) fastest = c;
+    const double pick_ms = measured(pick) * 1e3, fast_ms = measured(fastest) * 1e3;
+    std::printf("| %s | %s | %.1f | %s | %.1f | %.3f | %.1f | %s | %s |\n",
+                gc::accuracy_class_name(a.accuracy).data(), gc::advised_codec_name(pick).data(),
+                pick_ms, gc::advised_codec_name(fastest).data(), fast_ms, pick_ms / fast_ms,
+                none_ms, pick_ms <= 1.10 * fast_ms ? "met" : "MISSED",
+                pick_ms <= none_ms ? "met" : "MISSED");
+  }
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -497,6 +608,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     workload w = make_workload(o, rank, size);
+    if (o.advise) {
+      run_advise(w, o, hosts);
+      return 0;
+    }
     std::vector<row> rows;
     baseline_log log;
     if (mpi_bench::wanted(o.only, "mpi_allreduce_f32")) {

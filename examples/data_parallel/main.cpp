@@ -5,13 +5,20 @@
 //   gradcomm_data_parallel                        # 4 threads, codecs none and int8
 //   gradcomm_data_parallel --codecs none,sign,topk,powersgd --epochs 5 --csv runs.csv
 //   mpirun -np 4 gradcomm_data_parallel --transport mpi --codec int8
+//   gradcomm_data_parallel --codec auto --accuracy 8bit  # the advisor picks (comm/advise.hpp)
 //   gradcomm_data_parallel --codecs none,int8 --evals-per-epoch 4 --target-accuracy 0.85
 //       # time to accuracy: each stops at the first evaluation reaching 85 %
 //       # (benchmarks/time_to_accuracy.sh runs it on the shaped network)
 //
-// Codecs (--codec / --codecs): none (f32 as is), bf16, int8 (8 bits, blocks of 256, with
-// error feedback), sign (1 bit, blocks of 256, error feedback), topk (1 %, error feedback),
-// powersgd (rank 4, its own error feedback). On the all-reduce, sign compresses each
+// Codecs (--codec / --codecs): none (f32 as is), bf16, fp16, int8 and int4 (8 and 4 bits,
+// blocks of 256, with error feedback), sign (1 bit, blocks of 256, error feedback), topk
+// (1 %, error feedback), powersgd (rank 4, its own error feedback), and auto:
+// gradcomm::advise (comm/advise.hpp) probes the link, times the codecs and predicts each
+// bucket's all-reduce on the transport the run uses, prints one line per bucket (rank 0),
+// and the run trains with the pick for the largest bucket within --accuracy (lossless,
+// 16bit, 8bit, any; default 8bit): this example has one codec for all buckets. The
+// advisor predicts sign's scatter-reduce-allgather; the example runs sign all-gathered on
+// the worker's momentum (below), N / 2 times the bytes. On the all-reduce, sign compresses each
 // worker's momentum rather than its gradient, in one stage (see compresses_momentum), and
 // PowerSGD sends f32 for its first --powersgd-warmup steps (PyTorch's start_powerSGD_iter;
 // on by default), and with --topk-warmup N top-k sends 25 %, 6.25 %, 1.5625 % for N steps
@@ -43,6 +50,7 @@
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/codec/sparse.hpp>
 #include <gradcomm/codec/warmup.hpp>
+#include <gradcomm/comm/advise.hpp>
 #include <gradcomm/comm/allreduce.hpp>
 #include <gradcomm/comm/gossip.hpp>
 #include <gradcomm/comm/optimizer.hpp>
@@ -103,7 +111,8 @@ const backend_info* find_backend(std::string_view name) {
   return nullptr;
 }
 
-constexpr const char* codec_names[] = {"none", "bf16", "int8", "sign", "topk", "powersgd"};
+constexpr const char* codec_names[] = {"none", "bf16", "fp16",     "int8", "int4",
+                                       "sign", "topk", "powersgd", "auto"};
 
 using sign_ef = gradcomm::error_feedback<gradcomm::sign_codec>;
 
@@ -113,8 +122,11 @@ void with_codec(std::string_view name, std::uint64_t seed, F&& f) {
   namespace gc = gradcomm;
   if (name == "none") return f(gc::identity_codec{});
   if (name == "bf16") return f(gc::bf16_codec{});
+  if (name == "fp16") return f(gc::f16_codec{});
   if (name == "int8")
     return f(gc::error_feedback<gc::scalar_quant_codec>(gc::scalar_quant_codec({.bits = 8})));
+  if (name == "int4")
+    return f(gc::error_feedback<gc::scalar_quant_codec>(gc::scalar_quant_codec({.bits = 4})));
   if (name == "sign") return f(sign_ef(gc::sign_codec(256)));
   if (name == "topk") return f(gc::error_feedback<gc::topk_codec>(gc::topk_codec({.ratio = 0.01})));
   if (name == "powersgd") return f(gc::powersgd_codec({.rank = 4, .seed = seed}));
@@ -135,6 +147,7 @@ template <class C>
 constexpr bool compresses_momentum_v = std::is_same_v<C, sign_ef>;
 
 bool compresses_momentum(std::string_view codec) {
+  if (codec == "auto") return false;  // said once the advisor picked
   bool r = false;
   with_codec(codec, 0, [&]<class C>(const C&) { r = compresses_momentum_v<C>; });
   return r;
@@ -277,12 +290,49 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
   unsupported(t.rank(), "unknown communicator " + cfg.comm);
 }
 
+/// --codec auto: gradcomm::advise over this run's transport with the all-reduce's
+/// compressed buckets (the layout of make_allreduce, read from a communicator that is laid
+/// out and never started), its lines on rank 0, and the name of the largest bucket's pick.
+/// Collective: every rank calls it before training.
+template <gradcomm::Transport T>
+std::string advised_codec_for(T& t, dp::worker& w, const dp::train_config& cfg,
+                              gradcomm::accuracy_class accuracy) {
+  std::vector<std::size_t> sizes;
+  {
+    auto layout = make_allreduce(t, gradcomm::identity_codec{}, w, cfg);
+    for (std::size_t b = 0; b < layout->bucket_count(); ++b)
+      if (layout->stats(b).compressed) sizes.push_back(layout->stats(b).elements);
+  }
+  const gradcomm::advice a = gradcomm::advise(t, sizes, accuracy);
+  const std::string pick(gradcomm::advised_codec_name(a.largest().codec));
+  if (t.rank() == 0) {
+    std::fprintf(stderr,
+                 "auto (%s, %d workers): link probed at %.1f µs and %.3f Gbit/s; per bucket:\n",
+                 gradcomm::accuracy_class_name(accuracy).data(), t.size(), a.link.latency_s * 1e6,
+                 a.link.gbit_per_s());
+    for (const auto& b : a.buckets) std::fprintf(stderr, "  %s\n", b.why.c_str());
+    std::fprintf(
+        stderr,
+        "auto: training with %s, the pick for the largest bucket (this example sends "
+        "every bucket with one codec)%s\n",
+        pick.c_str(),
+        compresses_momentum(pick) ? "; sign runs all-gathered on the workers' momentum" : "");
+  }
+  return pick;
+}
+
 /// One configuration on one rank: identical initial parameters, then training.
 template <gradcomm::Transport T>
 std::vector<dp::epoch_result> run_worker(T& t, const dp::fashion_mnist& data,
-                                         const dp::train_config& cfg, dp::progress& bar) {
-  dp::worker w(input_units, hidden_units, classes, cfg.batch);
-  w.net.init(w.params, cfg.seed);  // Philox-keyed: the same bits on every rank
+                                         const dp::train_config& config, dp::progress& bar,
+                                         gradcomm::accuracy_class accuracy) {
+  dp::worker w(input_units, hidden_units, classes, config.batch);
+  w.net.init(w.params, config.seed);  // Philox-keyed: the same bits on every rank
+  dp::train_config cfg = config;
+  if (cfg.codec == "auto") {
+    if (cfg.comm != "allreduce") unsupported(t.rank(), "--codec auto advises the all-reduce only");
+    cfg.codec = advised_codec_for(t, w, cfg, accuracy);
+  }
   std::vector<dp::epoch_result> rows;
   with_codec(cfg.codec, cfg.seed,
              [&](auto codec) { rows = run_backend(t, std::move(codec), w, data, cfg, bar); });
@@ -296,6 +346,7 @@ struct options {
   std::string data = dp::fashion_mnist_default_dir;
   std::string csv;
   int workers = 4;
+  std::string accuracy = "8bit";  // --codec auto's class
 };
 
 /// One configuration's outcome: its epochs, or why it stopped.
@@ -490,7 +541,7 @@ int run(const options& o, int rank_hint, int world_size) {
         gradcomm::local_world world(o.workers + find_backend(o.train.comm)->servers,
                                     std::chrono::minutes(2));
         world.run([&](gradcomm::local_transport& t) {
-          auto mine = run_worker(t, data, cfg, bar);
+          auto mine = run_worker(t, data, cfg, bar, gradcomm::parse_accuracy_class(o.accuracy));
           if (t.rank() == 0) run.rows = std::move(mine);
         });
       } catch (const std::exception& e) {
@@ -507,7 +558,7 @@ int run(const options& o, int rank_hint, int world_size) {
     else {
       // A rank that fails here ends the job (main): the others cannot go on without it.
       gradcomm::mpi_transport t(MPI_COMM_WORLD, std::chrono::minutes(2));
-      run.rows = run_worker(t, data, cfg, bar);
+      run.rows = run_worker(t, data, cfg, bar, gradcomm::parse_accuracy_class(o.accuracy));
     }
 #endif
     if (talk && !o.csv.empty() && !write_csv(o.csv, runs)) return 1;
@@ -537,6 +588,11 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::IsMember(all_codecs))
       ->excludes(one);
+  app.add_option("--accuracy", o.accuracy,
+                 "--codec auto: the accuracy class the advisor picks within (lossless: f32; "
+                 "16bit: bf16, fp16; 8bit: int8; any: int4, sign, topk, powersgd too)")
+      ->check(CLI::IsMember({"lossless", "16bit", "8bit", "any"}))
+      ->capture_default_str();
   app.add_option("--comm", o.train.comm, "the communicator")
       ->check(CLI::IsMember(all_backends))
       ->capture_default_str();

@@ -37,6 +37,7 @@
 #include <gradcomm/transport/mpi.hpp>  // a stub without gradcomm::mpi
 #include <gradcomm/transport/transport.hpp>
 
+#include <gradcomm/comm/advise.hpp>
 #include <gradcomm/comm/allgather_reduce.hpp>
 #include <gradcomm/comm/allreduce.hpp>
 #include <gradcomm/comm/communicator.hpp>

@@ -36,6 +36,7 @@
 #include "train.hpp"
 
 #include <gradcomm/codec/cast.hpp>
+#include <gradcomm/codec/dgc.hpp>
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/powersgd.hpp>
@@ -193,14 +194,43 @@ auto make_allreduce(T& t, C codec, dp::worker& w, const dp::train_config& cfg) {
 /// all-reduce's 85.46 %, spread 2.3 points: this program at commit 09205fa); on the workers
 /// it gains 0.15 (85.61 %), and 8-bit pushes 0.27 (gradcomm_data_parallel --comm ps --codec
 /// none|int8 --epochs 1 --seed 1|2|3).
-template <class C, gradcomm::AsyncTransport T>
-auto make_ps(T& t, C codec, const dp::train_config& cfg) {
+template <class C, class P, gradcomm::AsyncTransport T>
+auto make_ps(T& t, C codec, P pull, const dp::train_config& cfg, float server_momentum) {
   gradcomm::ps_options o;
   o.servers = 1;
   o.staleness = gradcomm::unbounded_staleness;
   o.seed = cfg.seed;
-  return std::make_unique<gradcomm::parameter_server<C, T>>(
-      t, std::move(codec), o, sgd_for(cfg, cfg.lr / static_cast<float>(t.size() - o.servers)));
+  o.pull = cfg.ps_pull == "f32" ? gradcomm::pull_encoding::f32 : gradcomm::pull_encoding::codec;
+  const float lr = gradcomm::ps_server_lr(cfg.lr, t.size() - o.servers);
+  return std::make_unique<gradcomm::parameter_server<C, T, gradcomm::sgd, P>>(
+      t, std::move(codec), std::move(pull), o,
+      gradcomm::sgd({.lr = lr, .momentum = server_momentum}));
+}
+
+/// The parameter server's pull codec that cfg.ps_pull names, for push codec C, handed to f;
+/// false when it does not apply to C.
+template <class C, class F>
+bool with_pull_codec(const C& codec, const dp::train_config& cfg, int workers, F&& f) {
+  namespace gc = gradcomm;
+  if (cfg.ps_pull == "codec" || cfg.ps_pull == "f32") {
+    f(gc::detail::ps_pull_codec<C>::make(codec));
+    return true;
+  }
+  if (cfg.ps_pull == "bf16") {
+    f(gc::bf16_codec{});
+    return true;
+  }
+  if (cfg.ps_pull == "int8") {
+    f(gc::scalar_quant_codec({.bits = 8}));
+    return true;
+  }
+  if constexpr (std::is_same_v<C, gc::error_feedback<gc::topk_codec>>) {
+    if (cfg.ps_pull == "topk-union") {
+      f(gc::topk_codec({.ratio = std::min(1.0, codec.inner().ratio() * workers)}));
+      return true;
+    }
+  }
+  return false;
 }
 
 /// Gossip keeps the codec's error feedback in its public copies: the codec travels bare.
@@ -219,6 +249,7 @@ auto make_gossip(T& t, C codec, const dp::train_config& cfg) {
   using B = decltype(bare(std::move(codec)));
   gradcomm::gossip_options o;
   o.seed = cfg.seed;
+  if (cfg.gossip_gamma > 0.0f) o.gamma = cfg.gossip_gamma;
   return std::make_unique<gradcomm::gossip<B, T, G>>(t, G{}, bare(std::move(codec)),
                                                      sgd_for(cfg, cfg.lr), o);
 }
@@ -255,8 +286,28 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
     if (cfg.comm == "ps") {
       if constexpr (gradcomm::AsyncTransport<T>) {
         dp::train_config c = cfg;
+        const int workers = t.size() - 1;
+        std::vector<dp::epoch_result> rows;
+        if constexpr (std::is_same_v<C, gradcomm::error_feedback<gradcomm::topk_codec>>) {
+          if (cfg.ps_dgc) {
+            // DGC's memory keeps the momentum (and masks it where sent): no momentum on the
+            // worker or the server.
+            gradcomm::dgc_memory<gradcomm::topk_codec> dgc(codec.inner(), {.momentum = momentum});
+            if (!with_pull_codec(codec, c, workers, [&](auto pull) {
+                  rows = dp::train(*make_ps(t, std::move(dgc), std::move(pull), c, 0.0f), t, w,
+                                   data, c, bar);
+                }))
+              unsupported(t.rank(), "--ps-pull " + cfg.ps_pull + " with --codec " + cfg.codec);
+            return rows;
+          }
+        }
         c.worker_momentum = momentum;  // see make_ps
-        return dp::train(*make_ps(t, std::move(codec), c), t, w, data, c, bar);
+        if (!with_pull_codec(codec, c, workers, [&](auto pull) {
+              rows = dp::train(*make_ps(t, std::move(codec), std::move(pull), c, 0.0f), t, w, data,
+                               c, bar);
+            }))
+          unsupported(t.rank(), "--ps-pull " + cfg.ps_pull + " with --codec " + cfg.codec);
+        return rows;
       } else
         unsupported(t.rank(), "the parameter server needs receive-from-any-source");
     }
@@ -588,6 +639,19 @@ int main(int argc, char** argv) {
   app.add_option("--powersgd-warmup", o.train.powersgd_warmup_steps,
                  "all-reduce, PowerSGD: steps sent uncompressed (f32) before PowerSGD starts; 0: "
                  "off")
+      ->capture_default_str();
+  app.add_option("--ps-pull", o.train.ps_pull,
+                 "ps: what a pull sends: codec (the change since the last pull, through the push "
+                 "codec), f32 (the values), bf16 or int8 (the change), topk-union (top-k at "
+                 "workers x the push ratio; --codec topk)")
+      ->check(CLI::IsMember({"codec", "f32", "bf16", "int8", "topk-union"}))
+      ->capture_default_str();
+  app.add_flag("--ps-dgc", o.train.ps_dgc,
+               "ps, --codec topk: DGC's memory (momentum correction and masking) on the pushes "
+               "instead of the worker's momentum and error feedback");
+  app.add_option("--gossip-gamma", o.train.gossip_gamma,
+                 "gossip: the consensus step in (0, 1]; 0: the library's default from the codec")
+      ->check(CLI::Range(0.0f, 1.0f))
       ->capture_default_str();
   app.add_flag("--no-warmup", no_warmup, "both warm-ups off (--topk-warmup 0 --powersgd-warmup 0)");
   app.add_option("--data", o.data, "folder of the four gzipped IDX files")->capture_default_str();

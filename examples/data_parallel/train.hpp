@@ -77,6 +77,16 @@ struct train_config {
   /// uncompressed first (allreduce_options::uncompressed_steps; 0: off).
   std::uint64_t topk_warmup_steps = 0;
   std::uint64_t powersgd_warmup_steps = 0;
+  /// The parameter server's pulls (main.cpp, make_ps): "codec" (the push codec's own, on the
+  /// change since the worker's last pull), "f32", "bf16", "int8", or "topk-union" (top-k at
+  /// workers × the push ratio: the union of the workers' sparse pushes).
+  std::string ps_pull = "codec";
+  /// Top-k pushes on the parameter server through DGC's memory (momentum correction and
+  /// factor masking, gradcomm::dgc_memory) rather than the worker's momentum and error
+  /// feedback.
+  bool ps_dgc = false;
+  /// Gossip's consensus step γ (gossip_options::gamma); 0: the library's default.
+  float gossip_gamma = 0.0f;
 };
 
 /// One epoch of one configuration: a row of the CSV file. Traffic and timings are means

@@ -81,6 +81,7 @@
 #include <gradcomm/transport/detail/common.hpp>
 #include <gradcomm/transport/transport.hpp>
 
+#include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -92,6 +93,27 @@
 
 namespace gradcomm {
 inline namespace v0 {
+
+/// The servers' learning rate for `workers` workers that would train at rate `lr` on the
+/// all-reduce (one step with the mean of the workers' gradients): lr / workers. A server
+/// applies every push as it arrives, so a round of the workers' pushes is `workers`
+/// updates where the all-reduce makes one; at lr / workers each gradient moves the
+/// parameters as far as its share of the mean does. With staleness 0 (synchronous) and
+/// plain SGD a round is then the all-reduce's step w ← w − lr · mean(g), to rounding; with
+/// asynchronous workers it is the same step per gradient, each on parameters a few pushes
+/// older. At lr itself the step is `workers` times too long (the example diverged there).
+/// Throws invalid_argument when workers < 1 or lr is not positive and finite.
+///
+///   ps_t ps(t, {}, {}, gradcomm::sgd{{.lr = gradcomm::ps_server_lr(0.02f, t.size() - 1)}});
+inline float ps_server_lr(float lr, int workers) {
+  if (workers < 1)
+    detail::throw_invalid_argument("ps_server_lr",
+                                   std::to_string(workers) + " workers: at least one is needed");
+  if (!(lr > 0.0f) || !std::isfinite(lr))
+    detail::throw_invalid_argument(
+        "ps_server_lr", "learning rate " + std::to_string(lr) + ": it must be positive and finite");
+  return lr / static_cast<float>(workers);
+}
 
 /// The parameter-server backend (see the top of this header). Models Communicator.
 ///  - C: the push codec, one copy per shard on every worker (error_feedback<...> for error

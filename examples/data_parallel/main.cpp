@@ -28,12 +28,13 @@
 // Communicators (--comm): allreduce (every codec); ps, the asynchronous parameter server
 // (one server rank besides the workers: --workers 4 runs 5 threads; rank 0 serves under
 // MPI; the workers keep the momentum, see make_ps), with the worker's error feedback on
-// pushes and the change since the last pull, encoded with the server's, on pulls; gossip
-// over --topology ring|torus|exponential|random|complete, CHOCO-style for lossy codecs,
-// which then travel without their own error feedback (the public copies are the
-// feedback). PowerSGD needs the all-reduce's two reductions: allreduce only. Workers are
-// threads of this process (--workers) or the ranks of an MPI job (--transport mpi, where
-// gradcomm::mpi was built).
+// pushes and the change since the last pull, encoded with the server's, on pulls (top-k
+// pushes through DGC's memory, sign pulls as 8-bit: ps_defaults, --ps-push, --ps-pull);
+// gossip over --topology ring|torus|exponential|random|complete, CHOCO-style for lossy
+// codecs, which then travel without their own error feedback (the public copies are the
+// feedback; top-k's consensus step: gossip_gamma_for, --gossip-gamma). PowerSGD needs the
+// all-reduce's two reductions: allreduce only. Workers are threads of this process (--workers) or
+// the ranks of an MPI job (--transport mpi, where gradcomm::mpi was built).
 //
 // Exit status: 0 done; 1 an error (a damaged data file, a configuration that failed — the
 // others still run and the table says why); 2 bad options or a backend this build does not
@@ -43,6 +44,7 @@
 #include "train.hpp"
 
 #include <gradcomm/codec/cast.hpp>
+#include <gradcomm/codec/dgc.hpp>
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
 #include <gradcomm/codec/powersgd.hpp>
@@ -197,23 +199,86 @@ auto make_allreduce(T& t, C codec, dp::worker& w, const dp::train_config& cfg) {
   return comm;
 }
 
+/// The parameter server's defaults for cfg.codec where cfg says "auto" (--ps-pull, --ps-push):
+/// Measured, one epoch, 4 workers (gradcomm_data_parallel --comm ps --codec topk|sign
+/// --epochs 1 --seed 1 [--ps-push ef|dgc] [--ps-pull codec|f32|int8|topk-union] [--lr ...]):
+///  - top-k 1 %, the worker's momentum through error feedback: top-k 1 % pulls of the change
+///    82.07 % (82.92 % over seeds 1-3 in the table before), f32 pulls 84.92 %, 8-bit pulls
+///    85.12 %, top-k 4 % pulls (workers × 1 %) 84.79 % but 272 s against 37 s (the server's
+///    exact top-k over 1.9 M values a reply). DGC's memory on the pushes with the same top-k
+///    1 % pulls: 85.09 %, and 85.08 % with seed 2, at top-k's bytes both ways: dgc, codec.
+///  - sign: 8-bit pulls at lr 0.01 83.57 % and 83.98 % (seeds 1, 2), at 0.02 84.29 % and
+///    81.79 %; f32 pulls at 0.02 82.99 % (seed 1); sign pulls at 0.005 (the table before)
+///    82.65 % over seeds 1-3: int8, and benchmarks/convergence.sh runs it at 0.01. A pull
+///    then costs a byte a parameter downstream against the push's eighth (the log's
+///    "received").
+/// With these defaults, benchmarks/convergence.sh --comms ps,gossip (seeds 1-3, one epoch):
+/// top-k 84.62 % (84.18-85.24; 82.92 % before), a worker sending 22.9 MiB and receiving
+/// 29.9 MiB; sign at 0.01 83.97 % (83.54-84.36; 82.65 % before), 58.5 MiB sent, 427.7 MiB
+/// received; uncompressed 85.27 %.
+void ps_defaults(dp::train_config& cfg) {
+  if (cfg.ps_pull == "auto") cfg.ps_pull = cfg.codec == "sign" ? "int8" : "codec";
+  if (cfg.ps_push == "auto") cfg.ps_push = cfg.codec == "topk" ? "dgc" : "ef";
+}
+
+/// Gossip's consensus step for a codec (0: the library's default, gossip_default_gamma):
+/// top-k 1 % on the exponential graph takes 0.2 where the library's rule gives 0.0198
+/// (2ω / (1 + ω), ω = 0.01): one epoch, seed 1, γ 0.1 83.23 %, 0.2 83.80 %, 0.3 83.67 %,
+/// 0.5 82.16 %, against 82.81 % over seeds 1-3 at the default (--comm gossip --topology
+/// exponential --codec topk --gossip-gamma G --epochs 1 --seed 1). 0.2 is also the largest γ
+/// the library found stable for top-k 1 % on least squares (gossip_default_gamma's note):
+/// elsewhere, keep the library's. Sign at the default γ trains at the common lr 0.02:
+/// 85.00 % (seed 1) against 83.91 % at 0.005 (benchmarks/convergence.sh's header). Seeds
+/// 1-3 (benchmarks/convergence.sh --comms ps,gossip): top-k 83.81 % (82.81 % before), sign
+/// 85.11 % (83.91 %), uncompressed 84.93 %.
+float gossip_gamma_for(std::string_view codec) { return codec == "topk" ? 0.2f : 0.0f; }
+
 /// The asynchronous parameter server: rank 0 serves (plain SGD runs there), the others keep
 /// their own momentum (u <- 0.9 u + g), push u and pull the parameters, without waiting for
 /// each other. The server steps on every push, N times as often as the all-reduce steps on
-/// the mean of N gradients: the rate is lr / N, the same step per gradient (at lr the run
-/// diverges). Momentum on the server, applied to stale pushes from every worker in turn,
-/// lost 1.6 points after one epoch uncompressed (seeds 1-3, 83.88 % against the
-/// all-reduce's 85.46 %, spread 2.3 points: this program at commit 09205fa); on the workers
-/// it gains 0.15 (85.61 %), and 8-bit pushes 0.27 (gradcomm_data_parallel --comm ps --codec
-/// none|int8 --epochs 1 --seed 1|2|3).
-template <class C, gradcomm::AsyncTransport T>
-auto make_ps(T& t, C codec, const dp::train_config& cfg) {
+/// the mean of N gradients: the rate is gradcomm::ps_server_lr(lr, N) = lr / N, the same
+/// step per gradient (at lr the run diverges). Top-k and sign: see ps_defaults. Momentum on the
+/// server, applied to stale pushes from every worker in turn, lost 1.6 points after one epoch
+/// uncompressed (seeds 1-3, 83.88 % against the all-reduce's 85.46 %, spread 2.3 points: this
+/// program at commit 09205fa); on the workers it gains 0.15 (85.61 %), and 8-bit pushes 0.27
+/// (gradcomm_data_parallel --comm ps --codec none|int8 --epochs 1 --seed 1|2|3).
+template <class C, class P, gradcomm::AsyncTransport T>
+auto make_ps(T& t, C codec, P pull, const dp::train_config& cfg, float server_momentum) {
   gradcomm::ps_options o;
   o.servers = 1;
   o.staleness = gradcomm::unbounded_staleness;
   o.seed = cfg.seed;
-  return std::make_unique<gradcomm::parameter_server<C, T>>(
-      t, std::move(codec), o, sgd_for(cfg, cfg.lr / static_cast<float>(t.size() - o.servers)));
+  o.pull = cfg.ps_pull == "f32" ? gradcomm::pull_encoding::f32 : gradcomm::pull_encoding::codec;
+  const float lr = gradcomm::ps_server_lr(cfg.lr, t.size() - o.servers);
+  return std::make_unique<gradcomm::parameter_server<C, T, gradcomm::sgd, P>>(
+      t, std::move(codec), std::move(pull), o,
+      gradcomm::sgd({.lr = lr, .momentum = server_momentum}));
+}
+
+/// The parameter server's pull codec that cfg.ps_pull names, for push codec C, handed to f;
+/// false when it does not apply to C.
+template <class C, class F>
+bool with_pull_codec(const C& codec, const dp::train_config& cfg, int workers, F&& f) {
+  namespace gc = gradcomm;
+  if (cfg.ps_pull == "codec" || cfg.ps_pull == "f32") {
+    f(gc::detail::ps_pull_codec<C>::make(codec));
+    return true;
+  }
+  if (cfg.ps_pull == "bf16") {
+    f(gc::bf16_codec{});
+    return true;
+  }
+  if (cfg.ps_pull == "int8") {
+    f(gc::scalar_quant_codec({.bits = 8}));
+    return true;
+  }
+  if constexpr (std::is_same_v<C, gc::error_feedback<gc::topk_codec>>) {
+    if (cfg.ps_pull == "topk-union") {
+      f(gc::topk_codec({.ratio = std::min(1.0, codec.inner().ratio() * workers)}));
+      return true;
+    }
+  }
+  return false;
 }
 
 /// Gossip keeps the codec's error feedback in its public copies: the codec travels bare.
@@ -232,6 +297,7 @@ auto make_gossip(T& t, C codec, const dp::train_config& cfg) {
   using B = decltype(bare(std::move(codec)));
   gradcomm::gossip_options o;
   o.seed = cfg.seed;
+  if (cfg.gossip_gamma > 0.0f) o.gamma = cfg.gossip_gamma;
   return std::make_unique<gradcomm::gossip<B, T, G>>(t, G{}, bare(std::move(codec)),
                                                      sgd_for(cfg, cfg.lr), o);
 }
@@ -268,8 +334,28 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
     if (cfg.comm == "ps") {
       if constexpr (gradcomm::AsyncTransport<T>) {
         dp::train_config c = cfg;
+        const int workers = t.size() - 1;
+        std::vector<dp::epoch_result> rows;
+        if constexpr (std::is_same_v<C, gradcomm::error_feedback<gradcomm::topk_codec>>) {
+          if (cfg.ps_push == "dgc") {
+            // DGC's memory keeps the momentum (and masks it where sent): no momentum on the
+            // worker or the server.
+            gradcomm::dgc_memory<gradcomm::topk_codec> dgc(codec.inner(), {.momentum = momentum});
+            if (!with_pull_codec(codec, c, workers, [&](auto pull) {
+                  rows = dp::train(*make_ps(t, std::move(dgc), std::move(pull), c, 0.0f), t, w,
+                                   data, c, bar);
+                }))
+              unsupported(t.rank(), "--ps-pull " + cfg.ps_pull + " with --codec " + cfg.codec);
+            return rows;
+          }
+        }
         c.worker_momentum = momentum;  // see make_ps
-        return dp::train(*make_ps(t, std::move(codec), c), t, w, data, c, bar);
+        if (!with_pull_codec(codec, c, workers, [&](auto pull) {
+              rows = dp::train(*make_ps(t, std::move(codec), std::move(pull), c, 0.0f), t, w, data,
+                               c, bar);
+            }))
+          unsupported(t.rank(), "--ps-pull " + cfg.ps_pull + " with --codec " + cfg.codec);
+        return rows;
       } else
         unsupported(t.rank(), "the parameter server needs receive-from-any-source");
     }
@@ -520,6 +606,8 @@ int run(const options& o, int rank_hint, int world_size) {
   for (const std::string& codec : o.codecs) {
     dp::train_config cfg = base;
     cfg.codec = codec;
+    ps_defaults(cfg);
+    if (cfg.gossip_gamma == 0.0f) cfg.gossip_gamma = gossip_gamma_for(codec);
     if (talk)
       std::fprintf(stderr, "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g, momentum %g%s\n",
                    codec.c_str(), cfg.comm.c_str(), world_size,
@@ -528,6 +616,11 @@ int run(const options& o, int rank_hint, int world_size) {
                    cfg.comm == "ps" || (cfg.comm == "allreduce" && compresses_momentum(codec))
                        ? " (on each worker, before the codec)"
                        : "");
+    if (talk && cfg.comm == "ps")
+      std::fprintf(stderr, "  pushes: %s; pulls: %s (--ps-push, --ps-pull)\n",
+                   codec == "topk" ? cfg.ps_push.c_str() : "ef", cfg.ps_pull.c_str());
+    if (talk && cfg.comm == "gossip" && cfg.gossip_gamma > 0.0f)
+      std::fprintf(stderr, "  consensus step %g\n", static_cast<double>(cfg.gossip_gamma));
     if (talk && cfg.comm == "allreduce" && codec == "topk" && cfg.topk_warmup_steps != 0)
       std::fprintf(stderr, "  warm-up: 25 %%, 6.25 %%, 1.5625 %% for %llu steps each, then 1 %%\n",
                    static_cast<unsigned long long>(cfg.topk_warmup_steps));
@@ -644,6 +737,22 @@ int main(int argc, char** argv) {
   app.add_option("--powersgd-warmup", o.train.powersgd_warmup_steps,
                  "all-reduce, PowerSGD: steps sent uncompressed (f32) before PowerSGD starts; 0: "
                  "off")
+      ->capture_default_str();
+  app.add_option("--ps-pull", o.train.ps_pull,
+                 "ps: what a pull sends: codec (the change since the last pull, through the push "
+                 "codec), f32 (the values), bf16 or int8 (the change), topk-union (top-k at "
+                 "workers x the push ratio; --codec topk); auto: int8 for sign, codec otherwise")
+      ->check(CLI::IsMember({"auto", "codec", "f32", "bf16", "int8", "topk-union"}))
+      ->capture_default_str();
+  app.add_option("--ps-push", o.train.ps_push,
+                 "ps, --codec topk: ef (the worker's momentum through error feedback) or dgc "
+                 "(DGC's memory: momentum correction and masking); auto: dgc for top-k")
+      ->check(CLI::IsMember({"auto", "ef", "dgc"}))
+      ->capture_default_str();
+  app.add_option("--gossip-gamma", o.train.gossip_gamma,
+                 "gossip: the consensus step in (0, 1]; 0: the example's default (the library's, "
+                 "from the codec, except top-k's)")
+      ->check(CLI::Range(0.0f, 1.0f))
       ->capture_default_str();
   app.add_flag("--no-warmup", no_warmup, "both warm-ups off (--topk-warmup 0 --powersgd-warmup 0)");
   app.add_option("--data", o.data, "folder of the four gzipped IDX files")->capture_default_str();

@@ -77,6 +77,18 @@ struct train_config {
   /// uncompressed first (allreduce_options::uncompressed_steps; 0: off).
   std::uint64_t topk_warmup_steps = 0;
   std::uint64_t powersgd_warmup_steps = 0;
+  /// The parameter server's pulls (main.cpp, make_ps): "codec" (the push codec's own, on the
+  /// change since the worker's last pull), "f32", "bf16", "int8", or "topk-union" (top-k at
+  /// workers × the push ratio: the union of the workers' sparse pushes); "auto": the
+  /// example's default for the codec (main.cpp, ps_defaults).
+  std::string ps_pull = "auto";
+  /// The parameter server's top-k pushes: "ef" (the worker's momentum through error
+  /// feedback), "dgc" (DGC's memory: momentum correction and factor masking,
+  /// gradcomm::dgc_memory), "auto" (main.cpp, ps_defaults).
+  std::string ps_push = "auto";
+  /// Gossip's consensus step γ (gossip_options::gamma); 0: the example's default for the
+  /// codec (main.cpp, gossip_gamma_for), which is the library's except for top-k.
+  float gossip_gamma = 0.0f;
 };
 
 /// One epoch of one configuration: a row of the CSV file. Traffic and timings are means
@@ -356,12 +368,13 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
                                       "bits on every rank)");
       }
       // Means over the workers of what each saw.
-      std::array<double, 6> sums{static_cast<double>(d.bytes_sent),
+      std::array<double, 7> sums{static_cast<double>(d.bytes_sent),
                                  compute_s,
                                  d.encode_seconds(),
                                  d.decode_seconds(),
                                  d.wait_seconds(),
-                                 loss_sum / static_cast<double>(steps)};
+                                 loss_sum / static_cast<double>(steps),
+                                 static_cast<double>(d.bytes_received)};
       if (serving) sums.fill(0.0);  // means over the workers
       t.allreduce(std::span<const double>(sums), std::span<double>(sums), gradcomm::reduce_op::sum);
       double stop = 0.0;  // rank 0's verdict on the target, for everyone
@@ -387,9 +400,10 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
         std::tie(row.test_accuracy, row.test_loss) = evaluate(w, data.test, cfg);
         std::fprintf(stderr,
                      "%-14s epoch %.4g/%d: test accuracy %6.2f %%, test loss %.4f, train loss "
-                     "%.4f, %zu steps in %.1f s\n",
+                     "%.4f, %zu steps in %.1f s; a worker sent %.1f MiB, received %.1f MiB\n",
                      (cfg.codec + "/" + cfg.comm).c_str(), epochs_done, cfg.epochs,
-                     100 * row.test_accuracy, row.test_loss, row.train_loss, steps, wall_s);
+                     100 * row.test_accuracy, row.test_loss, row.train_loss, steps, wall_s,
+                     row.bytes_sent / 1048576.0, sums[6] / static_cast<double>(n) / 1048576.0);
         if (cfg.target_accuracy > 0 && row.test_accuracy >= cfg.target_accuracy) stop = 1.0;
         rows.push_back(std::move(row));
       }

@@ -26,6 +26,19 @@
 
 namespace gradcomm {
 inline namespace v0 {
+
+/// Which threads of the program call MPI through gradcomm. `any` (the default): a
+/// communicator's background thread too (allreduce_options::overlap), so MPI must provide
+/// MPI_THREAD_SERIALIZED or more. `caller`: only the thread that initialized MPI, so any
+/// thread level will do; for MPIs that provide less, such as SimGrid's SMPI (its ranks are
+/// simulated actors: a thread a rank starts cannot call MPI). A transport made so refuses
+/// the all-reduce's overlap (transport_any_thread) unless MPI provides more after all.
+///
+///   gradcomm::mpi_environment env(argc, argv, gradcomm::mpi_threads::caller);
+///   gradcomm::mpi_transport t(env.world(), std::chrono::seconds(60),
+///   gradcomm::mpi_threads::caller);
+enum class mpi_threads : unsigned char { any, caller };
+
 namespace detail {
 
 using mpi_clock = std::chrono::steady_clock;
@@ -162,6 +175,7 @@ struct mpi_state {
   int rank = 0;
   int size = 1;
   int tag_ub = 32767;
+  int thread_level = MPI_THREAD_SINGLE;  // what MPI_Query_thread said at construction
   std::chrono::milliseconds timeout{60000};
   traffic_counters counters;
 

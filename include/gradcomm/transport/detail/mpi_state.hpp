@@ -24,6 +24,14 @@
 #include <system_error>
 #include <vector>
 
+// Whether MPI has MPI_Comm_idup (MPI 3.0). SimGrid's SMPI 3.32 has not (it aborts):
+// benchmarks/smpi.sh builds with 0. Agreed collective shapes then get no communicator of
+// their own (mpi_collectives.hpp): each collective runs after its agreement check instead
+// of beside it, one all-gather's latency more.
+#ifndef GRADCOMM_MPI_HAS_COMM_IDUP
+#define GRADCOMM_MPI_HAS_COMM_IDUP 1
+#endif
+
 namespace gradcomm {
 inline namespace v0 {
 
@@ -65,6 +73,26 @@ inline void mpi_check(int rc, const char* call, const char* mpi_function, int ra
   if (rc != MPI_SUCCESS)
     throw error(std::error_code(rc, mpi_category()), call, rank,
                 std::string(mpi_function) + " failed: " + mpi_error_text(rc));
+}
+
+// MPI_Improbe, or where MPI runs on one thread only (below MPI_THREAD_SERIALIZED)
+// MPI_Iprobe: the message it finds is then the one the next receive of its source and tag
+// on `comm` takes, as no other thread can receive it first. SimGrid's SMPI 3.32 has no
+// MPI_Improbe (it aborts) and provides MPI_THREAD_FUNNELED at most. `msg` stays
+// MPI_MESSAGE_NULL after MPI_Iprobe: receive with mpi_receive_probed.
+inline int mpi_probe(int source, int tag, MPI_Comm comm, int thread_level, int* found,
+                     MPI_Message* msg, MPI_Status* status) {
+  *msg = MPI_MESSAGE_NULL;
+  if (thread_level < MPI_THREAD_SERIALIZED) return MPI_Iprobe(source, tag, comm, found, status);
+  return MPI_Improbe(source, tag, comm, found, msg, status);
+}
+
+// Receives (non-blocking) the message mpi_probe found.
+inline int mpi_receive_probed(void* into, int count, MPI_Datatype type, MPI_Message* msg,
+                              const MPI_Status& status, MPI_Comm comm, MPI_Request* req) {
+  if (*msg == MPI_MESSAGE_NULL)
+    return MPI_Irecv(into, count, type, status.MPI_SOURCE, status.MPI_TAG, comm, req);
+  return MPI_Imrecv(into, count, type, msg, req);
 }
 
 inline const char* mpi_thread_level_name(int level) noexcept {

@@ -228,6 +228,7 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
       MPI_Comm c;
       MPI_Errhandler h;
       ~restore_handler() {
+        if (h == MPI_ERRHANDLER_NULL) return;  // SMPI: MPI_COMM_WORLD reports none
         MPI_Comm_set_errhandler(c, h);
         MPI_Errhandler_free(&h);
       }

@@ -24,9 +24,11 @@
 // Under SimGrid's SMPI (built by benchmarks/smpi.sh: smpicxx defines SMPI_SHARED_MALLOC) the
 // times are simulated (MPI_Wtime), MPI provides MPI_THREAD_FUNNELED at most, so the transport
 // is made with mpi_threads::caller and the communicator runs without overlap (a rank's own
-// thread cannot call SMPI); --shared puts the gradient and the work buffer in SMPI's shared
-// memory (one copy for all ranks: values then mix across ranks, so the errors are not
-// computed), for rank counts whose private buffers would not fit.
+// thread cannot call SMPI); --shared puts the gradient in SMPI's shared memory (one copy,
+// read by all ranks: they then hold the same gradient) and skips the exact mean and the
+// errors, for rank counts whose private buffers would not fit. The work buffer stays
+// private: shared, the ranks' in-place reductions would pile onto one another (the sums
+// overflow, and sign_ef refuses the infinities).
 //
 // The link is measured first — rank 0 → 1 alone, then every rank → its successor at once
 // (what a ring all-reduce needs of each host's link), in Gbit/s — and with it the time a
@@ -122,7 +124,7 @@ void print_usage(const char* why) {
       "rows: mpi_allreduce_f32 (both baselines) identity_f32 bf16 scalar_8bit_ef "
       "sign_ef topk_1pct_ef powersgd_r4\n"
       "--sparse: top-k's algorithm, auto (the cost rule), allgather, reduce_scatter or dense\n"
-      "--shared: SMPI builds only (benchmarks/smpi.sh), buffers shared by all ranks\n",
+      "--shared: SMPI builds only (benchmarks/smpi.sh), one gradient for all ranks, no errors\n",
       why);
 }
 
@@ -162,15 +164,12 @@ struct workload {
   workload(workload&&) = default;
   ~workload() {
 #if GRADCOMM_BENCH_SMPI
-    if (shared) {
-      SMPI_SHARED_FREE(grad.data());
-      SMPI_SHARED_FREE(work.data());
-    }
+    if (shared) SMPI_SHARED_FREE(grad.data());
 #endif
   }
   int rank = 0;
   int size = 1;
-  bool shared = false;        // grad and work in SMPI's shared memory: no errors
+  bool shared = false;        // grad in SMPI's shared memory: no exact mean, no errors
   std::span<float> grad;      // this rank's gradient, never changed
   std::span<float> work;      // the buffer each call averages in place
   std::vector<float> own;     // their storage when not shared
@@ -190,7 +189,8 @@ workload make_workload(const options& o, int rank, int size) {
     // One allocation site: every rank gets the same memory, filled once by rank 0.
     w.shared = true;
     w.grad = {static_cast<float*>(SMPI_SHARED_MALLOC(n * sizeof(float))), n};
-    w.work = {static_cast<float*>(SMPI_SHARED_MALLOC(n * sizeof(float))), n};
+    w.own.resize(n);
+    w.work = {w.own.data(), n};
     if (rank == 0) {
       std::mt19937_64 gen(12345);
       std::normal_distribution<float> normal(0.0f, 1.0f);

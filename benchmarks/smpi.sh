@@ -32,9 +32,10 @@
 #     0.1-1 us), and that time does not grow while a poll keeps failing: SMPI's default
 #     (smpi/grow-injected-times, 100 us doubling) made the transport's polling waits, not
 #     the network, the time of a call (sign_ef on 2 ranks: 622 ms against 42 ms).
-#   * --shared (a benchmark option): the gradient and work buffers come from SMPI_SHARED_MALLOC,
-#     one copy for all ranks, so that 1,024 ranks fit in memory; the library's own buffers
-#     (payloads, received payloads) stay private and real. The errors are then not computed.
+#   * --shared (a benchmark option): the gradient (read-only) comes from SMPI_SHARED_MALLOC,
+#     one copy for all ranks, and the exact mean and the errors are not computed, so that
+#     1,024 ranks fit in memory; the work buffer and the library's own buffers (payloads,
+#     received payloads) stay private and real. Every rank then holds the same gradient.
 #
 # What SMPI cannot run, and the workarounds. SMPI 3.32 lacks MPI_Improbe / MPI_Mrecv /
 # MPI_Imrecv and MPI_Comm_idup (it aborts): the transport probes with MPI_Iprobe and
@@ -42,6 +43,8 @@
 # can take the probed message first), and the build sets GRADCOMM_MPI_HAS_COMM_IDUP=0 (the
 # transport's agreed collective shapes get no communicator of their own; each collective
 # waits for its agreement check). MPI_COMM_WORLD has no error handler to restore (skipped).
+# The transport's waits only yield, never sleep (GRADCOMM_POLL_SLEEPS=0): a real sleep halts
+# the whole simulation (one thread runs every rank) and moves no simulated time.
 # A rank is a simulated actor, not a thread; a
 # thread that the rank starts cannot call MPI (SMPI's MPI_Init_thread provides
 # MPI_THREAD_FUNNELED at most, MPI_Query_thread says MPI_THREAD_SINGLE). The all-reduce's
@@ -123,7 +126,7 @@ if [ ! -x "$bench" ] || [ -n "$(find "$src" "$repo/benchmarks/mpi_bench.hpp" "$r
   fi
   echo "smpi.sh: building $bench with smpicxx" >&2
   smpicxx -std=c++20 -O2 -DNDEBUG -Wall -Wextra -I "$repo/include" -DGRADCOMM_HAS_MPI=1 \
-    -DGRADCOMM_MPI_HAS_COMM_IDUP=0 \
+    -DGRADCOMM_MPI_HAS_COMM_IDUP=0 -DGRADCOMM_POLL_SLEEPS=0 \
     "${extra[@]}" "$src" -o "$bench.tmp"
   mv "$bench.tmp" "$bench"
 fi

@@ -103,7 +103,6 @@ case $kind in
       exit 2
     fi
     # Leaves are the 8 rails, N/8 hosts (GPU k of each node) on each; host index k·(N/8) + node.
-    kind_saved=$kind
     n_rails=8
     per_rail=$((n / n_rails))
     header
@@ -113,7 +112,6 @@ case $kind in
     echo "           topo_parameters=\"2;$per_rail,$n_rails;1,$per_rail;1,1\"/>"
     echo '</zone>'
     echo '</platform>'
-    : "$kind_saved"
     ;;
   shaped:*) one_switch "$(tc_rate "${kind#shaped:}")" 25us ;;
   *) usage ;;

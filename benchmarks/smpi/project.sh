@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# benchmarks/smpi/project.sh — the projection table: time per all-reduce of a model's whole
+# gradient, from benchmarks/smpi.sh runs of bench_allreduce_mpi (their --csv files).
+#
+#   benchmarks/smpi/project.sh --params 1.5e9 results/*.csv > table.md
+#
+# Each CSV row timed one call over --mib MiB a rank, in buckets, one after another (SMPI
+# runs without overlap). A model of P f32 parameters is P·4 / (mib MiB) such calls' worth of
+# buckets, so the row's median time is scaled by that factor: exact for the bucketed rows
+# (the same bucket repeated) and for mpi_allreduce_f32_bucketed (MPI_Allreduce of one bucket
+# at a time, as a trainer that buckets without compressing); the whole-buffer
+# mpi_allreduce_f32 row is left out (its latency terms would be scaled too). Prints one
+# Markdown table a platform: a row per codec and algorithm, a column per rank count,
+# seconds per all-reduce of the whole gradient, and in brackets the ratio to MPI_Allreduce
+# of f32 (bucketed) on the same platform and rank count.
+set -eu
+params=1.5e9
+if [ "${1:-}" = --params ]; then params=$2; shift 2; fi
+[ $# -ge 1 ] || { echo "usage: project.sh [--params P] CSV..." >&2; exit 2; }
+for f in "$@"; do tail -n +2 "$f"; done | awk -v params="$params" '
+# Splits a CSV line with quoted fields (the label) into f[1..n].
+function split_csv(line, f,    n, q, c, i, cur) {
+  n = 0; q = 0; cur = ""
+  for (i = 1; i <= length(line); i++) {
+    c = substr(line, i, 1)
+    if (c == "\"") { q = !q; continue }
+    if (c == "," && !q) { f[++n] = cur; cur = ""; continue }
+    cur = cur c
+  }
+  f[++n] = cur
+  return n
+}
+{
+  split_csv($0, f)
+  label = f[1]; ranks = f[2]; mib = f[3]; codec = f[5]; ms = f[6]; algo = f[21]
+  if (codec == "mpi_allreduce_f32") next
+  # label: SMPI:<platform>,<N>-ranks,host-speed:<S>
+  plat = label; sub(/^SMPI:/, "", plat); sub(/,.*/, "", plat)
+  name = codec (algo != "" && algo != "mpi" ? " · " algo : "")
+  if (codec == "mpi_allreduce_f32_bucketed") name = "MPI_Allreduce f32 (4 MiB pieces)"
+  s = ms / 1000 * params * 4 / (mib * 1048576)
+  key = plat SUBSEP name SUBSEP ranks
+  t[key] = s
+  if (!(plat in seenp)) { seenp[plat] = 1; plats[++np] = plat }
+  if (!((plat, name) in seenr)) { seenr[plat, name] = 1; rows[plat, ++nr[plat]] = name }
+  if (!(ranks in seenn)) { seenn[ranks] = 1; ns[++nn] = ranks + 0 }
+}
+END {
+  for (i = 1; i <= nn; i++) for (j = i + 1; j <= nn; j++) if (ns[j] < ns[i]) { x = ns[i]; ns[i] = ns[j]; ns[j] = x }
+  base = "MPI_Allreduce f32 (4 MiB pieces)"
+  for (p = 1; p <= np; p++) {
+    pl = plats[p]
+    printf "\n**%s** — seconds per all-reduce of %g f32 gradients (ratio to MPI_Allreduce f32)\n\n", pl, params
+    printf "| codec · algorithm |"; for (i = 1; i <= nn; i++) printf " %d ranks |", ns[i]; printf "\n"
+    printf "|---|"; for (i = 1; i <= nn; i++) printf "---:|"; printf "\n"
+    for (r = 1; r <= nr[pl]; r++) {
+      name = rows[pl, r]
+      printf "| %s |", name
+      for (i = 1; i <= nn; i++) {
+        k = pl SUBSEP name SUBSEP ns[i]; b = pl SUBSEP base SUBSEP ns[i]
+        if (!(k in t)) { printf " — |"; continue }
+        if (name != base && (b in t)) printf " %.2f (%.2f) |", t[k], t[k] / t[b]
+        else printf " %.2f |", t[k]
+      }
+      printf "\n"
+    }
+  }
+}'

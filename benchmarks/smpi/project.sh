@@ -3,6 +3,7 @@
 # gradient, from benchmarks/smpi.sh runs of bench_allreduce_mpi (their --csv files).
 #
 #   benchmarks/smpi/project.sh --params 1.5e9 results/*.csv > table.md
+#   benchmarks/smpi/project.sh --extrapolate 256,1024 results/*.csv   # and beyond what ran
 #
 # Each CSV row timed one call over --mib MiB a rank, in buckets, one after another (SMPI
 # runs without overlap). A model of P f32 parameters is P·4 / (mib MiB) such calls' worth of
@@ -13,11 +14,23 @@
 # Markdown table a platform: a row per codec and algorithm, a column per rank count,
 # seconds per all-reduce of the whole gradient, and in brackets the ratio to MPI_Allreduce
 # of f32 (bucketed) on the same platform and rank count.
+#
+# --extrapolate N,N,...: rank counts that did not run get a value in italics, a straight
+# line in N through the row's two largest rank counts that ran (a first-order model: every
+# algorithm here has a term flat in N — the ring's and the reduce-scatter's bytes — and
+# terms growing with N — latency steps, all-to-all messages, all-gathered payloads).
 set -eu
 params=1.5e9
-if [ "${1:-}" = --params ]; then params=$2; shift 2; fi
-[ $# -ge 1 ] || { echo "usage: project.sh [--params P] CSV..." >&2; exit 2; }
-for f in "$@"; do tail -n +2 "$f"; done | awk -v params="$params" '
+extra=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --params) params=$2; shift 2 ;;
+    --extrapolate) extra=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 1 ] || { echo "usage: project.sh [--params P] [--extrapolate N,...] CSV..." >&2; exit 2; }
+for f in "$@"; do tail -n +2 "$f"; done | awk -v params="$params" -v extra="$extra" '
 # Splits a CSV line with quoted fields (the label) into f[1..n].
 function split_csv(line, f,    n, q, c, i, cur) {
   n = 0; q = 0; cur = ""
@@ -46,6 +59,8 @@ function split_csv(line, f,    n, q, c, i, cur) {
   if (!(ranks in seenn)) { seenn[ranks] = 1; ns[++nn] = ranks + 0 }
 }
 END {
+  ne = split(extra, ex, ",")
+  for (e = 1; e <= ne; e++) if (!((ex[e] + 0) in seenn)) { seenn[ex[e] + 0] = 1; ns[++nn] = ex[e] + 0 }
   for (i = 1; i <= nn; i++) for (j = i + 1; j <= nn; j++) if (ns[j] < ns[i]) { x = ns[i]; ns[i] = ns[j]; ns[j] = x }
   base = "MPI_Allreduce f32 (4 MiB pieces)"
   for (p = 1; p <= np; p++) {
@@ -53,16 +68,33 @@ END {
     printf "\n**%s** — seconds per all-reduce of %g f32 gradients (ratio to MPI_Allreduce f32)\n\n", pl, params
     printf "| codec · algorithm |"; for (i = 1; i <= nn; i++) printf " %d ranks |", ns[i]; printf "\n"
     printf "|---|"; for (i = 1; i <= nn; i++) printf "---:|"; printf "\n"
+    for (r = 1; r <= nr[pl]; r++) fit(pl, rows[pl, r])
     for (r = 1; r <= nr[pl]; r++) {
       name = rows[pl, r]
       printf "| %s |", name
       for (i = 1; i <= nn; i++) {
         k = pl SUBSEP name SUBSEP ns[i]; b = pl SUBSEP base SUBSEP ns[i]
         if (!(k in t)) { printf " — |"; continue }
-        if (name != base && (b in t)) printf " %.2f (%.2f) |", t[k], t[k] / t[b]
-        else printf " %.2f |", t[k]
+        o = (k in fitted) ? "*" : ""
+        if (name != base && (b in t)) printf " %s%.2f (%.2f)%s |", o, t[k], t[k] / t[b], o
+        else printf " %s%.2f%s |", o, t[k], o
       }
       printf "\n"
     }
+  }
+}
+# Fills the extrapolated rank counts of one row: the line through its two largest measured.
+function fit(pl, name,    i, n1, n2, k, x) {
+  n1 = n2 = 0
+  for (i = 1; i <= nn; i++) {
+    k = pl SUBSEP name SUBSEP ns[i]
+    if ((k in t) && !(k in fitted)) { n1 = n2; n2 = ns[i] }
+  }
+  if (n1 == 0) return
+  for (i = 1; i <= nn; i++) {
+    x = ns[i]; k = pl SUBSEP name SUBSEP x
+    if (x <= n2 || (k in t)) continue
+    t[k] = t[pl SUBSEP name SUBSEP n2] + (t[pl SUBSEP name SUBSEP n2] - t[pl SUBSEP name SUBSEP n1]) * (x - n2) / (n2 - n1)
+    fitted[k] = 1
   }
 }'

@@ -4,6 +4,7 @@
 #
 #   benchmarks/smpi/project.sh --params 1.5e9 results/*.csv > table.md
 #   benchmarks/smpi/project.sh --extrapolate 256,1024 results/*.csv   # and beyond what ran
+#   benchmarks/smpi/project.sh --png smpi.png results/*.csv          # and a plot (gnuplot)
 #
 # Each CSV row timed one call over --mib MiB a rank, in buckets, one after another (SMPI
 # runs without overlap). A model of P f32 parameters is P·4 / (mib MiB) such calls' worth of
@@ -19,18 +20,25 @@
 # line in N through the row's two largest rank counts that ran (a first-order model: every
 # algorithm here has a term flat in N — the ring's and the reduce-scatter's bytes — and
 # terms growing with N — latency steps, all-to-all messages, all-gathered payloads).
+#
+# --png FILE: also a gnuplot PNG, one panel a platform, seconds against ranks (log-log), a
+# line a row (dashed where extrapolated).
 set -eu
 params=1.5e9
 extra=
+png=
 while [ $# -gt 0 ]; do
   case $1 in
     --params) params=$2; shift 2 ;;
     --extrapolate) extra=$2; shift 2 ;;
+    --png) png=$2; shift 2 ;;
     *) break ;;
   esac
 done
-[ $# -ge 1 ] || { echo "usage: project.sh [--params P] [--extrapolate N,...] CSV..." >&2; exit 2; }
-for f in "$@"; do tail -n +2 "$f"; done | awk -v params="$params" -v extra="$extra" '
+[ $# -ge 1 ] || { echo "usage: project.sh [--params P] [--extrapolate N,...] [--png F] CSV..." >&2; exit 2; }
+dat=$(mktemp -d /tmp/smpi-project.XXXXXX)
+trap 'rm -rf "$dat"' EXIT
+for f in "$@"; do tail -n +2 "$f"; done | awk -v params="$params" -v extra="$extra" -v dat="$dat" '
 # Splits a CSV line with quoted fields (the label) into f[1..n].
 function split_csv(line, f,    n, q, c, i, cur) {
   n = 0; q = 0; cur = ""
@@ -78,6 +86,8 @@ END {
         o = (k in fitted) ? "*" : ""
         if (name != base && (b in t)) printf " %s%.2f (%.2f)%s |", o, t[k], t[k] / t[b], o
         else printf " %s%.2f%s |", o, t[k], o
+        # For the plot: platform, row, ranks, seconds, extrapolated.
+        printf "%s\t%s\t%d\t%g\t%d\n", pl, name, ns[i], t[k], (k in fitted) > (dat "/points.tsv")
       }
       printf "\n"
     }
@@ -98,3 +108,33 @@ function fit(pl, name,    i, n1, n2, k, x) {
     fitted[k] = 1
   }
 }'
+
+[ -n "$png" ] || exit 0
+command -v gnuplot > /dev/null || { echo "project.sh: gnuplot not found (Debian gnuplot-nox)" >&2; exit 2; }
+# One data file a platform and row (gnuplot blocks: measured, then the extrapolated tail).
+awk -F'\t' -v dat="$dat" -v png="$png" '
+{
+  if (!($1 in pi)) { pi[$1] = ++np; pn[np] = $1 }
+  if (!(($1, $2) in ri)) { ri[$1, $2] = ++nr[$1]; title[$1, nr[$1]] = $2 }
+  f = dat "/" pi[$1] "_" ri[$1, $2] ".dat"
+  print $3, $4, $5 > f
+}
+END {
+  g = dat "/plot.gp"
+  print "set terminal pngcairo size 1400,1000 font \",10\"" > g
+  print "set output \"" png "\"" > g
+  print "set termoption noenhanced; set logscale xy; set grid; set key left top font \",8\"" > g
+  print "set xlabel \"ranks\"; set ylabel \"s per all-reduce of the whole gradient\"" > g
+  print "set multiplot layout 2,2" > g
+  for (p = 1; p <= np; p++) {
+    printf "set title \"%s\"\nplot ", pn[p] > g
+    for (r = 1; r <= nr[pn[p]]; r++) {
+      f = dat "/" p "_" r ".dat"
+      printf "%s\"%s\" using 1:($3==0?$2:1/0) with linespoints lw 2 lc %d title \"%s\", \"%s\" using 1:2 with lines dt 2 lc %d notitle", (r > 1 ? ", " : ""), f, r, title[pn[p], r], f, r > g
+    }
+    print "" > g
+  }
+  print "unset multiplot" > g
+}' "$dat/points.tsv"
+gnuplot "$dat/plot.gp"
+echo "project.sh: wrote $png" >&2

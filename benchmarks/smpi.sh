@@ -65,6 +65,8 @@
 #   --build DIR    the build folder (default build-smpi/)
 #   --csv FILE     passed to the benchmark (--csv FILE)
 #   --timeout S    wall-clock limit for smpirun, in seconds (default 1800)
+#   --poll-us U    simulated microseconds each MPI_Test / MPI_Iprobe takes (default 1; more
+#                  makes big runs faster: fewer polls to simulate, each wait up to U us longer)
 #   --build-only   build and stop
 #   -- ARGS        the benchmark's own options (bench_allreduce_mpi --help)
 set -eu
@@ -80,6 +82,7 @@ build=$repo/build-smpi
 csv=
 timeout_s=1800
 build_only=0
+poll_us=1
 args=()
 
 usage() {
@@ -97,6 +100,7 @@ while [ $# -gt 0 ]; do
     --csv) [ $# -ge 2 ] || usage; csv=$2; shift 2 ;;
     --timeout) [ $# -ge 2 ] || usage; timeout_s=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
+    --poll-us) [ $# -ge 2 ] || usage; poll_us=$2; shift 2 ;;
     --) shift; args=("$@"); break ;;
     -h|--help) usage ;;
     *) echo "smpi.sh: unknown option $1" >&2; usage ;;
@@ -159,6 +163,6 @@ label="SMPI:$platform,$ranks-ranks,host-speed:$speed"
 echo "smpi.sh: $label; platform $plat" >&2
 timeout "$timeout_s" smpirun -np "$ranks" -platform "$plat" -hostfile "$hostfile" \
   --cfg=smpi/host-speed:1Gf --cfg=smpi/coll-selector:ompi \
-  --cfg=smpi/grow-injected-times:no --cfg=smpi/test:1e-6 --cfg=smpi/iprobe:1e-6 \
+  --cfg=smpi/grow-injected-times:no --cfg=smpi/test:${poll_us}e-6 --cfg=smpi/iprobe:${poll_us}e-6 \
   --cfg=smpi/display-timing:yes --log=xbt_cfg.thres:warning --log=smpi_config.thres:error --log=smpi_coll.thres:warning \
   "$bench" --label "$label" --no-targets "${bargs[@]}" "${args[@]}"

@@ -57,6 +57,8 @@ function split_csv(line, f,    n, q, c, i, cur) {
   if (codec == "mpi_allreduce_f32") next
   # label: SMPI:<platform>,<N>-ranks,host-speed:<S>
   plat = label; sub(/^SMPI:/, "", plat); sub(/,.*/, "", plat)
+  speed = label; sub(/.*host-speed:/, "", speed)
+  if (speed != "1Gf") plat = plat ", host speed " speed
   name = codec (algo != "" && algo != "mpi" ? " · " algo : "")
   if (codec == "mpi_allreduce_f32_bucketed") name = "MPI_Allreduce f32 (4 MiB pieces)"
   s = ms / 1000 * params * 4 / (mib * 1048576)

@@ -117,7 +117,8 @@ command -v gnuplot > /dev/null || { echo "project.sh: gnuplot not found (Debian 
 awk -F'\t' -v dat="$dat" -v png="$png" '
 {
   if (!($1 in pi)) { pi[$1] = ++np; pn[np] = $1 }
-  if (!(($1, $2) in ri)) { ri[$1, $2] = ++nr[$1]; title[$1, nr[$1]] = $2 }
+  if (!($2 in ci)) ci[$2] = ++nc  # one colour a row name in every panel
+  if (!(($1, $2) in ri)) { ri[$1, $2] = ++nr[$1]; title[$1, nr[$1]] = $2; col[$1, nr[$1]] = ci[$2] }
   f = dat "/" pi[$1] "_" ri[$1, $2] ".dat"
   print $3, $4, $5 > f
 }
@@ -127,12 +128,12 @@ END {
   print "set output \"" png "\"" > g
   print "set termoption noenhanced; set logscale xy; set grid; set key left top font \",8\"" > g
   print "set xlabel \"ranks\"; set ylabel \"s per all-reduce of the whole gradient\"" > g
-  print "set multiplot layout 2,2" > g
+  print "set xrange [10:2000]; set multiplot layout 2,2" > g
   for (p = 1; p <= np; p++) {
     printf "set title \"%s\"\nplot ", pn[p] > g
     for (r = 1; r <= nr[pn[p]]; r++) {
       f = dat "/" p "_" r ".dat"
-      printf "%s\"%s\" using 1:($3==0?$2:1/0) with linespoints lw 2 lc %d title \"%s\", \"%s\" using 1:2 with lines dt 2 lc %d notitle", (r > 1 ? ", " : ""), f, r, title[pn[p], r], f, r > g
+      printf "%s\"%s\" using 1:($3==0?$2:1/0) with linespoints lw 2 lc %d title \"%s\", \"%s\" using 1:2 with lines dt 2 lc %d notitle", (r > 1 ? ", " : ""), f, col[pn[p], r], title[pn[p], r], f, col[pn[p], r] > g
     }
     print "" > g
   }

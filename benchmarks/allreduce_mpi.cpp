@@ -21,6 +21,15 @@
 // state from call to call; the input is the same every call). --no-targets prints the targets
 // without judging them (unshaped runs).
 //
+// Under SimGrid's SMPI (built by benchmarks/smpi.sh: smpicxx defines SMPI_SHARED_MALLOC) the
+// times are simulated (MPI_Wtime), MPI provides MPI_THREAD_FUNNELED at most, so the transport
+// is made with mpi_threads::caller and the communicator runs without overlap (a rank's own
+// thread cannot call SMPI); --shared puts the gradient in SMPI's shared memory (one copy,
+// read by all ranks: they then hold the same gradient) and skips the exact mean and the
+// errors, for rank counts whose private buffers would not fit. The work buffer stays
+// private: shared, the ranks' in-place reductions would pile onto one another (the sums
+// overflow, and sign_ef refuses the infinities).
+//
 // The link is measured first — rank 0 → 1 alone, then every rank → its successor at once
 // (what a ring all-reduce needs of each host's link), in Gbit/s — and with it the time a
 // ring all-reduce of f32 would take at that rate. --link measures it and stops.
@@ -50,7 +59,14 @@
 
 #include <mpi.h>
 
+#if defined(SMPI_SHARED_MALLOC)
+#define GRADCOMM_BENCH_SMPI 1
+#else
+#define GRADCOMM_BENCH_SMPI 0
+#endif
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -85,7 +101,23 @@ struct options {
   bool advise = false;   // check the advisor against measured rows
   double link_mib = 16;  // bytes per link measurement, in MiB
   double bucket_mib = static_cast<double>(gc::allreduce_options{}.bucket_bytes) / (1 << 20);
+  bool overlap = true;    // allreduce_options::overlap (off where the transport refuses it)
+  double timeout_s = 60;  // the transport's deadline for every wait (wall-clock seconds)
+  gc::sparse_allreduce sparse = gc::sparse_allreduce::automatic;  // top-k's algorithm
+  bool shared = false;  // SMPI: gradient and work buffer in shared memory, no errors
 };
+
+// The MPI thread use of this build: SMPI's ranks cannot call MPI from a thread of theirs.
+constexpr gc::mpi_threads bench_threads =
+    GRADCOMM_BENCH_SMPI ? gc::mpi_threads::caller : gc::mpi_threads::any;
+
+gc::sparse_allreduce parse_sparse(std::string_view v) {
+  if (v == "auto") return gc::sparse_allreduce::automatic;
+  if (v == "allgather") return gc::sparse_allreduce::allgather;
+  if (v == "reduce_scatter") return gc::sparse_allreduce::reduce_scatter;
+  if (v == "dense") return gc::sparse_allreduce::dense;
+  throw usage_error{"--sparse takes auto, allgather, reduce_scatter or dense"};
+}
 
 // Gbit/s of rank 0 → 1 alone and of every rank → its successor at once (per rank).
 struct link_rates {
@@ -99,10 +131,13 @@ void print_usage(const char* why) {
       "bench_allreduce_mpi: %s\n"
       "usage: bench_allreduce_mpi [--mib M] [--bucket-mib B] [--reps K] [--warmup W] [--csv FILE]\n"
       "                           [--only row,row,...] [--label TEXT] [--no-targets]\n"
+      "                           [--no-overlap] [--timeout-s S] [--sparse MODE] [--shared]\n"
       "       bench_allreduce_mpi --link [--link-mib M]\n"
       "       bench_allreduce_mpi --advise [--mib M] [--bucket-mib B] [--reps K] [--label TEXT]\n"
       "rows: mpi_allreduce_f32 (both baselines) identity_f32 bf16 scalar_8bit_ef "
-      "sign_ef topk_1pct_ef powersgd_r4\n",
+      "sign_ef topk_1pct_ef powersgd_r4\n"
+      "--sparse: top-k's algorithm, auto (the cost rule), allgather, reduce_scatter or dense\n"
+      "--shared: SMPI builds only (benchmarks/smpi.sh), one gradient for all ranks, no errors\n",
       why);
 }
 
@@ -119,7 +154,13 @@ options parse(int argc, char** argv) {
                             {"--link", [&](const char*) { o.link = true; }, true},
                             {"--advise", [&](const char*) { o.advise = true; }, true},
                             {"--bucket-mib", [&](const char* v) { o.bucket_mib = std::atof(v); }},
-                            {"--link-mib", [&](const char* v) { o.link_mib = std::atof(v); }}});
+                            {"--link-mib", [&](const char* v) { o.link_mib = std::atof(v); }},
+                            {"--no-overlap", [&](const char*) { o.overlap = false; }, true},
+                            {"--timeout-s", [&](const char* v) { o.timeout_s = std::atof(v); }},
+                            {"--sparse", [&](const char* v) { o.sparse = parse_sparse(v); }},
+                            {"--shared", [&](const char*) { o.shared = true; }, true}});
+  if (o.shared && !GRADCOMM_BENCH_SMPI) throw usage_error{"--shared needs an SMPI build"};
+  if (!(o.timeout_s >= 1 && o.timeout_s <= 86400)) throw usage_error{"--timeout-s in [1, 86400]"};
   // MPI counts are ints: keep the element count below 2^31.
   if (!(o.bucket_mib >= 1 && o.bucket_mib <= 1024)) throw usage_error{"--bucket-mib in [1, 1024]"};
   if (!(o.mib > 0 && o.mib <= 8000) || o.reps < 1 || o.warmup < 1 ||
@@ -131,10 +172,21 @@ options parse(int argc, char** argv) {
 
 // What every row needs: the input, a buffer for the result, the exact mean.
 struct workload {
+  workload() = default;
+  workload(const workload&) = delete;
+  workload& operator=(const workload&) = delete;
+  workload(workload&&) = default;
+  ~workload() {
+#if GRADCOMM_BENCH_SMPI
+    if (shared) SMPI_SHARED_FREE(grad.data());
+#endif
+  }
   int rank = 0;
   int size = 1;
-  std::vector<float> grad;    // this rank's gradient, never changed
-  std::vector<float> work;    // the buffer each call averages in place
+  bool shared = false;        // grad in SMPI's shared memory: no exact mean, no errors
+  std::span<float> grad;      // this rank's gradient, never changed
+  std::span<float> work;      // the buffer each call averages in place
+  std::vector<float> own;     // their storage when not shared
   std::vector<double> exact;  // the mean over ranks, in double
   double exact_norm = 0;
   std::size_t bucket_bytes = gc::allreduce_options{}.bucket_bytes;  // --bucket-mib
@@ -146,8 +198,25 @@ workload make_workload(const options& o, int rank, int size) {
   w.size = size;
   w.bucket_bytes = static_cast<std::size_t>(o.bucket_mib * (1 << 20));
   const auto n = static_cast<std::size_t>(o.mib * (1 << 20) / sizeof(float));
-  w.grad.resize(n);
-  w.work.resize(n);
+#if GRADCOMM_BENCH_SMPI
+  if (o.shared) {
+    // One allocation site: every rank gets the same memory, filled once by rank 0.
+    w.shared = true;
+    w.grad = {static_cast<float*>(SMPI_SHARED_MALLOC(n * sizeof(float))), n};
+    w.own.resize(n);
+    w.work = {w.own.data(), n};
+    if (rank == 0) {
+      std::mt19937_64 gen(12345);
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      for (auto& x : w.grad) x = normal(gen);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    return w;
+  }
+#endif
+  w.own.resize(2 * n);
+  w.grad = {w.own.data(), n};
+  w.work = {w.own.data() + n, n};
   // Gradients of workers agree in part: a shared vector (one seed on every rank) plus
   // this rank's own noise, half as large.
   std::mt19937_64 shared(12345), own(1000 + static_cast<std::uint64_t>(rank));
@@ -174,6 +243,7 @@ workload make_workload(const options& o, int rank, int size) {
 
 // ‖work − exact‖ / ‖exact‖, the largest over ranks (every rank should hold the same).
 double relative_error(const workload& w) {
+  if (w.shared) return std::nan("");
   double s = 0;
   for (std::size_t i = 0; i < w.work.size(); ++i) {
     const double d = static_cast<double>(w.work[i]) - w.exact[i];
@@ -186,6 +256,7 @@ double relative_error(const workload& w) {
 
 // Whether every rank holds the same bits in `work` (FNV-1a of the bytes, min == max).
 bool same_on_all_ranks(const workload& w) {
+  if (w.shared) return true;  // one buffer for all: nothing to compare
   std::uint64_t h = 1469598103934665603ull;
   const auto* p = reinterpret_cast<const unsigned char*>(w.work.data());
   for (std::size_t i = 0; i < w.work.size() * sizeof(float); ++i) {
@@ -237,6 +308,7 @@ struct row {
   bool identical = true;
   double encode_s = 0, decode_s = 0, wait_s = 0;  // per rank and call (rank 0's)
   bool model_bytes = false;                       // sent_bytes is the ring model, not a count
+  std::string algorithm = "mpi";                  // stats(0).algorithm of the last call
 };
 
 // Every baseline call of the run, for the header's drift line.
@@ -298,9 +370,13 @@ template <class C>
 row run_codec(workload& w, const options& o, baseline_log& log, std::string name, double target,
               C prototype) {
   row r{.name = std::move(name), .target = target};
-  gc::mpi_transport transport(MPI_COMM_WORLD);
+  gc::mpi_transport transport(
+      MPI_COMM_WORLD, std::chrono::milliseconds(static_cast<std::int64_t>(o.timeout_s * 1e3)),
+      bench_threads);
   gc::allreduce<C, gc::mpi_transport> ar(transport, std::move(prototype),
-                                         {.bucket_bytes = w.bucket_bytes});
+                                         {.bucket_bytes = w.bucket_bytes,
+                                          .overlap = o.overlap && transport.any_thread(),
+                                          .sparse = o.sparse});
   for (int i = 0; i < o.warmup; ++i) {
     reload(w);
     ar.average(w.work);
@@ -341,6 +417,7 @@ row run_codec(workload& w, const options& o, baseline_log& log, std::string name
     payload += static_cast<double>(s.payload_bytes);
   }
   r.compression = payload > 0 ? f32_bytes / payload : 0;
+  r.algorithm = gc::detail::ar_algorithm_name(ar.stats(0).algorithm);
   return r;
 }
 
@@ -369,6 +446,10 @@ void report(const std::vector<row>& rows, const baseline_log& log, const options
               o.label.c_str(), w.size, hosts.c_str());
   std::printf("# %.0f MiB of f32 a rank (%zu values), %d timed calls a row after %d warm-up\n",
               o.mib, w.work.size(), o.reps, o.warmup);
+  std::printf("# %s; overlap %s%s\n",
+              GRADCOMM_BENCH_SMPI ? "SimGrid SMPI: simulated time (MPI_Wtime)" : "wall-clock time",
+              o.overlap && !GRADCOMM_BENCH_SMPI ? "on" : "off",
+              w.shared ? "; shared buffers (errors not computed)" : "");
   if (link.ring_gbps > 0) {
     // What a ring all-reduce of f32 would take if it ran at the measured link rate.
     const double ring_bits = 2.0 * (w.size - 1) / w.size * 8.0 * w.work.size() * sizeof(float);
@@ -383,10 +464,11 @@ void report(const std::vector<row>& rows, const baseline_log& log, const options
       log.plain.size(), spread(log.plain).c_str(), w.bucket_bytes >> 20,
       spread(log.bucketed).c_str());
   std::printf(
-      "| codec | median ms | MPI_Allreduce ms | ratio | target | bucketed MPI ms | ratio "
+      "| codec | algorithm | median ms | MPI_Allreduce ms | ratio | target | bucketed MPI ms | "
+      "ratio "
       "to bucketed | sent / rank MiB | compression | rel. L2 error (first / last "
       "call) |\n");
-  std::printf("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n");
+  std::printf("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n");
   for (const row& r : rows) {
     const double ratio = r.median_s / r.baseline_s;
     std::string target = "—";
@@ -395,9 +477,9 @@ void report(const std::vector<row>& rows, const baseline_log& log, const options
     } else if (r.target > 0) {
       target = "≤ " + fixed(r.target, 2) + (ratio <= r.target ? " met" : " MISSED");
     }
-    std::printf("| %s%s | %.1f | %.1f | %.3f | %s | %.1f | %.3f | %s%s | %s | %s / %s |\n",
-                r.name.c_str(), r.identical ? "" : " (ranks differ!)", r.median_s * 1e3,
-                r.baseline_s * 1e3, ratio, target.c_str(), r.bucketed_s * 1e3,
+    std::printf("| %s%s | %s | %.1f | %.1f | %.3f | %s | %.1f | %.3f | %s%s | %s | %s / %s |\n",
+                r.name.c_str(), r.identical ? "" : " (ranks differ!)", r.algorithm.c_str(),
+                r.median_s * 1e3, r.baseline_s * 1e3, ratio, target.c_str(), r.bucketed_s * 1e3,
                 r.median_s / r.bucketed_s, fixed(r.sent_bytes / (1 << 20), 2).c_str(),
                 r.model_bytes ? " (ring model)" : "",
                 r.compression > 0 ? fixed(r.compression, 2).c_str() : "—",
@@ -410,19 +492,22 @@ void report(const std::vector<row>& rows, const baseline_log& log, const options
     std::fprintf(stderr, "bench_allreduce_mpi: cannot write %s\n", o.csv.c_str());
     return;
   }
-  std::fprintf(f,
-               "label,ranks,mib,link_gbps,codec,median_ms,baseline_ms,ratio,target,bucketed_ms,"
-               "ratio_to_bucketed,sent_mib_per_rank,sent_is_model,compression,"
-               "rel_l2_error_first,rel_l2_error_last,identical,encode_ms,decode_ms,wait_ms\n");
+  std::fprintf(
+      f,
+      "label,ranks,mib,link_gbps,codec,median_ms,baseline_ms,ratio,target,bucketed_ms,"
+      "ratio_to_bucketed,sent_mib_per_rank,sent_is_model,compression,"
+      "rel_l2_error_first,rel_l2_error_last,identical,encode_ms,decode_ms,wait_ms,algorithm,"
+      "overlap,simulated\n");
   for (const row& r : rows) {
     std::fprintf(f,
                  "\"%s\",%d,%g,%.3f,%s,%.3f,%.3f,%.4f,%g,%.3f,%.4f,%.4f,%d,%.3f,%.3e,%.3e,%d,%.3f,"
-                 "%.3f,%.3f\n",
+                 "%.3f,%.3f,%s,%d,%d\n",
                  o.label.c_str(), w.size, o.mib, link.ring_gbps, r.name.c_str(), r.median_s * 1e3,
                  r.baseline_s * 1e3, r.median_s / r.baseline_s, r.target, r.bucketed_s * 1e3,
                  r.median_s / r.bucketed_s, r.sent_bytes / (1 << 20), r.model_bytes ? 1 : 0,
                  r.compression, r.error_first, r.error_last, r.identical ? 1 : 0, r.encode_s * 1e3,
-                 r.decode_s * 1e3, r.wait_s * 1e3);
+                 r.decode_s * 1e3, r.wait_s * 1e3, r.algorithm.c_str(),
+                 o.overlap && !GRADCOMM_BENCH_SMPI ? 1 : 0, GRADCOMM_BENCH_SMPI);
   }
   std::fclose(f);
 }
@@ -584,7 +669,7 @@ void run_advise(workload& w, const options& o, const std::string& hosts) {
 int main(int argc, char** argv) {
   // The communicator's background thread calls MPI while this thread waits: the
   // environment asks for MPI_THREAD_MULTIPLE.
-  gc::mpi_environment env(argc, argv);
+  gc::mpi_environment env(argc, argv, bench_threads);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);

@@ -85,7 +85,7 @@ struct forwarding_transport {
     q.done_ = sent && received;
     return q.done_;
   }
-  template <class E>
+  template <gradcomm::native_reduce_type E>  // what local_transport reduces, no more
   void allreduce(std::span<const E> in, std::span<E> out, gradcomm::reduce_op op) {
     t->allreduce<E>(in, out, op);
   }

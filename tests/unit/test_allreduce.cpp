@@ -10,6 +10,8 @@
 #include <gradcomm/comm/communicator.hpp>
 #include <gradcomm/transport/local.hpp>
 
+#include "forwarding_transport.hpp"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -18,6 +20,7 @@
 #include <cstring>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -509,6 +512,38 @@ TEST(allreduce_arguments, bad_options_are_refused) {
     comm.average(a);
     EXPECT_THROW(comm.average(b), gc::error);  // another size than the registered buffer
     EXPECT_THROW(comm.start(5), gc::error);
+  });
+}
+
+// A transport that only its own thread may call (as mpi_transport over SMPI, whose MPI
+// provides MPI_THREAD_FUNNELED at most): the all-reduce refuses overlap over it, by name,
+// and without overlap reduces exactly as over any transport.
+struct caller_thread_transport : forwarding_transport {
+  bool any_thread() const noexcept { return false; }
+};
+
+TEST(allreduce_arguments, overlap_is_refused_over_a_caller_thread_transport) {
+  static_assert(gc::Transport<caller_thread_transport>);
+  constexpr int n = 3;
+  gc::local_world world(n, 20s);
+  world.run([&](gc::local_transport& t) {
+    EXPECT_TRUE(gc::transport_any_thread(t));
+    caller_thread_transport only_me{{&t}};
+    EXPECT_FALSE(gc::transport_any_thread(only_me));
+    using ar = gc::allreduce<gc::identity_codec, caller_thread_transport>;
+    try {
+      ar refused(only_me, {});
+      ADD_FAILURE() << "overlap over a caller-thread transport was accepted";
+    } catch (const gc::error& e) {
+      EXPECT_EQ(e.code(), gc::make_error_code(gc::errc::invalid_argument));
+      EXPECT_NE(std::string(e.what()).find("overlap = false"), std::string::npos) << e.what();
+    }
+    ar comm(only_me, {}, {.op = gc::reduction::sum, .overlap = false});
+    std::vector<float> v(5000);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(t.rank() * 10000 + i);
+    comm.average(v);
+    for (std::size_t i = 0; i < v.size(); ++i)
+      ASSERT_EQ(v[i], static_cast<float>(30000 + 3 * i)) << "at " << i;
   });
 }
 

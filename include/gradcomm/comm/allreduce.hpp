@@ -235,6 +235,12 @@ class allreduce {
       detail::throw_invalid_argument(
           "allreduce",
           "buckets of " + std::to_string(opt_.bucket_bytes) + " bytes: at least 1024 are needed");
+    if (opt_.overlap && !transport_any_thread(transport))
+      detail::throw_invalid_argument(
+          "allreduce",
+          "overlap runs the communication on a background thread, and this transport may be "
+          "called only from the thread that made it (MPI below MPI_THREAD_SERIALIZED, e.g. "
+          "SimGrid's SMPI): set allreduce_options::overlap = false");
   }
 
   /// A default codec and options.

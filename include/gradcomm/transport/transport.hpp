@@ -390,6 +390,23 @@ inline constexpr bool transport_withdraws_groups = requires {
   requires T::withdraws_groups;
 };
 
+///  T2. `bool any_thread() const noexcept` returning false when the transport may be called
+///      only from the thread that constructed it (mpi_transport over MPI below
+///      MPI_THREAD_SERIALIZED, e.g. SimGrid's SMPI, where ranks are simulated actors and
+///      a thread of their own cannot call MPI). Read by `transport_any_thread(t)`; true
+///      when not declared. The all-reduce refuses `overlap` (a background thread) then.
+///
+///   if (!gradcomm::transport_any_thread(t)) opt.overlap = false;
+template <class T>
+bool transport_any_thread(const T& t) noexcept {
+  if constexpr (requires {
+                  { t.any_thread() } -> std::convertible_to<bool>;
+                })
+    return t.any_thread();
+  else
+    return true;
+}
+
 /// Checks T against Transport one group at a time, each failure with its own
 /// sentence; true when T models it.
 ///

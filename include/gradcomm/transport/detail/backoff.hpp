@@ -6,6 +6,13 @@
 #include <chrono>
 #include <thread>
 
+// Whether a long wait sleeps (1) or only yields (0). Under a simulator that runs every rank
+// on one thread (SimGrid's SMPI, benchmarks/smpi.sh builds with 0) a real sleep stops the
+// whole simulation and buys nothing: the simulated time does not move during it.
+#ifndef GRADCOMM_POLL_SLEEPS
+#define GRADCOMM_POLL_SLEEPS 1
+#endif
+
 namespace gradcomm {
 inline namespace v0 {
 namespace detail {
@@ -23,7 +30,7 @@ class poll_backoff {
       : yield_for_(yield_for), first_nap_(first_nap), max_nap_(max_nap) {}
 
   void pause() {
-    if (clock::now() - start_ < yield_for_) {
+    if (!GRADCOMM_POLL_SLEEPS || clock::now() - start_ < yield_for_) {
       std::this_thread::yield();
       return;
     }

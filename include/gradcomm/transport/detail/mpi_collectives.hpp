@@ -161,7 +161,8 @@ inline void mpi_transport::decide(const char* call, const detail::mpi_coll_desc&
     return;
   }
   drop_shapes(hits);  // several agreed shapes ran at once: they stay behind
-  if (hits.empty() && every_rank_saw && st.shapes.size() < detail::mpi_max_shapes &&
+  if (GRADCOMM_MPI_HAS_COMM_IDUP && hits.empty() && every_rank_saw &&
+      st.shapes.size() < detail::mpi_max_shapes &&
       st.dropped_comms.size() < detail::mpi_max_dropped_shapes) {
     // Agreed twice: the shape gets a communicator of its own. Waited on with the
     // deadline: a rank stopped right after the check must not hang the others here.
@@ -182,7 +183,12 @@ inline MPI_Comm mpi_transport::new_shape_comm(const char* call, detail::coll_kin
   // if the dup is abandoned.
   auto c = std::make_unique<MPI_Comm>(MPI_COMM_NULL);
   MPI_Request r = MPI_REQUEST_NULL;
+#if GRADCOMM_MPI_HAS_COMM_IDUP
   detail::mpi_check(MPI_Comm_idup(st.comm, c.get(), &r), call, "MPI_Comm_idup", st.rank);
+#else
+  throw error(make_error_code(errc::unsupported), call, st.rank,
+              "MPI_Comm_idup: this MPI has none (GRADCOMM_MPI_HAS_COMM_IDUP 0)");
+#endif
   try {
     await(call, kind, st.coll_seq, [&] {
       int done = 0;

@@ -35,12 +35,16 @@ inline void mpi_transport::serve_control(const char* call) {
     int found = 0;
     MPI_Message msg = MPI_MESSAGE_NULL;
     MPI_Status status;
-    detail::mpi_check(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, st.ctrl, &found, &msg, &status),
+    detail::mpi_check(detail::mpi_probe(MPI_ANY_SOURCE, MPI_ANY_TAG, st.ctrl, st.thread_level,
+                                        &found, &msg, &status),
                       call, "MPI_Improbe", st.rank);
     if (!found) return;
     detail::mpi_ctrl_message m{};
-    detail::mpi_check(MPI_Mrecv(m.words, 2, MPI_UINT64_T, &msg, MPI_STATUS_IGNORE), call,
-                      "MPI_Mrecv", st.rank);
+    MPI_Request req = MPI_REQUEST_NULL;
+    detail::mpi_check(
+        detail::mpi_receive_probed(m.words, 2, MPI_UINT64_T, &msg, status, st.ctrl, &req), call,
+        "MPI_Mrecv", st.rank);
+    detail::mpi_check(MPI_Wait(&req, MPI_STATUS_IGNORE), call, "MPI_Mrecv", st.rank);
     const auto q = static_cast<std::size_t>(status.MPI_SOURCE);
     st.tainted = true;  // some rank timed out
     st.known_seq[q] = std::max(st.known_seq[q], m.words[1]);

@@ -1,5 +1,6 @@
 // gradcomm/transport/detail/mpi_matching.hpp — mpi_transport's progress engine:
-// receives matched in post order (MPI_Improbe, MPI_Imrecv), polling with a backoff
+// receives matched in post order (MPI_Improbe, MPI_Imrecv; MPI_Iprobe, MPI_Irecv on an MPI
+// that runs on one thread), polling with a backoff
 // until a deadline, and the errors of a point-to-point group.
 #pragma once
 
@@ -49,9 +50,10 @@ inline bool mpi_transport::match_receives(const char* call) {
     int found = 0;
     MPI_Message msg = MPI_MESSAGE_NULL;
     MPI_Status status;
-    detail::mpi_check(MPI_Improbe(want.peer == any_source ? MPI_ANY_SOURCE : want.peer, want.tag,
-                                  want.comm, &found, &msg, &status),
-                      call, "MPI_Improbe", st.rank);
+    detail::mpi_check(
+        detail::mpi_probe(want.peer == any_source ? MPI_ANY_SOURCE : want.peer, want.tag, want.comm,
+                          st.thread_level, &found, &msg, &status),
+        call, "MPI_Improbe", st.rank);
     if (!found) {
       ++i;
       continue;
@@ -87,7 +89,9 @@ inline void mpi_transport::start_receive(const detail::mpi_unmatched& u, MPI_Mes
     op.sink.reset(new std::byte[op.bytes]);
     into = op.sink.get();
   }
-  detail::mpi_check(MPI_Imrecv(into, count, MPI_BYTE, &msg, u.slot), call, "MPI_Imrecv", st.rank);
+  detail::mpi_check(
+      detail::mpi_receive_probed(into, count, MPI_BYTE, &msg, status, op.comm, u.slot), call,
+      "MPI_Imrecv", st.rank);
 }
 
 inline void mpi_transport::reap_orphans() noexcept {

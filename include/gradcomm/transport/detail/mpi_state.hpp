@@ -24,8 +24,29 @@
 #include <system_error>
 #include <vector>
 
+// Whether MPI has MPI_Comm_idup (MPI 3.0). SimGrid's SMPI 3.32 has not (it aborts):
+// benchmarks/smpi.sh builds with 0. Agreed collective shapes then get no communicator of
+// their own (mpi_collectives.hpp): each collective runs after its agreement check instead
+// of beside it, one all-gather's latency more.
+#ifndef GRADCOMM_MPI_HAS_COMM_IDUP
+#define GRADCOMM_MPI_HAS_COMM_IDUP 1
+#endif
+
 namespace gradcomm {
 inline namespace v0 {
+
+/// Which threads of the program call MPI through gradcomm. `any` (the default): a
+/// communicator's background thread too (allreduce_options::overlap), so MPI must provide
+/// MPI_THREAD_SERIALIZED or more. `caller`: only the thread that initialized MPI, so any
+/// thread level will do; for MPIs that provide less, such as SimGrid's SMPI (its ranks are
+/// simulated actors: a thread a rank starts cannot call MPI). A transport made so refuses
+/// the all-reduce's overlap (transport_any_thread) unless MPI provides more after all.
+///
+///   gradcomm::mpi_environment env(argc, argv, gradcomm::mpi_threads::caller);
+///   gradcomm::mpi_transport t(env.world(), std::chrono::seconds(60),
+///   gradcomm::mpi_threads::caller);
+enum class mpi_threads : unsigned char { any, caller };
+
 namespace detail {
 
 using mpi_clock = std::chrono::steady_clock;
@@ -52,6 +73,26 @@ inline void mpi_check(int rc, const char* call, const char* mpi_function, int ra
   if (rc != MPI_SUCCESS)
     throw error(std::error_code(rc, mpi_category()), call, rank,
                 std::string(mpi_function) + " failed: " + mpi_error_text(rc));
+}
+
+// MPI_Improbe, or where MPI runs on one thread only (below MPI_THREAD_SERIALIZED)
+// MPI_Iprobe: the message it finds is then the one the next receive of its source and tag
+// on `comm` takes, as no other thread can receive it first. SimGrid's SMPI 3.32 has no
+// MPI_Improbe (it aborts) and provides MPI_THREAD_FUNNELED at most. `msg` stays
+// MPI_MESSAGE_NULL after MPI_Iprobe: receive with mpi_receive_probed.
+inline int mpi_probe(int source, int tag, MPI_Comm comm, int thread_level, int* found,
+                     MPI_Message* msg, MPI_Status* status) {
+  *msg = MPI_MESSAGE_NULL;
+  if (thread_level < MPI_THREAD_SERIALIZED) return MPI_Iprobe(source, tag, comm, found, status);
+  return MPI_Improbe(source, tag, comm, found, msg, status);
+}
+
+// Receives (non-blocking) the message mpi_probe found.
+inline int mpi_receive_probed(void* into, int count, MPI_Datatype type, MPI_Message* msg,
+                              const MPI_Status& status, MPI_Comm comm, MPI_Request* req) {
+  if (*msg == MPI_MESSAGE_NULL)
+    return MPI_Irecv(into, count, type, status.MPI_SOURCE, status.MPI_TAG, comm, req);
+  return MPI_Imrecv(into, count, type, msg, req);
 }
 
 inline const char* mpi_thread_level_name(int level) noexcept {
@@ -162,6 +203,7 @@ struct mpi_state {
   int rank = 0;
   int size = 1;
   int tag_ub = 32767;
+  int thread_level = MPI_THREAD_SINGLE;  // what MPI_Query_thread said at construction
   std::chrono::milliseconds timeout{60000};
   traffic_counters counters;
 

@@ -19,7 +19,8 @@ inline namespace v0 {
 /// Initializes MPI for the program's lifetime, or finds it initialized: RAII around
 /// MPI_Init_thread (requesting MPI_THREAD_MULTIPLE) and MPI_Finalize. It finalizes only
 /// what it initialized, so a trainer that owns MPI may still construct one. Throws
-/// gradcomm::error (unsupported) when MPI provides less than MPI_THREAD_SERIALIZED.
+/// gradcomm::error (unsupported) when MPI provides less than MPI_THREAD_SERIALIZED,
+/// unless constructed with mpi_threads::caller (only this thread will call MPI).
 /// Destroy every mpi_transport before it.
 ///
 ///   int main(int argc, char** argv) {
@@ -33,6 +34,13 @@ class mpi_environment {
   ///
   ///   gradcomm::mpi_environment env(argc, argv);
   mpi_environment(int& argc, char**& argv) { init(&argc, &argv); }
+  /// The same, for a program that calls MPI from this thread only (SimGrid's SMPI, whose
+  /// MPI_Init_thread provides MPI_THREAD_FUNNELED at most): any thread level is accepted.
+  ///
+  ///   gradcomm::mpi_environment env(argc, argv, gradcomm::mpi_threads::caller);
+  mpi_environment(int& argc, char**& argv, mpi_threads threads) : threads_(threads) {
+    init(&argc, &argv);
+  }
   /// Initializes MPI without arguments.
   ///
   ///   gradcomm::mpi_environment env;
@@ -47,7 +55,8 @@ class mpi_environment {
   ///
   ///   gradcomm::mpi_transport t(env.world());
   MPI_Comm world() const noexcept { return MPI_COMM_WORLD; }
-  /// The thread level MPI provides (MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE).
+  /// The thread level MPI provides (MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE; with
+  /// mpi_threads::caller possibly less).
   ///
   ///   bool any_thread = env.thread_level() == MPI_THREAD_MULTIPLE;
   int thread_level() const noexcept { return level_; }
@@ -70,7 +79,7 @@ class mpi_environment {
                         "MPI_Init_thread", -1);
       owns_ = true;
     }
-    if (level_ < MPI_THREAD_SERIALIZED) {
+    if (level_ < MPI_THREAD_SERIALIZED && threads_ == mpi_threads::any) {
       if (owns_) MPI_Finalize();
       owns_ = false;
       throw error(make_error_code(errc::unsupported), call, -1,
@@ -80,6 +89,7 @@ class mpi_environment {
 
   int level_ = MPI_THREAD_SINGLE;
   bool owns_ = false;
+  mpi_threads threads_ = mpi_threads::any;
 };
 
 }  // namespace v0

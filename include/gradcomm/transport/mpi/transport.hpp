@@ -195,12 +195,15 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
 
   /// Joins `comm` (collective over it: MPI_Comm_dup). `timeout` bounds every wait.
   /// Throws gradcomm::error when MPI is not initialized, provides less than
-  /// MPI_THREAD_SERIALIZED, or `comm` is null or an inter-communicator.
+  /// MPI_THREAD_SERIALIZED (unless `threads` is mpi_threads::caller: then only the
+  /// constructing thread may call it, and any_thread() says so), or `comm` is null or an
+  /// inter-communicator.
   ///
   ///   gradcomm::mpi_transport t(MPI_COMM_WORLD);  // 60 s deadline
   ///   gradcomm::mpi_transport fast(trainer_comm, std::chrono::milliseconds(500));
   explicit mpi_transport(MPI_Comm comm,
-                         std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+                         std::chrono::milliseconds timeout = std::chrono::seconds(60),
+                         mpi_threads threads = mpi_threads::any) {
     static constexpr const char* call = "mpi_transport";
     if (timeout.count() <= 0)
       detail::throw_invalid_argument(
@@ -211,7 +214,7 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
                   "gradcomm::mpi_environment first, or call MPI_Init_thread");
     int level = MPI_THREAD_SINGLE;
     detail::mpi_check(MPI_Query_thread(&level), call, "MPI_Query_thread", -1);
-    if (level < MPI_THREAD_SERIALIZED)
+    if (level < MPI_THREAD_SERIALIZED && threads == mpi_threads::any)
       throw error(make_error_code(errc::unsupported), call, -1,
                   "MPI was initialized with " + detail::mpi_thread_level_text(level));
     if (comm == MPI_COMM_NULL) detail::throw_invalid_argument(call, "the communicator is null");
@@ -225,6 +228,7 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
       MPI_Comm c;
       MPI_Errhandler h;
       ~restore_handler() {
+        if (h == MPI_ERRHANDLER_NULL) return;  // SMPI: MPI_COMM_WORLD reports none
         MPI_Comm_set_errhandler(c, h);
         MPI_Errhandler_free(&h);
       }
@@ -237,6 +241,7 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
 
     auto st = std::make_shared<detail::mpi_state>();
     st->timeout = timeout;
+    st->thread_level = level;
     detail::mpi_check(MPI_Comm_dup(comm, &st->comm), call, "MPI_Comm_dup", -1);
     detail::mpi_check(MPI_Comm_set_errhandler(st->comm, MPI_ERRORS_RETURN), call,
                       "MPI_Comm_set_errhandler", -1);
@@ -286,6 +291,11 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
   ///
   ///   std::vector<float> all(t.size() * n);
   int size() const noexcept { return state_->size; }
+  /// Whether threads other than the constructing one may call this transport: MPI
+  /// provides MPI_THREAD_SERIALIZED or more (transport trait T2, transport_any_thread).
+  ///
+  ///   comm_options.overlap = t.any_thread();
+  bool any_thread() const noexcept { return state_->thread_level >= MPI_THREAD_SERIALIZED; }
   /// The longest any wait lasts before it throws timeout_error (a collective's:
   /// about 1.5 × that, see the header; the ring all-reduce waits that long for each
   /// of its messages, not for the whole call).

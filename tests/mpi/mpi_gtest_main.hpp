@@ -38,11 +38,10 @@ class rank_failure_printer : public ::testing::EmptyTestEventListener {
   int rank_;
 };
 
-// Runs `run(sync)` on every rank, `sync` a transport over MPI_COMM_WORLD with a long
-// deadline for the tests' own synchronization; returns the worst result of all ranks.
+// run_mpi_tests' body: MPI up (initialized here unless it is already), the tests run.
 template <class Run>
-int run_mpi_tests(int argc, char** argv, Run run) {
-  gradcomm::mpi_environment env(argc, argv);
+int run_mpi_tests_in(int argc, char** argv, Run run, gradcomm::mpi_threads threads) {
+  gradcomm::mpi_environment env(argc, argv, threads);
   ::testing::InitGoogleTest(&argc, argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -53,13 +52,28 @@ int run_mpi_tests(int argc, char** argv, Run run) {
   }
   int mine = 0;
   {
-    gradcomm::mpi_transport s(env.world(), std::chrono::seconds(60));
+    gradcomm::mpi_transport s(env.world(), std::chrono::seconds(60), threads);
     mine = run(s);
   }
   int worst = 0;
   MPI_Allreduce(&mine, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (rank == 0 && worst != 0 && mine == 0)
     std::printf("[  FAILED  ] on another rank: see the [rank r] lines above\n");
+  return worst;
+}
+
+// Runs `run(sync)` on every rank, `sync` a transport over MPI_COMM_WORLD with a long
+// deadline for the tests' own synchronization; returns the worst result of all ranks.
+// With `threads` = mpi_threads::caller, MPI is initialized at MPI_THREAD_FUNNELED (the
+// transport's one-thread path, what SimGrid's SMPI provides) and `sync` made so.
+template <class Run>
+int run_mpi_tests(int argc, char** argv, Run run,
+                  gradcomm::mpi_threads threads = gradcomm::mpi_threads::any) {
+  int provided = MPI_THREAD_SINGLE;
+  if (threads == gradcomm::mpi_threads::caller)
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  const int worst = run_mpi_tests_in(argc, argv, run, threads);
+  if (threads == gradcomm::mpi_threads::caller) MPI_Finalize();  // this function's MPI_Init
   return worst;
 }
 

@@ -5,6 +5,11 @@
 // counters, and deadlines: a rank that skips a receive or a collective is named by the
 // others' timeout_error, and every rank finishes cleanly afterwards.
 //
+// Built twice (tests/mpi/CMakeLists.txt): test_mpi_transport, MPI at MPI_THREAD_MULTIPLE;
+// test_mpi_transport_funneled (GRADCOMM_TEST_MPI_FUNNELED), MPI at MPI_THREAD_FUNNELED and
+// every transport made with mpi_threads::caller: the transport's one-thread path (MPI_Iprobe
+// and MPI_Irecv where MPI_Improbe and MPI_Imrecv serve otherwise), the one SimGrid's SMPI runs.
+//
 // Every rank runs every test in the same order; a test's collectives are called by all
 // ranks. The tests' own synchronization goes through a separate transport (`sync_t()`),
 // with a long deadline, so that it never meets the traffic under test.
@@ -59,6 +64,12 @@ constexpr auto test_timeout = std::chrono::milliseconds(20s);
 // The deadline of the timeout tests.
 constexpr auto short_timeout = std::chrono::milliseconds(500ms);
 
+#ifdef GRADCOMM_TEST_MPI_FUNNELED
+constexpr auto test_threads = gc::mpi_threads::caller;
+#else
+constexpr auto test_threads = gc::mpi_threads::any;
+#endif
+
 gc::mpi_transport* sync_transport = nullptr;
 
 gc::mpi_transport& sync_t() { return *sync_transport; }
@@ -76,7 +87,7 @@ int world_size() {
 }
 
 gc::mpi_transport make(std::chrono::milliseconds timeout = test_timeout) {
-  return gc::mpi_transport(MPI_COMM_WORLD, timeout);
+  return gc::mpi_transport(MPI_COMM_WORLD, timeout, test_threads);
 }
 
 std::byte pattern(int rank, std::size_t i, int salt = 0) {
@@ -145,7 +156,7 @@ TEST(MpiTransport, ErrorsReturnOnTheTransportsCommunicatorAndTheCallersHandlerIs
   MPI_Comm_dup(MPI_COMM_WORLD, &mine);
   MPI_Comm_set_errhandler(mine, MPI_ERRORS_ARE_FATAL);
   {
-    gc::mpi_transport t(mine, test_timeout);
+    gc::mpi_transport t(mine, test_timeout, test_threads);
     MPI_Errhandler h = MPI_ERRHANDLER_NULL;
     MPI_Comm_get_errhandler(t.communicator(), &h);
     EXPECT_TRUE(h == MPI_ERRORS_RETURN);
@@ -160,9 +171,11 @@ TEST(MpiTransport, ErrorsReturnOnTheTransportsCommunicatorAndTheCallersHandlerIs
 
 TEST(MpiTransport, EnvironmentFindsMpiInitialized) {
   {
-    gc::mpi_environment again;  // MPI is up (main's): it must not finalize it
+    gc::mpi_environment again(test_threads);  // MPI is up (main's): it must not finalize it
     EXPECT_FALSE(again.initialized_here());
-    EXPECT_GE(again.thread_level(), MPI_THREAD_SERIALIZED);
+    if (test_threads == gc::mpi_threads::any) {
+      EXPECT_GE(again.thread_level(), MPI_THREAD_SERIALIZED);
+    }
     int cmp = MPI_UNEQUAL;
     MPI_Comm_compare(again.world(), MPI_COMM_WORLD, &cmp);
     EXPECT_EQ(cmp, MPI_IDENT);
@@ -170,6 +183,37 @@ TEST(MpiTransport, EnvironmentFindsMpiInitialized) {
   int fin = 1;
   MPI_Finalized(&fin);
   EXPECT_EQ(fin, 0);
+}
+
+// Below MPI_THREAD_SERIALIZED only a transport made for the caller's thread is accepted, and
+// it says that other threads may not call it (the all-reduce then refuses its overlap:
+// test_allreduce); at MPI_THREAD_SERIALIZED or more any transport may be called from any
+// thread.
+TEST(MpiTransport, ThreadLevelAndMode) {
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  auto t = make();
+  EXPECT_EQ(t.any_thread(), level >= MPI_THREAD_SERIALIZED);
+  EXPECT_EQ(gc::transport_any_thread(t), t.any_thread());
+  if (level < MPI_THREAD_SERIALIZED) {
+    try {
+      gc::mpi_transport refused(MPI_COMM_WORLD, test_timeout);
+      ADD_FAILURE() << "a transport for any thread made below MPI_THREAD_SERIALIZED";
+    } catch (const gc::error& e) {
+      EXPECT_EQ(e.code(), make_error_code(gc::errc::unsupported)) << e.what();
+      EXPECT_TRUE(contains(e.what(), "MPI_THREAD_FUNNELED")) << e.what();
+    }
+    try {
+      gc::mpi_environment refused;
+      ADD_FAILURE() << "an environment for any thread made below MPI_THREAD_SERIALIZED";
+    } catch (const gc::error& e) {
+      EXPECT_EQ(e.code(), make_error_code(gc::errc::unsupported)) << e.what();
+    }
+  }
+#ifdef GRADCOMM_TEST_MPI_FUNNELED
+  EXPECT_LT(level, MPI_THREAD_SERIALIZED) << "the funneled build ran at a higher level: its "
+                                             "one-thread path went untested";
+#endif
 }
 
 TEST(MpiTransport, RejectsANonPositiveTimeoutAndANullCommunicator) {
@@ -1268,10 +1312,13 @@ TEST(MpiTransportDeadline, ARingAllreduceASilentRankSkipsTimesOutNamingIt) {
 // ---- main: MPI up, only rank 0 reports, any rank's failure fails every rank ----------------
 
 int main(int argc, char** argv) {
-  return gradcomm_test::run_mpi_tests(argc, argv, [](gc::mpi_transport& s) {
-    sync_transport = &s;
-    const int rc = RUN_ALL_TESTS();
-    sync_transport = nullptr;
-    return rc;
-  });
+  return gradcomm_test::run_mpi_tests(
+      argc, argv,
+      [](gc::mpi_transport& s) {
+        sync_transport = &s;
+        const int rc = RUN_ALL_TESTS();
+        sync_transport = nullptr;
+        return rc;
+      },
+      test_threads);
 }

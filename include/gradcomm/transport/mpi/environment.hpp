@@ -45,6 +45,10 @@ class mpi_environment {
   ///
   ///   gradcomm::mpi_environment env;
   mpi_environment() { init(nullptr, nullptr); }
+  /// The same, from this thread only (mpi_threads::caller: any thread level is accepted).
+  ///
+  ///   gradcomm::mpi_environment env(gradcomm::mpi_threads::caller);
+  explicit mpi_environment(mpi_threads threads) : threads_(threads) { init(nullptr, nullptr); }
   mpi_environment(const mpi_environment&) = delete;
   mpi_environment& operator=(const mpi_environment&) = delete;
   ~mpi_environment() {

@@ -10,7 +10,9 @@
 #
 # Options: --build DIR (default build), --out DIR (default convergence), --seeds LIST
 # (default 1,2,3), --epochs N (default 1), --workers N (default 4), --comms LIST (default
-# allreduce,ps,gossip), --topology T (gossip's; default exponential). Writes
+# allreduce,ps,gossip), --topology T (gossip's; default exponential). Without an
+# all-reduce none row (--comms ps,gossip) the "vs" column compares with BASELINE_ACC (a
+# percentage, e.g. BASELINE_ACC=85.51), or is left empty. Writes
 # DIR/runs.csv (every epoch of every run, the example's CSV with a seed column),
 # DIR/convergence.md (the table), DIR/convergence.dat and DIR/convergence.png (the plot;
 # gnuplot is installed from Debian's gnuplot-nox when missing and this runs as root,
@@ -47,7 +49,7 @@ while [ $# -gt 0 ]; do
     --workers) workers=$2; shift 2 ;;
     --comms) comms=$2; shift 2 ;;
     --topology) topology=$2; shift 2 ;;
-    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -eu/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "convergence.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -101,7 +103,8 @@ mv "$runs.tmp" "$runs"
 
 # Columns of runs.csv: seed,lr,codec,comm,workers,epoch,steps,test_accuracy,test_loss,
 # train_loss,bytes_sent_per_worker,ratio,...; the last epoch of each run counts.
-awk -F, -v epochs="$epochs" -v md="$out/convergence.md" -v dat="$out/convergence.dat" '
+awk -F, -v epochs="$epochs" -v md="$out/convergence.md" -v dat="$out/convergence.dat" \
+  -v given="${BASELINE_ACC:-}" '
 NR == 1 { next }
 $6 == epochs {
   key = $4 "/" $3
@@ -112,16 +115,17 @@ $6 == epochs {
 }
 END {
   base = "allreduce/none"
-  if (!(base in n)) { print "convergence.sh: no uncompressed all-reduce run to compare with" > "/dev/stderr" }
-  b_acc = (base in n) ? acc[base] / n[base] : 0
+  has_base = (base in n) || given != ""
+  if (!has_base) { print "convergence.sh: no uncompressed all-reduce run to compare with (BASELINE_ACC=85.51 sets one)" > "/dev/stderr" }
+  b_acc = (base in n) ? acc[base] / n[base] : given / 100
   b_bytes = (base in n) ? bytes[base] / n[base] : 0
   printf "| communicator | codec | lr | seeds | test accuracy %% (mean, min–max) | vs all-reduce none (points) | sent per worker (MiB) | bytes vs all-reduce none |\n" > md
   printf "|---|---|---:|---:|---:|---:|---:|---:|\n" >> md
   for (i = 1; i <= keys; i++) {
     k = order[i]; split(k, p, "/")
     m = acc[k] / n[k]; mb = bytes[k] / n[k]
-    printf "| %s | %s | %s | %d | %.2f (%.2f–%.2f) | %+.2f | %.1f | %s |\n", p[1], p[2], lr[k], n[k],
-      100 * m, 100 * lo[k], 100 * hi[k], 100 * (m - b_acc), mb / 1048576,
+    printf "| %s | %s | %s | %d | %.2f (%.2f–%.2f) | %s | %.1f | %s |\n", p[1], p[2], lr[k], n[k],
+      100 * m, 100 * lo[k], 100 * hi[k], (has_base ? sprintf("%+.2f", 100 * (m - b_acc)) : "-"), mb / 1048576,
       (b_bytes > 0 ? sprintf("%.4f", mb / b_bytes) : "-") >> md
     printf "%s\t%s\t%.6g\t%.4f\t%.4f\t%.4f\n", p[1], p[2], mb / 1048576, 100 * m, 100 * lo[k], 100 * hi[k] > dat
   }

@@ -87,7 +87,7 @@ struct train_config {
   /// gradcomm::dgc_memory), "auto" (main.cpp, ps_defaults).
   std::string ps_push = "auto";
   /// Gossip's consensus step γ (gossip_options::gamma); 0: the example's default for the
-  /// codec (main.cpp, gossip_gamma_for), which is the library's except for top-k.
+  /// codec (main.cpp, gossip_gamma_for), which is the library's except for top-k and sign.
   float gossip_gamma = 0.0f;
 };
 

@@ -47,6 +47,7 @@
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/codec/topk.hpp>
+#include <gradcomm/comm/detail/allreduce_allgather.hpp>
 #include <gradcomm/comm/detail/allreduce_common.hpp>
 #include <gradcomm/comm/detail/allreduce_sparse.hpp>
 #include <gradcomm/core/config.hpp>
@@ -382,7 +383,7 @@ candidate_prediction advise_predict(const C& codec, advised_codec which, std::si
       const std::vector<std::size_t> sizes(static_cast<std::size_t>(ranks), pn);
       path = ar_sparse_choose(sparse_allreduce::automatic, sizes, n);
       rs_bytes = ar_sparse_cost(sizes, n).reduce_scatter;
-    } else if (N * static_cast<double>(pn) > 8 * dn) {
+    } else if (ar_allgather_goes_dense(static_cast<std::size_t>(ranks) * pn, n, ranks)) {
       path = ar_algorithm::dense;
     }
     p.algorithm = path;

@@ -21,6 +21,15 @@ namespace gradcomm {
 inline namespace v0 {
 namespace detail {
 
+// The all-gather's break-even: a ring all-reduce of f32 moves 2(N−1)/N × 4n bytes per rank;
+// the all-gather brings each rank the others' payloads, about (N−1)/N × `total` (the sum of
+// every rank's payload bytes). Past it the payloads are decoded and the dense values
+// all-reduced instead. The all-reduce asks it each round; the advisor (comm/advise.hpp)
+// predicts with it.
+constexpr bool ar_allgather_goes_dense(std::size_t total, std::size_t n, int ranks) noexcept {
+  return ranks > 1 && total > 2 * n * sizeof(float);
+}
+
 template <Codec C, Transport T, class Ctx = host_context>
 class allreduce_allgather {
  public:
@@ -44,10 +53,7 @@ class allreduce_allgather {
   void finish(T& t, view_in<Ctx, const float>, view_in<Ctx, float> out, reduction op, std::uint32_t,
               std::uint64_t, Tally& st) {
     const std::size_t total = gather_sizes(t);
-    // Break-even: a ring all-reduce of f32 moves 2(N-1)/N × 4n bytes per rank; the
-    // all-gather brings each rank the others' payloads, about (N-1)/N × total.
-    finish_gathered(t, out, op, total, shape_.ranks > 1 && total > 2 * shape_.n * sizeof(float),
-                    st);
+    finish_gathered(t, out, op, total, ar_allgather_goes_dense(total, shape_.n, shape_.ranks), st);
   }
 
   double residual_norm() const { return ar_residual_norm(std::span<const C>(&codec_, 1)); }

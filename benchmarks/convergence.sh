@@ -10,7 +10,9 @@
 #
 # Options: --build DIR (default build), --out DIR (default convergence), --seeds LIST
 # (default 1,2,3), --epochs N (default 1), --workers N (default 4), --comms LIST (default
-# allreduce,ps,gossip), --topology T (gossip's; default exponential). Without an
+# allreduce,ps,gossip), --codecs LIST (default: every codec each communicator takes),
+# --lr-schedule constant|cosine (the example's; default constant), --topology T (gossip's;
+# default exponential). Without an
 # all-reduce none row (--comms ps,gossip) the "vs" column compares with BASELINE_ACC (a
 # percentage, e.g. BASELINE_ACC=85.51), or is left empty. Writes
 # DIR/runs.csv (every epoch of every run, the example's CSV with a seed column),
@@ -40,6 +42,8 @@ epochs=1
 workers=4
 comms=allreduce,ps,gossip
 topology=exponential
+only=
+schedule=constant
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -49,6 +53,8 @@ while [ $# -gt 0 ]; do
     --workers) workers=$2; shift 2 ;;
     --comms) comms=$2; shift 2 ;;
     --topology) topology=$2; shift 2 ;;
+    --codecs) only=$2; shift 2 ;;
+    --lr-schedule) schedule=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -eu/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "convergence.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -82,12 +88,13 @@ runs=$out/runs.csv
 header_done=0
 for comm in $(echo "$comms" | tr ',' ' '); do
   for codec in $(codecs_for "$comm"); do
+    case ",${only:-$codec}," in *",$codec,"*) ;; *) continue ;; esac
     for seed in $(echo "$seeds" | tr ',' ' '); do
       lr=$(lr_for "$codec" "$comm")
       csv=$out/run-$comm-$codec-$seed.csv
-      echo "convergence.sh: $comm $codec seed $seed (lr $lr)" >&2
+      echo "convergence.sh: $comm $codec seed $seed (lr $lr, $schedule)" >&2
       if ! "$prog" --comm "$comm" --topology "$topology" --codec "$codec" --epochs "$epochs" \
-        --workers "$workers" --seed "$seed" --lr "$lr" --csv "$csv" >"$out/run-$comm-$codec-$seed.log" 2>&1; then
+        --lr-schedule "$schedule" --workers "$workers" --seed "$seed" --lr "$lr" --csv "$csv" >"$out/run-$comm-$codec-$seed.log" 2>&1; then
         echo "convergence.sh: $comm $codec seed $seed failed (see $out/run-$comm-$codec-$seed.log)" >&2
         continue
       fi

@@ -14,7 +14,8 @@
 # 0.85), --codecs LIST (default none,bf16,int8,sign,topk,powersgd), --epochs E (the most
 # each may train; default 4), --evals-per-epoch K (default 4: the time is known to a
 # quarter of an epoch), --seed S (default 1), --lr L (default 0.02, the example's, for
-# every codec), --build DIR (default build), --out DIR (default time-to-accuracy). Writes
+# every codec), --example-args "ARGS" (more options for the example, e.g. "--no-overlap"),
+# --build DIR (default build), --out DIR (default time-to-accuracy). Writes
 # DIR/runs.csv and DIR/run.log (the example's CSV: a row an evaluation, with the training
 # time so far) and DIR/time_to_accuracy.md. One mpirun runs every codec, one after another,
 # on the same namespaces (shaped_network.sh first checks the set-up and measures the link).
@@ -31,6 +32,7 @@ seed=1
 lr=0.02
 build=build
 out=time-to-accuracy
+extra=
 while [ $# -gt 0 ]; do
   case "$1" in
     --hosts) hosts=$2; shift 2 ;;
@@ -43,7 +45,8 @@ while [ $# -gt 0 ]; do
     --lr) lr=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    --example-args) extra=$2; shift 2 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "time_to_accuracy.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,7 +63,7 @@ echo "time_to_accuracy.sh: $codecs (lr $lr) on $hosts hosts at $rate, each to $t
 if ! bash "$here/shaped_network.sh" --hosts "$hosts" --rate "$rate" --build "$build" \
   -- "$prog" --transport mpi --codecs "$codecs" --epochs "$epochs" \
   --evals-per-epoch "$evals" --target-accuracy "$target" --seed "$seed" --lr "$lr" \
-  --csv "$out/runs.csv" >"$out/run.log" 2>&1; then
+  --csv "$out/runs.csv" $extra >"$out/run.log" 2>&1; then
   echo "time_to_accuracy.sh: the run failed (see $out/run.log)" >&2
 fi
 grep '^shaped_network.sh: link' "$out/run.log" >&2 || true

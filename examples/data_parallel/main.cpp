@@ -24,7 +24,9 @@
 // on by default), and with --topk-warmup N top-k sends 25 %, 6.25 %, 1.5625 % for N steps
 // each before its 1 % (DGC's staged sparsity; off by default: see default_topk_warmup);
 // --no-warmup, or 0, switches either off. The bytes they cost are in the table's
-// sent/worker and ratio.
+// sent/worker and ratio. The all-reduce starts its buckets as the backward pass writes their
+// layers (allreduce::ready), so the largest layer's communication overlaps the computation
+// of the first layer's gradients; --no-overlap starts them after the backward pass.
 // Communicators (--comm): allreduce (every codec); ps, the asynchronous parameter server
 // (one server rank besides the workers: --workers 4 runs 5 threads; rank 0 serves under
 // MPI; the workers keep the momentum, see make_ps), with the worker's error feedback on
@@ -180,6 +182,9 @@ constexpr std::uint64_t default_topk_warmup = 0, default_powersgd_warmup = 20;
 /// are [W2] (1024 × 1024), [W1; W3] (794 × 1024, weights stacked row on row) and the
 /// biases: every bucket is a weight matrix, which is what PowerSGD needs to see (it views
 /// a bucket as one matrix). Tensors under 4096 elements (the biases) travel as f32.
+/// w.registered maps the model's tensors to these registrations, so that train() says
+/// each ready as the backward pass writes it (allreduce::ready): [W2] communicates while
+/// the first layer's gradients are computed (--no-overlap: after the backward pass).
 /// SGD with momentum 0.9 applies the mean, without momentum where the workers send
 /// their momentum (cfg.worker_momentum).
 template <class C, gradcomm::Transport T>
@@ -194,8 +199,14 @@ auto make_allreduce(T& t, C codec, dp::worker& w, const dp::train_config& cfg) {
   if constexpr (C::traits.two_round) o.uncompressed_steps = cfg.powersgd_warmup_steps;
   auto comm =
       std::make_unique<gradcomm::allreduce<C, T>>(t, std::move(codec), o, sgd_for(cfg, cfg.lr));
-  for (const auto& p : order)
-    comm->add_tensor(gradcomm::host_view<float>(w.grads.data() + p.offset, p.size()), p.name);
+  const auto& tensors = w.net.tensors();
+  w.registered.assign(tensors.size(), 0);
+  for (const auto& p : order) {
+    const std::size_t k =
+        comm->add_tensor(gradcomm::host_view<float>(w.grads.data() + p.offset, p.size()), p.name);
+    for (std::size_t t = 0; t < tensors.size(); ++t)
+      if (tensors[t].offset == p.offset) w.registered[t] = k;
+  }
   return comm;
 }
 
@@ -614,10 +625,12 @@ int run(const options& o, int rank_hint, int world_size) {
     ps_defaults(cfg);
     if (cfg.gossip_gamma == 0.0f) cfg.gossip_gamma = gossip_gamma_for(codec);
     if (talk)
-      std::fprintf(stderr, "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g, momentum %g%s\n",
+      std::fprintf(stderr,
+                   "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g%s, momentum %g%s\n",
                    codec.c_str(), cfg.comm.c_str(), world_size,
                    find_backend(cfg.comm)->servers ? " and a server" : "", o.transport.c_str(),
-                   cfg.batch, static_cast<double>(cfg.lr), static_cast<double>(momentum),
+                   cfg.batch, static_cast<double>(cfg.lr),
+                   cfg.lr_schedule == "cosine" ? " (cosine)" : "", static_cast<double>(momentum),
                    cfg.comm == "ps" || (cfg.comm == "allreduce" && compresses_momentum(codec))
                        ? " (on each worker, before the codec)"
                        : "");
@@ -716,6 +729,10 @@ int main(int argc, char** argv) {
          "before the codec)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_option("--lr-schedule", o.train.lr_schedule,
+                 "constant, or cosine: lr · ½(1 + cos(π s / S)) at step s of the run's S")
+      ->check(CLI::IsMember({"constant", "cosine"}))
+      ->capture_default_str();
   app.add_option("--seed", o.train.seed,
                  "seeds the initial parameters, the shuffles and the codecs")
       ->capture_default_str();
@@ -760,6 +777,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0f, 1.0f))
       ->capture_default_str();
   app.add_flag("--no-warmup", no_warmup, "both warm-ups off (--topk-warmup 0 --powersgd-warmup 0)");
+  bool no_overlap = false;
+  app.add_flag("--no-overlap", no_overlap,
+               "the all-reduce starts its buckets after the backward pass, not as each layer's "
+               "gradients land");
   app.add_option("--data", o.data, "folder of the four gzipped IDX files")->capture_default_str();
   app.add_option("--csv", o.csv,
                  "write one row per evaluation (epoch, by default) and configuration to this file");
@@ -770,6 +791,7 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   if (no_warmup) o.train.topk_warmup_steps = o.train.powersgd_warmup_steps = 0;
+  if (no_overlap) o.train.overlap_backward = false;
   if (!codec.empty()) o.codecs = {codec};
   if (o.codecs.empty()) o.codecs = {"none", "int8"};
 

@@ -113,9 +113,14 @@ class mlp {
 
   /// Forward and backward pass on `batch` examples (x: batch × inputs() row-major,
   /// labels: batch class indices). Overwrites `grads` with the gradient of the mean
-  /// loss over the batch and returns that mean loss.
+  /// loss over the batch and returns that mean loss. `landed(t)` is called as tensor t's
+  /// gradient (an index into tensors()) is final: W3, b3, W2, b2, W1, b1 in this order, so
+  /// that a communicator may send a layer's gradients while the layers below are computed.
+  ///
+  ///   net.forward_backward(w, x, labels, 64, g, [&](std::size_t t) { comm.ready(t); });
+  template <class Landed>
   double forward_backward(std::span<const float> params, const float* x, const std::uint8_t* labels,
-                          std::size_t batch, std::span<float> grads) {
+                          std::size_t batch, std::span<float> grads, Landed&& landed) {
     check_size("mlp::forward_backward", params.size());
     check_size("mlp::forward_backward", grads.size());
     const auto b = static_cast<Eigen::Index>(batch);
@@ -131,16 +136,28 @@ class mlp {
     row_map db1 = bias(grads, 1), db2 = bias(grads, 3), db3 = bias(grads, 5);
 
     dW3.noalias() = probs_.transpose() * h2_;
+    landed(std::size_t{4});
     db3 = probs_.colwise().sum();
+    landed(std::size_t{5});
     dh_.noalias() = probs_ * W3;
     dh_ = (h2_.array() > 0.0f).select(dh_, 0.0f);
     dW2.noalias() = h1_.transpose() * dh_;
+    landed(std::size_t{2});
     db2 = dh_.colwise().sum();
+    landed(std::size_t{3});
     dh1_.noalias() = dh_ * W2.transpose();
     dh1_ = (h1_.array() > 0.0f).select(dh1_, 0.0f);
     dW1.noalias() = X.transpose() * dh1_;
+    landed(std::size_t{0});
     db1 = dh1_.colwise().sum();
+    landed(std::size_t{1});
     return loss;
+  }
+
+  /// The same without the calls.
+  double forward_backward(std::span<const float> params, const float* x, const std::uint8_t* labels,
+                          std::size_t batch, std::span<float> grads) {
+    return forward_backward(params, x, labels, batch, grads, [](std::size_t) {});
   }
 
   /// Adds the summed loss of `batch` examples to loss_sum and the number classified

@@ -89,6 +89,16 @@ struct train_config {
   /// Gossip's consensus step γ (gossip_options::gamma); 0: the example's default for the
   /// codec (main.cpp, gossip_gamma_for), which is the library's except for top-k and sign.
   float gossip_gamma = 0.0f;
+  /// The all-reduce starts a bucket as soon as the backward pass has written its tensors
+  /// (allreduce::ready, with the layers registered in worker::registered), so that its
+  /// communication overlaps the rest of the backward pass; false: every bucket starts
+  /// after the backward pass (comm.step). The result is the same bits either way.
+  bool overlap_backward = true;
+  /// The learning rate over the run: "constant" (lr throughout) or "cosine" (lr · ½(1 +
+  /// cos(π s / S)) at step s of S = epochs × steps an epoch, or max_steps: SGDR's annealing
+  /// without restarts), set on the communicator's optimizer before each step (the
+  /// parameter server's: as its pushes arrive, from its version).
+  std::string lr_schedule = "constant";
 };
 
 /// One epoch of one configuration: a row of the CSV file. Traffic and timings are means
@@ -146,6 +156,9 @@ struct worker {
   mlp net;
   aligned_floats params, grads, x;
   std::vector<std::uint8_t> labels;
+  /// The communicator's index of each of net.tensors() where the communicator registered
+  /// them one by one (the all-reduce's add_tensor, main.cpp); empty where it did not.
+  std::vector<std::size_t> registered;
 };
 
 /// Rank 0's view of the run: a progress bar on a terminal, nothing otherwise (the caller
@@ -296,6 +309,25 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
   const double ring_f32_bytes_per_step = 2.0 * static_cast<double>(n - 1) / static_cast<double>(n) *
                                          4.0 * static_cast<double>(w.params.size());
 
+  // The learning-rate schedule: the optimizer's rate at the start times the factor.
+  if (cfg.lr_schedule != "constant" && cfg.lr_schedule != "cosine")
+    gradcomm::detail::throw_invalid_argument(
+        "data_parallel::train",
+        "learning-rate schedule '" + cfg.lr_schedule + "': constant or cosine", rank);
+  double total_steps = static_cast<double>(steps_per_epoch) * cfg.epochs;
+  if (cfg.max_steps) total_steps = std::min(total_steps, static_cast<double>(cfg.max_steps));
+  float base_lr = 0.0f;
+  if constexpr (requires { comm.optimizer().settings().lr; })
+    base_lr = comm.optimizer().settings().lr;
+  auto set_lr = [&](double step) {
+    if constexpr (requires { comm.optimizer().settings().lr; }) {
+      if (cfg.lr_schedule == "cosine")
+        comm.optimizer().settings().lr = static_cast<float>(
+            base_lr * 0.5 *
+            (1.0 + std::cos(3.141592653589793 * std::min(step / total_steps, 1.0))));
+    }
+  };
+
   std::vector<std::uint32_t> perm(set.count);
   std::vector<float> u(cfg.worker_momentum > 0.0f ? w.grads.size() : 0);
   std::vector<epoch_result> rows;
@@ -325,8 +357,11 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
           // Every worker pushes each shard once a step: this server's shard has seen the
           // part when its version counts all of them.
           const std::uint64_t target = static_cast<std::uint64_t>((done + steps) * n);
-          comm.serve(host_view_f(w.params.data(), w.params.size()),
-                     [&] { return comm.version() >= target; });
+          comm.serve(host_view_f(w.params.data(), w.params.size()), [&] {
+            const std::uint64_t v = comm.version();
+            set_lr(static_cast<double>(v) / static_cast<double>(n));  // a step: n pushes
+            return v >= target;
+          });
         }
       }
       for (std::size_t s = first; s < last && !serving; ++s) {
@@ -338,11 +373,27 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
           for (std::size_t j = 0; j < pixels; ++j) dst[j] = table[src[j]];
           w.labels[i] = set.labels[e];
         }
-        loss_sum +=
-            w.net.forward_backward(w.params, w.x.data(), w.labels.data(), cfg.batch, w.grads);
-        for (std::size_t i = 0; i < u.size(); ++i)
-          w.grads[i] = u[i] = cfg.worker_momentum * u[i] + w.grads[i];
-        compute_s += detail::seconds_since(c0);
+        // As each tensor's gradient lands: the worker's momentum on it, then (the
+        // all-reduce, cfg.overlap_backward) its buckets may start communicating while the
+        // layers below are computed. The time in ready() (encoding on this thread) is the
+        // communicator's, not the computation's.
+        double ready_s = 0.0;
+        auto landed = [&](std::size_t tensor) {
+          const param_tensor& p = w.net.tensors()[tensor];
+          for (std::size_t i = p.offset; i < p.offset + p.size() && !u.empty(); ++i)
+            w.grads[i] = u[i] = cfg.worker_momentum * u[i] + w.grads[i];
+          if constexpr (requires { comm.ready(std::size_t{0}); }) {
+            if (cfg.overlap_backward && !w.registered.empty()) {
+              const auto r0 = std::chrono::steady_clock::now();
+              comm.ready(w.registered[tensor]);
+              ready_s += detail::seconds_since(r0);
+            }
+          }
+        };
+        loss_sum += w.net.forward_backward(w.params, w.x.data(), w.labels.data(), cfg.batch,
+                                           w.grads, landed);
+        compute_s += detail::seconds_since(c0) - ready_s;
+        set_lr(static_cast<double>(done + (s - first)));
         comm.step(w.params, w.grads);
         if (rank == lead) bar.update(s + 1, loss_sum / static_cast<double>(s - first + 1));
       }

@@ -437,6 +437,67 @@ TEST(allreduce_buckets, start_and_wait_per_bucket_equals_average_and_stats_add_u
   EXPECT_EQ(all, out[0]);
 }
 
+// ready(): buckets start as their tensors are said ready (in bucket order, whatever order
+// the tensors come in), the step finishes the rest, and the result is average()'s, bit for
+// bit, over several rounds of error feedback; a tensor said ready twice is refused by name.
+TEST(allreduce_ready, starts_buckets_as_their_tensors_land_and_equals_average) {
+  const int n = 3;
+  const std::vector<std::size_t> sizes = {5000, 50, 3000};  // buckets [a a a], [a c], [c c], [b]
+  const gc::allreduce_options opt{.bucket_bytes = 8 << 10, .small_tensor_elems = 100};
+  const int rounds = 3;
+  gc::local_world world(n, 20s);
+  results out(uz(n));
+  world.run([&](gc::local_transport& t) {
+    using ar = gc::allreduce<ef_sign, gc::local_transport>;
+    ar comm(t, ef_sign{}, opt);
+    std::vector<std::vector<float>> ts(sizes.size());
+    for (std::size_t k = 0; k < sizes.size(); ++k) {
+      ts[k].resize(sizes[k]);
+      comm.add_tensor(ts[k], k == 0 ? "a" : k == 1 ? "b" : "c");
+    }
+    ASSERT_EQ(comm.bucket_count(), 5u);  // 8050 values: 2048, 2048, 2048, 1856 large; 50 small
+    for (int round = 0; round < rounds; ++round) {
+      for (std::size_t k = 0; k < sizes.size(); ++k)
+        for (std::size_t i = 0; i < sizes[k]; ++i)
+          ts[k][i] = gaussian_value(t.rank() + 10 * round, k, i);
+      comm.ready(1);  // the small tensor: its bucket is last, nothing starts
+      EXPECT_EQ(comm.buckets_started(), 0u);
+      comm.ready(0);  // a: buckets 0 and 1 hold only a's values; bucket 2 needs c
+      EXPECT_EQ(comm.buckets_started(), 2u);
+      EXPECT_THROW(comm.ready(0), gc::error);
+      EXPECT_THROW(comm.ready(3), gc::error);
+      comm.ready(2);  // c: buckets 2, 3 and then the small one
+      EXPECT_EQ(comm.buckets_started(), 5u);
+      comm.average();  // waits for them
+      EXPECT_EQ(comm.buckets_started(), 0u);
+    }
+    for (std::size_t b = 0; b < comm.bucket_count(); ++b)
+      EXPECT_EQ(comm.stats(b).rounds, static_cast<std::uint64_t>(rounds)) << b;
+    out[uz(t.rank())] = ts;
+  });
+  expect_identical_ranks(out);
+  // The same rounds through average() alone.
+  gc::local_world again(n, 20s);
+  results ref(uz(n));
+  again.run([&](gc::local_transport& t) {
+    gc::allreduce<ef_sign, gc::local_transport> comm(t, ef_sign{}, opt);
+    std::vector<std::vector<float>> ts(sizes.size());
+    for (std::size_t k = 0; k < sizes.size(); ++k) {
+      ts[k].resize(sizes[k]);
+      comm.add_tensor(ts[k]);
+    }
+    for (int round = 0; round < rounds; ++round) {
+      for (std::size_t k = 0; k < sizes.size(); ++k)
+        for (std::size_t i = 0; i < sizes[k]; ++i)
+          ts[k][i] = gaussian_value(t.rank() + 10 * round, k, i);
+      if (round == 1) comm.ready(0);  // part of a step said ready, average() does the rest
+      comm.average();
+    }
+    ref[uz(t.rank())] = ts;
+  });
+  EXPECT_EQ(ref[0], out[0]);
+}
+
 TEST(allreduce_step, averages_then_applies_the_optimizer) {
   const int n = 4;
   gc::local_world world(n, 20s);

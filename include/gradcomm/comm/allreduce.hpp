@@ -334,14 +334,57 @@ class allreduce {
     return handle(this, std::move(j));
   }
 
+  /// Says that registered tensor i holds this step's final gradient, and starts every
+  /// bucket, in bucket order, whose tensors are all ready: called from the backward pass as
+  /// each layer's gradient is written (the order DDP's hooks see), bucket b's communication
+  /// overlaps the computation of the gradients of the buckets after it. The buckets start
+  /// in index order only (bucket b + 1 waits for b even where its own tensors are ready):
+  /// the ranks' collectives then come in the same order however their layers finish. The
+  /// step ends with step(params, grads) or average(), which start the buckets not started
+  /// yet and wait for all. Tensors registered in the order the backward pass writes them
+  /// start earliest. Throws invalid_argument for an index out of range or a tensor said
+  /// ready twice in one step.
+  ///
+  ///   net.backward([&](std::size_t layer) { comm.ready(layer); });  // as gradients land
+  ///   comm.step(params, grads);  // the rest of the buckets, then the optimizer
+  void ready(std::size_t i) {
+    layout();
+    if (i >= tensors_.size())
+      detail::throw_invalid_argument("allreduce::ready", "tensor " + std::to_string(i) + " of " +
+                                                             std::to_string(tensors_.size()));
+    if (ready_.empty()) ready_.assign(tensors_.size(), false);
+    if (ready_[i])
+      detail::throw_invalid_argument(
+          "allreduce::ready", "tensor " + std::to_string(i) + " ('" + tensors_[i].name +
+                                  "') said ready twice in one step (step() or average() ends "
+                                  "a step)");
+    ready_[i] = true;
+    while (next_ < buckets_.size()) {
+      const bucket& bk = buckets_[next_];
+      const bool all = std::all_of(bk.segments.begin(), bk.segments.end(),
+                                   [&](const segment& s) { return ready_[s.tensor]; });
+      if (!all) break;
+      started_.push_back(start(next_));
+      ++next_;
+    }
+  }
+
+  /// Buckets that ready() started in this step (0 after step() or average()).
+  std::size_t buckets_started() const noexcept { return next_; }
+
   /// Reduces every registered tensor (mean or sum over ranks, per options), buckets
-  /// pipelined: bucket i+1 encodes while bucket i communicates.
+  /// pipelined: bucket i+1 encodes while bucket i communicates. Buckets ready() started
+  /// this step are not started again: average() starts the rest and waits for all.
   void average() {
     const std::size_t nb = bucket_count();
-    std::vector<handle> hs;
+    std::vector<handle> hs = std::move(started_);
+    started_.clear();
+    const std::size_t from = next_;
+    next_ = 0;
+    std::fill(ready_.begin(), ready_.end(), false);
     hs.reserve(nb);
     std::exception_ptr first;
-    for (std::size_t b = 0; b < nb; ++b) {
+    for (std::size_t b = from; b < nb; ++b) {
       try {
         hs.push_back(start(b));
       } catch (...) {
@@ -748,6 +791,11 @@ class allreduce {
   std::vector<tensor> tensors_;
   std::deque<bucket> buckets_;  // a deque: buckets hold atomics and never move
   bool laid_out_ = false, implicit_ = false, agreed_ = false;
+  // ready(): the tensors said ready this step, the next bucket to start, and the handles
+  // of the buckets it started (the caller's thread only, like start()).
+  std::vector<bool> ready_;
+  std::size_t next_ = 0;
+  std::vector<handle> started_;
   traffic_counters counters_;
   std::uint64_t dense_rounds_ = 0;
 

@@ -175,6 +175,11 @@ gradcomm::sgd sgd_for(const dp::train_config& cfg, float lr) {
 /// under the 1 % target, so it sends 1 %) for 10 steps each reached 83.02 % and 84.51 % after one
 /// epoch (seeds 1, 2) against 84.80 % and 84.89 % without, for 145 against 71 MiB a
 /// worker (--topk-warmup 10 --codec topk --epochs 1 --seed 1|2).
+/// Top-k sending f32 first (--topk-f32-warmup N, PowerSGD's way) did not pay either: test
+/// accuracy after 0.75 and 1.0 epochs without it 83.40 / 84.80 % (seed 1) and 82.13 / 84.89 %
+/// (seed 2); after 20 f32 steps 82.27 / 83.59 % and 82.54 / 84.07 %; after 50 81.51 / 79.96 %
+/// and 80.64 / 83.40 % (--codec topk --epochs 2 --evals-per-epoch 4 --topk-f32-warmup 0|20|50
+/// --seed 1|2, 2026-12-07): off.
 constexpr std::uint64_t default_topk_warmup = 0, default_powersgd_warmup = 20;
 
 /// The all-reduce communicator for the model's gradient buffer. The tensors are
@@ -196,7 +201,10 @@ auto make_allreduce(T& t, C codec, dp::worker& w, const dp::train_config& cfg) {
   o.bucket_bytes = order.front().size() * sizeof(float);
   o.small_tensor_elems = 4096;
   o.seed = cfg.seed;
-  if constexpr (C::traits.two_round) o.uncompressed_steps = cfg.powersgd_warmup_steps;
+  if constexpr (C::traits.two_round)
+    o.uncompressed_steps = cfg.powersgd_warmup_steps;
+  else if (cfg.codec == "topk")
+    o.uncompressed_steps = cfg.topk_f32_steps;
   auto comm =
       std::make_unique<gradcomm::allreduce<C, T>>(t, std::move(codec), o, sgd_for(cfg, cfg.lr));
   const auto& tensors = w.net.tensors();
@@ -245,8 +253,14 @@ void ps_defaults(dp::train_config& cfg) {
 /// 0.005: 85.67 % then 76.09 %); at γ 0.2 85.07 %, 85.98 %, 86.74 %; at 0.1 83.99 %, 85.87 %,
 /// 86.53 %; at 0.05 83.19 %, 85.86 %, 86.22 % (--comm gossip --topology exponential --codec
 /// sign --epochs 3 --seed 1 --lr L --gossip-gamma G).
-float gossip_gamma_for(std::string_view codec) {
-  return codec == "topk" || codec == "sign" ? 0.2f : 0.0f;
+/// On other topologies top-k takes 0.1: on the ring (averaging, not push-sum) at 0.2 it
+/// reached 84.30 % and 83.89 % after one and two epochs, then collapsed in the third (28.21 %;
+/// seeds 1-3 26.63 %, cosine learning rate), at 0.1 87.31 % and at 0.05 87.36 % after three
+/// (--comm gossip --topology ring --codec topk --epochs 3 --lr-schedule cosine --seed 1
+/// --gossip-gamma G, 2026-12-07). Sign at 0.2 on the ring: 87.61 % (seeds 1-3).
+float gossip_gamma_for(std::string_view codec, std::string_view topology) {
+  if (codec == "topk") return topology == "exponential" ? 0.2f : 0.1f;
+  return codec == "sign" ? 0.2f : 0.0f;
 }
 
 /// The asynchronous parameter server: rank 0 serves (plain SGD runs there), the others keep
@@ -623,7 +637,7 @@ int run(const options& o, int rank_hint, int world_size) {
     dp::train_config cfg = base;
     cfg.codec = codec;
     ps_defaults(cfg);
-    if (cfg.gossip_gamma == 0.0f) cfg.gossip_gamma = gossip_gamma_for(codec);
+    if (cfg.gossip_gamma == 0.0f) cfg.gossip_gamma = gossip_gamma_for(codec, cfg.topology);
     if (talk)
       std::fprintf(stderr,
                    "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g%s, momentum %g%s\n",
@@ -642,6 +656,9 @@ int run(const options& o, int rank_hint, int world_size) {
     if (talk && cfg.comm == "allreduce" && codec == "topk" && cfg.topk_warmup_steps != 0)
       std::fprintf(stderr, "  warm-up: 25 %%, 6.25 %%, 1.5625 %% for %llu steps each, then 1 %%\n",
                    static_cast<unsigned long long>(cfg.topk_warmup_steps));
+    if (talk && cfg.comm == "allreduce" && codec == "topk" && cfg.topk_f32_steps != 0)
+      std::fprintf(stderr, "  warm-up: f32 for the first %llu steps\n",
+                   static_cast<unsigned long long>(cfg.topk_f32_steps));
     if (talk && cfg.comm == "allreduce" && codec == "powersgd" && cfg.powersgd_warmup_steps != 0)
       std::fprintf(stderr, "  warm-up: f32 for the first %llu steps\n",
                    static_cast<unsigned long long>(cfg.powersgd_warmup_steps));
@@ -756,6 +773,9 @@ int main(int argc, char** argv) {
                  "all-reduce, top-k: steps of each stage of DGC's sparsity warm-up (25 %, 6.25 %, "
                  "1.5625 %, then 1 %), e.g. 10; 0: off")
       ->capture_default_str();
+  app.add_option("--topk-f32-warmup", o.train.topk_f32_steps,
+                 "all-reduce, top-k: steps sent uncompressed (f32) before top-k starts; 0: off")
+      ->capture_default_str();
   app.add_option("--powersgd-warmup", o.train.powersgd_warmup_steps,
                  "all-reduce, PowerSGD: steps sent uncompressed (f32) before PowerSGD starts; 0: "
                  "off")
@@ -790,7 +810,8 @@ int main(int argc, char** argv) {
     const int rc = app.exit(e);  // prints the help, or the error and a hint
     return rc == 0 ? 0 : 2;
   }
-  if (no_warmup) o.train.topk_warmup_steps = o.train.powersgd_warmup_steps = 0;
+  if (no_warmup)
+    o.train.topk_warmup_steps = o.train.topk_f32_steps = o.train.powersgd_warmup_steps = 0;
   if (no_overlap) o.train.overlap_backward = false;
   if (!codec.empty()) o.codecs = {codec};
   if (o.codecs.empty()) o.codecs = {"none", "int8"};

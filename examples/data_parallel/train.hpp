@@ -77,6 +77,7 @@ struct train_config {
   /// uncompressed first (allreduce_options::uncompressed_steps; 0: off).
   std::uint64_t topk_warmup_steps = 0;
   std::uint64_t powersgd_warmup_steps = 0;
+  std::uint64_t topk_f32_steps = 0;  ///< steps top-k sends f32 first (uncompressed_steps)
   /// The parameter server's pulls (main.cpp, make_ps): "codec" (the push codec's own, on the
   /// change since the worker's last pull), "f32", "bf16", "int8", or "topk-union" (top-k at
   /// workers × the push ratio: the union of the workers' sparse pushes); "auto": the

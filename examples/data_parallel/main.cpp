@@ -796,7 +796,8 @@ int main(int argc, char** argv) {
                  "from the codec, except top-k's and sign's: 0.2)")
       ->check(CLI::Range(0.0f, 1.0f))
       ->capture_default_str();
-  app.add_flag("--no-warmup", no_warmup, "both warm-ups off (--topk-warmup 0 --powersgd-warmup 0)");
+  app.add_flag("--no-warmup", no_warmup,
+               "every warm-up off (--topk-warmup 0 --topk-f32-warmup 0 --powersgd-warmup 0)");
   bool no_overlap = false;
   app.add_flag("--no-overlap", no_overlap,
                "the all-reduce starts its buckets after the backward pass, not as each layer's "

@@ -381,8 +381,9 @@ std::vector<epoch_result> train(Comm& comm, T& t, worker& w, const fashion_mnist
         double ready_s = 0.0;
         auto landed = [&](std::size_t tensor) {
           const param_tensor& p = w.net.tensors()[tensor];
-          for (std::size_t i = p.offset; i < p.offset + p.size() && !u.empty(); ++i)
-            w.grads[i] = u[i] = cfg.worker_momentum * u[i] + w.grads[i];
+          if (!u.empty())
+            for (std::size_t i = p.offset; i < p.offset + p.size(); ++i)
+              w.grads[i] = u[i] = cfg.worker_momentum * u[i] + w.grads[i];
           if constexpr (requires { comm.ready(std::size_t{0}); }) {
             if (cfg.overlap_backward && !w.registered.empty()) {
               const auto r0 = std::chrono::steady_clock::now();

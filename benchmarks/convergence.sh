@@ -33,7 +33,9 @@
 # SGD without momentum on the mean) in one stage (all-gather, no second rounding of the
 # partial sums): one epoch, seeds 1-3, 85.14 % against none's 85.46 %, where the old way
 # lost 3.6 points (--comms allreduce; examples/data_parallel/main.cpp, compresses_momentum).
-# The table says which rate each row used. "sent per worker" counts what a worker sends;
+# Since 2026-12-07 (fourth session) the example runs the parameter server's sign pushes
+# synchronously by default (--ps-staleness 0): 3 epochs, seeds 1-3, 87.38 % against 86.66 %
+# asynchronous (benchmarks/results/training.md). The table says which rate each row used. "sent per worker" counts what a worker sends;
 # the parameter server's pulls are what it receives (each run's log prints both).
 set -eu
 

@@ -87,6 +87,11 @@ struct train_config {
   /// feedback), "dgc" (DGC's memory: momentum correction and factor masking,
   /// gradcomm::dgc_memory), "auto" (main.cpp, ps_defaults).
   std::string ps_push = "auto";
+  /// The parameter server's staleness bound (ps_options::staleness): a worker's reply waits
+  /// until every worker is within this many pushes of it (0: synchronous); -1: unbounded
+  /// (asynchronous); -2 ("auto"): the example's default for the codec (main.cpp,
+  /// ps_defaults).
+  int ps_staleness = -2;
   /// Gossip's consensus step γ (gossip_options::gamma); 0: the example's default for the
   /// codec (main.cpp, gossip_gamma_for), which is the library's except for top-k and sign.
   float gossip_gamma = 0.0f;

@@ -238,10 +238,24 @@ TEST(Advise, EveryRankGetsTheSameAdvice) {
       EXPECT_EQ(a.world_size, ranks);
       EXPECT_EQ(std::memcmp(&a.link, &got[0].link, sizeof a.link), 0);
       for (std::size_t b = 0; b < small.size(); ++b) {
-        EXPECT_EQ(a.buckets[b].codec, got[0].buckets[b].codec);
-        EXPECT_EQ(a.buckets[b].predicted_s, got[0].buckets[b].predicted_s);
-        EXPECT_EQ(a.buckets[b].why, got[0].buckets[b].why);
-        EXPECT_LE(a.buckets[b].predicted_s, a.buckets[b].f32_s);
+        const gc::bucket_advice& x = a.buckets[b];
+        EXPECT_EQ(x.codec, got[0].buckets[b].codec);
+        EXPECT_EQ(x.predicted_s, got[0].buckets[b].predicted_s);
+        EXPECT_EQ(x.measured_s, got[0].buckets[b].measured_s);
+        EXPECT_EQ(x.why, got[0].buckets[b].why);
+        // The trial ran (default trial_reps): f32 among the tried, and the pick the fastest
+        // measured of the tried, so never slower than f32 as measured.
+        const double f32 = candidate(x, advised_codec::none).measured_s;
+        EXPECT_GT(f32, 0.0);
+        EXPECT_GT(x.measured_s, 0.0);
+        EXPECT_LE(x.measured_s, f32);
+        EXPECT_EQ(x.measured_s, candidate(x, x.codec).measured_s);
+        for (const auto& p : x.candidates) {
+          if (p.allowed && p.measured_s > 0) {
+            EXPECT_LE(x.measured_s, p.measured_s);
+          }
+        }
+        EXPECT_NE(x.why.find("measured"), std::string::npos) << x.why;
       }
     }
   }
@@ -303,5 +317,105 @@ TEST(Advise, EveryPickRunsInTheAllreduce) {
                                                                               : 0.2;
     EXPECT_LE(err[0], bound) << gc::advised_codec_name(c);
     EXPECT_EQ(err[0], err[1]) << gc::advised_codec_name(c);
+  }
+}
+
+// The trial's choice from measured times: the fastest tried and allowed candidate, untried
+// and disallowed ones ignored, the model's pick kept on a tie or when nothing was tried.
+TEST(Advise, TrialPicksTheFastestMeasuredOfTheTried) {
+  gc::advice a = gc::advise<gc::local_transport>(sizes, 4, slow_link, uniform_speeds(1e-9),
+                                                 accuracy_class::eight_bit);
+  gc::bucket_advice ba = a.buckets[0];
+  ASSERT_NE(ba.codec, advised_codec::none);  // 1 Gbit/s: the model compresses
+  const advised_codec model_pick = ba.codec;
+  auto set = [&](advised_codec c, double s) {
+    for (auto& p : ba.candidates)
+      if (p.codec == c) p.measured_s = s;
+  };
+  // Nothing tried: the model's pick stays.
+  gc::detail::advise_pick_measured(ba, 0);
+  EXPECT_EQ(ba.codec, model_pick);
+  EXPECT_EQ(ba.measured_s, 0.0);
+  // bf16 measured fastest of the tried; sign (not allowed at 8 bits) faster still: ignored.
+  set(advised_codec::none, 0.030);
+  set(model_pick, 0.020);
+  set(advised_codec::bf16, 0.015);
+  set(advised_codec::sign, 0.001);
+  gc::detail::advise_pick_measured(ba, 0);
+  EXPECT_EQ(ba.codec, advised_codec::bf16);
+  EXPECT_EQ(ba.measured_s, 0.015);
+  EXPECT_EQ(ba.algorithm, candidate(ba, advised_codec::bf16).algorithm);
+  EXPECT_NE(ba.why.find("bf16"), std::string::npos) << ba.why;
+  EXPECT_NE(ba.why.find("15.0 ms measured"), std::string::npos) << ba.why;
+  EXPECT_NE(ba.why.find("vs f32"), std::string::npos) << ba.why;
+  // f32 measured fastest: f32 is the pick, and the line names what came closest.
+  set(advised_codec::none, 0.010);
+  gc::detail::advise_pick_measured(ba, 0);
+  EXPECT_EQ(ba.codec, advised_codec::none);
+  EXPECT_NE(ba.why.find("bf16"), std::string::npos) << ba.why;
+  // A tie keeps the current pick.
+  set(advised_codec::bf16, 0.010);
+  gc::detail::advise_pick_measured(ba, 0);
+  EXPECT_EQ(ba.codec, advised_codec::none);
+}
+
+// Which candidates the trial runs: the allowed ones predicted close to the pick, with f32
+// and the pick always among them.
+TEST(Advise, TrialSetIsTheCloseCandidatesAndF32) {
+  gc::advice a = gc::advise<gc::local_transport>(sizes, 4, slow_link, uniform_speeds(1e-9),
+                                                 accuracy_class::any);
+  const gc::bucket_advice& ba = a.buckets[0];
+  for (double within : {1.0, 1.5, 4.0, 1e9}) {
+    const std::vector<std::size_t> tried = gc::detail::advise_trial_set(ba, within);
+    bool has_none = false, has_pick = false;
+    for (std::size_t i : tried) {
+      const auto& p = ba.candidates[i];
+      EXPECT_TRUE(p.allowed);
+      has_none |= p.codec == advised_codec::none;
+      has_pick |= p.codec == ba.codec;
+      if (p.codec != advised_codec::none && p.codec != ba.codec) {
+        EXPECT_LE(p.predicted_s, within * ba.predicted_s) << gc::advised_codec_name(p.codec);
+      }
+    }
+    EXPECT_TRUE(has_none && has_pick) << within;
+    std::size_t close = 0;
+    for (const auto& p : ba.candidates)
+      close += p.allowed && (p.codec == advised_codec::none || p.codec == ba.codec ||
+                             p.predicted_s <= within * ba.predicted_s);
+    EXPECT_EQ(tried.size(), close) << within;
+  }
+}
+
+TEST(Advise, TrialSettingsOutOfRangeAreANamedErrorOnEveryRank) {
+  for (gc::advise_options o :
+       {gc::advise_options{.trial_reps = -1}, gc::advise_options{.trial_within = 0.5},
+        gc::advise_options{.trial_within = NAN}}) {
+    gc::local_world world(2, 30s);
+    std::vector<int> codes(2, 0);
+    world.run([&](gc::local_transport& t) {
+      try {
+        gc::advise(t, std::vector<std::size_t>{4096}, accuracy_class::any, o);
+      } catch (const gc::error& e) {
+        codes[static_cast<std::size_t>(t.rank())] = e.code().value();
+      }
+    });
+    for (int c : codes) EXPECT_EQ(c, static_cast<int>(gc::errc::invalid_argument));
+  }
+}
+
+// trial_reps 0: the model alone, nothing measured.
+TEST(Advise, NoTrialLeavesTheModelsPick) {
+  gc::local_world world(2, 60s);
+  std::vector<gc::advice> got(2);
+  world.run([&](gc::local_transport& t) {
+    got[static_cast<std::size_t>(t.rank())] =
+        gc::advise(t, std::vector<std::size_t>{8192}, accuracy_class::any,
+                   {.probe_reps = 2, .probe_bytes = 64 << 10, .codec_reps = 1, .trial_reps = 0});
+  });
+  for (const auto& a : got) {
+    EXPECT_EQ(a.buckets[0].measured_s, 0.0);
+    for (const auto& p : a.buckets[0].candidates) EXPECT_EQ(p.measured_s, 0.0);
+    EXPECT_EQ(a.buckets[0].why.find("measured"), std::string::npos) << a.buckets[0].why;
+    EXPECT_LE(a.buckets[0].predicted_s, a.buckets[0].f32_s);
   }
 }

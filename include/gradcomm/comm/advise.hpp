@@ -33,10 +33,18 @@
 //
 // The pick: the lowest predicted time among the candidates of the allowed class and the
 // classes above it (lossless ⊂ 16-bit ⊂ 8-bit ⊂ any); f32 is always a candidate, so a
-// codec predicted to lose to uncompressed is never picked. Candidates: none (f32), bf16,
-// fp16, int8 and int4 (scalar quantization, blocks of 256, error feedback), sign (blocks of
-// 256, error feedback), top-k 1 % (error feedback), and PowerSGD rank 4 for `any` where
-// Eigen is present (GRADCOMM_HAS_EIGEN).
+// codec predicted to lose to uncompressed is never picked. Then the trial (advise(t, ...)
+// only, advise_options::trial_reps > 0, more than one rank): the allowed candidates
+// predicted within trial_within × the pick's time, and f32, are run, for each distinct
+// bucket size, through allreduce<C, T> on this transport (the buckets of that size in one
+// call, overlapped where the transport allows it; one untimed call, then trial_reps timed
+// ones on gradient-like data, each after a barrier; a candidate's time is the slowest
+// rank's median, per bucket) and the fastest measured becomes the pick: the model narrows the
+// field, the transport decides between codecs it cannot tell apart (on shared cores the model's
+// error is larger than the gaps between sign, top-k and PowerSGD; benchmarks/results/advise.md).
+// Candidates: none (f32), bf16, fp16, int8 and int4 (scalar quantization, blocks of 256, error
+// feedback), sign (blocks of 256, error feedback), top-k 1 % (error feedback), and PowerSGD rank 4
+// for `any` where Eigen is present (GRADCOMM_HAS_EIGEN).
 #pragma once
 
 #include <gradcomm/codec/cast.hpp>
@@ -47,6 +55,7 @@
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
 #include <gradcomm/codec/topk.hpp>
+#include <gradcomm/comm/allreduce.hpp>
 #include <gradcomm/comm/detail/allreduce_allgather.hpp>
 #include <gradcomm/comm/detail/allreduce_common.hpp>
 #include <gradcomm/comm/detail/allreduce_sparse.hpp>
@@ -236,6 +245,9 @@ struct candidate_prediction {
   double wire_s = 0;       ///< latency and bytes on the link
   double bytes_sent = 0;   ///< per rank, by the model
   bool allowed = false;    ///< within the accuracy class asked for
+  /// The trial's time a bucket (the slowest rank's median call over the buckets of this
+  /// size, divided by their number); 0 when the candidate was not tried.
+  double measured_s = 0;
 };
 
 /// The advice for one bucket: its pick, the f32 baseline's prediction, every candidate's,
@@ -245,7 +257,8 @@ struct bucket_advice {
   advised_codec codec = advised_codec::none;
   detail::ar_algorithm algorithm = detail::ar_algorithm::native;
   double predicted_s = 0;
-  double f32_s = 0;  ///< uncompressed (none, the native ring)
+  double f32_s = 0;       ///< uncompressed (none, the native ring)
+  double measured_s = 0;  ///< the pick's trial time (0: picked by the model alone)
   std::vector<candidate_prediction> candidates;
   /// "bucket 0 (4 MiB): int8 scatter_reduce_allgather 2.1 ms predicted vs f32 native 9.8 ms"
   std::string why;
@@ -291,6 +304,12 @@ struct advise_options {
   /// bucket): calls on one cache-warm buffer run faster than a step's buckets do.
   std::size_t cold_bytes = std::size_t{32} << 20;
   std::uint64_t seed = 0;
+  /// Timed all-reduces of each tried candidate in the trial (advise(t, ...)); 0: no trial,
+  /// the model alone picks.
+  int trial_reps = 3;
+  /// The candidates tried: those allowed and predicted within this factor of the model's
+  /// pick (at least 1).
+  double trial_within = 2.0;
 };
 
 namespace detail {
@@ -429,6 +448,136 @@ inline void advise_fill(std::vector<float>& v, std::uint64_t seed) {
 
 }  // namespace detail
 
+namespace detail {
+
+// Makes candidate `i` bucket `b`'s pick and writes the line that says why: its time
+// (measured in the trial, else predicted) against f32's, or against what came closest.
+inline void advise_choose(bucket_advice& ba, std::size_t b, std::size_t i) {
+  const candidate_prediction& best = ba.candidates[i];
+  ba.codec = best.codec;
+  ba.algorithm = best.algorithm;
+  ba.predicted_s = best.predicted_s;
+  ba.measured_s = best.measured_s;
+  const bool trial = best.measured_s > 0;
+  auto time_of = [&](const candidate_prediction& p) {
+    return trial && p.measured_s > 0 ? advise_ms_text(p.measured_s) + " measured"
+                                     : advise_ms_text(p.predicted_s) + " predicted";
+  };
+  ba.why = "bucket " + std::to_string(b) + " (" + advise_bytes_text(ba.values * sizeof(float)) +
+           "): " + advise_label(best) + " " + time_of(best);
+  if (trial) ba.why += " (" + advise_ms_text(best.predicted_s) + " predicted)";
+  if (best.codec == advised_codec::none) {
+    // Say what came closest, so that the user sees by how much compression lost (in a
+    // class that allows none, what the fastest codec outside it would take).
+    const candidate_prediction *next = nullptr, *lossy = nullptr;
+    auto key = [&](const candidate_prediction& p) {
+      return trial && p.measured_s > 0 ? p.measured_s : p.predicted_s;
+    };
+    for (const candidate_prediction& p : ba.candidates) {
+      if (p.codec == advised_codec::none) continue;
+      if (p.allowed && (!next || key(p) < key(*next))) next = &p;
+      if (!lossy || p.predicted_s < lossy->predicted_s) lossy = &p;
+    }
+    if (next)
+      ba.why += " vs " + advise_label(*next) + " " + time_of(*next);
+    else if (lossy)
+      ba.why += " (lossless; " + advise_label(*lossy) + " would take " +
+                advise_ms_text(lossy->predicted_s) + ")";
+  } else {
+    const candidate_prediction& f32 = ba.candidates[0];
+    ba.why += " vs f32 " + std::string(ar_algorithm_name(f32.algorithm)) + " " + time_of(f32);
+  }
+}
+
+// The candidates of `ba` the trial runs: allowed, predicted within `within` × the model's
+// pick, and always the pick and f32 (so that a pick measured slower than uncompressed
+// cannot stay the pick).
+inline std::vector<std::size_t> advise_trial_set(const bucket_advice& ba, double within) {
+  std::vector<std::size_t> out;
+  const double limit = ba.predicted_s * std::max(within, 1.0);
+  for (std::size_t i = 0; i < ba.candidates.size(); ++i) {
+    const candidate_prediction& p = ba.candidates[i];
+    if (p.allowed &&
+        (p.codec == ba.codec || p.codec == advised_codec::none || p.predicted_s <= limit))
+      out.push_back(i);
+  }
+  return out;
+}
+
+// After the trial: the fastest measured candidate becomes bucket `b`'s pick (the model's
+// pick on a tie). Candidates with measured_s == 0 were not tried and are not considered;
+// none tried leaves the model's pick.
+inline void advise_pick_measured(bucket_advice& ba, std::size_t b) {
+  std::size_t best = ba.candidates.size();
+  for (std::size_t i = 0; i < ba.candidates.size(); ++i) {
+    const candidate_prediction& p = ba.candidates[i];
+    if (!p.allowed || !(p.measured_s > 0)) continue;
+    if (best == ba.candidates.size() || p.measured_s < ba.candidates[best].measured_s ||
+        (p.measured_s == ba.candidates[best].measured_s && p.codec == ba.codec))
+      best = i;
+  }
+  if (best < ba.candidates.size()) advise_choose(ba, b, best);
+}
+
+// The trial (see the header): for each distinct bucket size, the candidates of
+// advise_trial_set run through allreduce<C, T>; every rank runs the same candidates in the
+// same order (the advice is the same on every rank) and takes the slowest rank's medians.
+template <Transport T>
+void advise_trials(T& t, advice& a, const advise_options& options) {
+  std::vector<std::size_t> sizes;
+  for (const bucket_advice& b : a.buckets)
+    if (std::find(sizes.begin(), sizes.end(), b.values) == sizes.end()) sizes.push_back(b.values);
+  for (std::size_t n : sizes) {
+    const auto first = std::find_if(a.buckets.begin(), a.buckets.end(),
+                                    [&](const bucket_advice& b) { return b.values == n; });
+    const std::vector<std::size_t> tried = advise_trial_set(*first, options.trial_within);
+    std::vector<double> times(first->candidates.size(), 0.0);
+    // Every bucket of this size in one call, as a step runs them (one after another, each
+    // bucket's encoding overlapping the one before's communication where the transport
+    // lets a thread of the all-reduce call it).
+    const auto count = static_cast<std::size_t>(std::count_if(
+        a.buckets.begin(), a.buckets.end(), [&](const bucket_advice& b) { return b.values == n; }));
+    std::vector<float> data(n * count), work(n * count);
+    advise_fill(data, options.seed + n + 104729 * static_cast<std::uint64_t>(t.rank()));
+    for (std::size_t i : tried) {
+      with_advised_codec(
+          first->candidates[i].codec,
+          [&](auto codec) {
+            using C = decltype(codec);
+            allreduce_options ao;
+            ao.bucket_bytes = (n + 255) / 256 * 256 * sizeof(float);  // buckets of ~n values
+            ao.overlap = transport_any_thread(t);
+            ao.seed = options.seed;
+            ao.notice = [](const std::string&) {};
+            allreduce<C, T> ar(t, std::move(codec), ao);
+            const host_view<float> v(work.data(), work.size());
+            work = data;
+            ar.average(v);  // untimed: connections, buffers, codec state
+            std::vector<double> ts;
+            for (int r = 0; r < options.trial_reps; ++r) {
+              work = data;
+              t.barrier();
+              const auto t0 = std::chrono::steady_clock::now();
+              ar.average(v);
+              ts.push_back(advise_seconds_since(t0));
+            }
+            std::sort(ts.begin(), ts.end());
+            times[i] = ts[ts.size() / 2] / static_cast<double>(count);
+          },
+          options.seed);
+    }
+    t.allreduce(std::span<const double>(times), std::span<double>(times), reduce_op::max);
+    for (std::size_t b = 0; b < a.buckets.size(); ++b) {
+      if (a.buckets[b].values != n) continue;
+      for (std::size_t i = 0; i < times.size(); ++i)
+        a.buckets[b].candidates[i].measured_s = times[i];
+      advise_pick_measured(a.buckets[b], b);
+    }
+  }
+}
+
+}  // namespace detail
+
 /// The model's prediction for every candidate and bucket and the pick per bucket, from
 /// given measurements (the deterministic part of advise; tests inject the link and the
 /// speeds). `T` is the transport the all-reduce will run over: it decides whether f16 /
@@ -476,35 +625,13 @@ advice advise(std::span<const std::size_t> bucket_values, int world_size, const 
         ba.candidates.push_back(p);
       });
     }
-    const candidate_prediction* best = &ba.candidates[0];  // none: always allowed
-    for (const candidate_prediction& p : ba.candidates)
-      if (p.allowed && p.predicted_s < best->predicted_s) best = &p;
-    ba.codec = best->codec;
-    ba.algorithm = best->algorithm;
-    ba.predicted_s = best->predicted_s;
+    std::size_t best = 0;  // none: always allowed
+    for (std::size_t i = 0; i < ba.candidates.size(); ++i)
+      if (ba.candidates[i].allowed &&
+          ba.candidates[i].predicted_s < ba.candidates[best].predicted_s)
+        best = i;
     ba.f32_s = ba.candidates[0].predicted_s;
-    ba.why = "bucket " + std::to_string(b) + " (" + detail::advise_bytes_text(n * sizeof(float)) +
-             "): " + detail::advise_label(*best) + " " + detail::advise_ms_text(best->predicted_s) +
-             " predicted";
-    if (best->codec == advised_codec::none) {
-      // Say what came closest, so that the user sees by how much compression lost (in a
-      // class that allows none, what the fastest codec outside it would take).
-      const candidate_prediction *next = nullptr, *lossy = nullptr;
-      for (const candidate_prediction& p : ba.candidates) {
-        if (p.codec == advised_codec::none) continue;
-        if (p.allowed && (!next || p.predicted_s < next->predicted_s)) next = &p;
-        if (!lossy || p.predicted_s < lossy->predicted_s) lossy = &p;
-      }
-      if (next)
-        ba.why +=
-            " vs " + detail::advise_label(*next) + " " + detail::advise_ms_text(next->predicted_s);
-      else if (lossy)
-        ba.why += " (lossless; " + detail::advise_label(*lossy) + " would take " +
-                  detail::advise_ms_text(lossy->predicted_s) + ")";
-    } else {
-      ba.why += " vs f32 " + std::string(detail::ar_algorithm_name(ba.candidates[0].algorithm)) +
-                " " + detail::advise_ms_text(ba.f32_s);
-    }
+    detail::advise_choose(ba, b, best);
     out.buckets.push_back(std::move(ba));
   }
   return out;
@@ -626,8 +753,12 @@ inline codec_speeds measure_codec_speeds(std::span<const std::size_t> bucket_val
 /// Measures and advises (collective: every rank calls it with the same bucket sizes at the
 /// same point of its sequence of collectives): probe_link, then measure_codec_speeds on
 /// each rank, the slowest rank's rates taken everywhere, then the model (advise above) for
-/// `t.size()` ranks. Every rank returns the same advice. Bucket lists that differ between
-/// ranks are an error on every rank (errc::invalid_argument), found before the probe.
+/// `t.size()` ranks, then the trial (the header; advise_options::trial_reps 0 skips it):
+/// the candidates predicted close to the pick run through allreduce<C, T> and the fastest
+/// measured is picked (candidate_prediction::measured_s, bucket_advice::measured_s). Every
+/// rank returns the same advice. Bucket lists that differ between ranks are an error on
+/// every rank (errc::invalid_argument), found before the probe; so are trial_reps < 0 and a
+/// trial_within below 1 or not finite.
 ///
 ///   auto a = gradcomm::advise(t, sizes, gradcomm::accuracy_class::sixteen_bit);
 template <Transport T>
@@ -636,6 +767,10 @@ advice advise(T& t, std::span<const std::size_t> bucket_values,
               const advise_options& options = {}) {
   static constexpr const char* call = "advise";
   detail::advise_check(bucket_values, t.size(), accuracy, call);
+  if (options.trial_reps < 0 || !(options.trial_within >= 1.0) ||
+      !std::isfinite(options.trial_within))
+    detail::throw_invalid_argument(call, "trial_reps >= 0 and a finite trial_within >= 1",
+                                   t.rank());
   // The ranks agree on the bucket list first: its length and an FNV-1a hash, min and max.
   std::uint64_t h = 1469598103934665603ull;
   for (std::size_t n : bucket_values) h = (h ^ static_cast<std::uint64_t>(n)) * 1099511628211ull;
@@ -660,7 +795,9 @@ advice advise(T& t, std::span<const std::size_t> bucket_values,
     speeds.rates[i].decode_s_per_value = rates[3 * i + 1];
     speeds.rates[i].decode_add_s_per_value = rates[3 * i + 2];
   }
-  return advise<T>(bucket_values, t.size(), link, speeds, accuracy);
+  advice a = advise<T>(bucket_values, t.size(), link, speeds, accuracy);
+  if (options.trial_reps > 0 && t.size() > 1) detail::advise_trials(t, a, options);
+  return a;
 }
 
 }  // namespace v0

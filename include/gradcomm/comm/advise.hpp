@@ -446,10 +446,6 @@ inline void advise_fill(std::vector<float>& v, std::uint64_t seed) {
   for (float& x : v) x = static_cast<float>(uniform() + uniform() + uniform() + uniform() - 2.0);
 }
 
-}  // namespace detail
-
-namespace detail {
-
 // Makes candidate `i` bucket `b`'s pick and writes the line that says why: its time
 // (measured in the trial, else predicted) against f32's, or against what came closest.
 inline void advise_choose(bucket_advice& ba, std::size_t b, std::size_t i) {

@@ -93,7 +93,8 @@ struct train_config {
   /// ps_defaults).
   int ps_staleness = -2;
   /// Gossip's consensus step γ (gossip_options::gamma); 0: the example's default for the
-  /// codec (main.cpp, gossip_gamma_for), which is the library's except for top-k and sign.
+  /// codec (main.cpp, gossip_gamma_for), which is the library's except for top-k;
+  /// negative: the library's (gossip_options::gamma unset).
   float gossip_gamma = 0.0f;
   /// The all-reduce starts a bucket as soon as the backward pass has written its tensors
   /// (allreduce::ready, with the layers registered in worker::registered), so that its

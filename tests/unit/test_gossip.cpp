@@ -17,6 +17,7 @@
 #include <gradcomm/comm/gossip.hpp>
 #include <gradcomm/comm/optimizer.hpp>
 #include <gradcomm/comm/topology.hpp>
+#include <gradcomm/core/wire.hpp>
 #include <gradcomm/transport/local.hpp>
 
 #include <gtest/gtest.h>
@@ -30,7 +31,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -865,8 +868,10 @@ void expect_silent_peer_skipped_without_waiting(int n, C codec, gc::gossip_optio
   SCOPED_TRACE(what);
   silent_record rec;
   silent_for_many_rounds<Forwarded>(n, codec, o, rec, timeout, plan);
-  const std::size_t weight = o.rule == gc::mixing_rule::push_sum ? sizeof(double) : 0;
-  const std::size_t bound = 2 * (2 * (weight + codec.max_encoded_bytes(d)) + d * sizeof(float));
+  // The bytes in front of a payload: push-sum's weight, compressed averaging's ω̂.
+  const std::size_t header =
+      o.rule == gc::mixing_rule::push_sum || !gc::lossless_codec<C> ? sizeof(double) : 0;
+  const std::size_t bound = 2 * (2 * (header + codec.max_encoded_bytes(d)) + d * sizeof(float));
   double slowest = 0;
   for (int r = 0; r < n; ++r) {
     const auto me = static_cast<std::size_t>(r);
@@ -938,6 +943,54 @@ TEST(Gossip, PeerSilentTwiceIsReportedEachTimeAndReadmitted) {
                                                    {.rule = gc::mixing_rule::push_sum}, twice);
 }
 
+// ---- the consensus step follows the messages' quality ----------------------------------------
+
+// Values whose differences are one spike a rank: sign's messages then keep about 1/d of
+// ‖d‖² (ω ≈ 1/d), far below its probes' 0.63. With the default γ each edge's step falls to
+// gossip_default_gamma of the measured ω̂; the average is still kept to rounding (both ends
+// of an edge take the same step); a γ set in the options is used as given; 8-bit's
+// messages keep its promise and its step stays 1.
+template <gc::GossipCodec C, class G>
+void expect_step_follows_messages(int n, C codec, std::optional<float> set, bool lowered) {
+  gc::local_world world(n, 30s);
+  world.run([&](gc::local_transport& t) {
+    constexpr std::size_t d = 512;
+    std::vector<float> x(d, 0.0f);
+    x[static_cast<std::size_t>(t.rank()) * 7] = 100.0f;
+    const spread s0 = measure(t, x);
+    gc::gossip<C, gc::local_transport, G> g(t, {}, codec, {}, {.gamma = set});
+    EXPECT_TRUE(std::isnan(g.last_gamma()));
+    for (int r = 0; r < 40; ++r) g.mix(x);
+    g.settle(x);
+    const spread s1 = measure(t, x);
+    if constexpr (G::undirected) {  // averaging: Σ x kept (push-sum keeps Σ of its numerators)
+      for (std::size_t i = 0; i < d; ++i) EXPECT_NEAR(s1.mean[i], s0.mean[i], 1e-3) << i;
+    }
+    EXPECT_LT(s1.disagreement, s0.disagreement) << "rank " << t.rank();
+    if (set) {
+      EXPECT_EQ(g.gamma(), *set);
+      EXPECT_EQ(g.last_gamma(), *set);
+    } else if (lowered) {
+      EXPECT_LT(g.measured_quality(), 0.5 * g.quality().omega) << "rank " << t.rank();
+      EXPECT_LT(g.last_gamma(), 0.5f * g.gamma()) << "rank " << t.rank();
+      EXPECT_GT(g.last_gamma(), 0.0f);
+    } else {
+      EXPECT_EQ(g.last_gamma(), g.gamma()) << "rank " << t.rank();
+      EXPECT_GT(g.measured_quality(), 0.9);
+    }
+  });
+}
+
+TEST(Gossip, DefaultStepFollowsTheQualityOfTheMessages) {
+  // Averaging (ring) and push-sum (exponential graph).
+  expect_step_follows_messages<gc::sign_codec, gc::ring_topology>(4, gc::sign_codec(), {}, true);
+  expect_step_follows_messages<gc::sign_codec, gc::exponential_topology>(4, gc::sign_codec(), {},
+                                                                         true);
+  expect_step_follows_messages<gc::sign_codec, gc::ring_topology>(4, gc::sign_codec(), 0.5f, false);
+  expect_step_follows_messages<gc::scalar_quant_codec, gc::ring_topology>(
+      5, gc::scalar_quant_codec({.bits = 8}), {}, false);
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 TEST(Gossip, RejectsBadSettingsAndMisuse) {
@@ -977,6 +1030,37 @@ TEST(Gossip, MalformedPayloadIsReportedWithThePeer) {
       EXPECT_EQ(e.rank(), 0);
     }
     EXPECT_THROW(g.mix(x), gc::error);  // the object stopped
+  });
+}
+
+TEST(Gossip, CompressedMessageWithABadQualityHeaderIsRejected) {
+  // Compressed averaging's messages start with the sender's measured ω̂ (an f64 in (0, 1]):
+  // a NaN there is named, with the peer, before its payload is decoded.
+  gc::local_world world(2, 30s);
+  world.run([](gc::local_transport& t) {
+    using sign_ring = gc::gossip<gc::sign_codec, gc::local_transport, gc::ring_topology>;
+    if (t.rank() == 1) {
+      std::vector<float> x(10, 1.0f);
+      std::vector<std::byte> msg(8 + gc::sign_codec().max_encoded_bytes(10)), in(1024);
+      gc::wire_writer w(std::span<std::byte>(msg).first(8), "test");
+      w.put_u64(std::bit_cast<std::uint64_t>(std::numeric_limits<double>::quiet_NaN()));
+      gc::sign_codec().encode(gc::host_view<const float>(x), std::span<std::byte>(msg).subspan(8));
+      const gc::send_op s[] = {{0, 16384, msg}};
+      const gc::recv_op r[] = {{0, 16384, in}};
+      auto req = t.post(s, r);
+      t.wait(req);
+      return;
+    }
+    sign_ring g(t);
+    std::vector<float> x(10, 1.0f);
+    try {
+      g.mix(x);
+      ADD_FAILURE() << "a NaN quality header was accepted";
+    } catch (const gc::decode_error& e) {
+      const std::string w = e.what();
+      EXPECT_NE(w.find("from rank 1"), std::string::npos) << w;
+      EXPECT_NE(w.find("compression quality"), std::string::npos) << w;
+    }
   });
 }
 

@@ -1,8 +1,9 @@
 // Decentralized SGD over compressed gossip cannot diverge at the default consensus step:
 // a least-squares problem (each rank i holds A_i, b_i; d = 2000 parameters, 100 rows a
 // rank, b_i = A_i x* + noise, seeded) trained for 300 steps of SGD (lr 0.03) on rings of
-// 4 and 8 (threads, local_transport), with every lossy codec at the γ that gossip picks
-// from its compression quality (gossip_default_gamma, comm/gossip.hpp). Before that
+// 4 and 8 and the exponential graph of 8 (threads, local_transport), with every lossy codec
+// at the γ that gossip picks from its compression quality (gossip_default_gamma,
+// comm/gossip.hpp; each edge's step lowered where its messages' measured quality is). Before that
 // choice (γ = 1 for every codec) top-k 5 % ended at a loss of 1e8 on the ring of 4 and
 // random-k 1 % at 1e18; ternary and scaled random-k overflowed.
 #include <gradcomm/codec/cast.hpp>
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -83,17 +85,19 @@ struct least_squares {
 };
 
 struct outcome {
-  double initial = 0.0;  // F(0): every rank starts at 0
-  double final = 0.0;    // the mean over ranks of F(x_i) after the steps
-  float gamma = 0.0f;    // the γ gossip chose
-  double omega = 0.0;    // the codec's compression quality
+  double initial = 0.0;     // F(0): every rank starts at 0
+  double final = 0.0;       // the mean over ranks of F(x_i) after the steps
+  float gamma = 0.0f;       // the γ gossip chose
+  double omega = 0.0;       // the codec's compression quality
+  float last_gamma = 0.0f;  // the smallest step of the last round (rank 0)
+  double measured = 0.0;    // the lowest ω̂ of rank 0's edges at the end
 };
 
 constexpr int steps = 300;
 constexpr float lr = 0.03f;
 
-template <class C>
-outcome train(const least_squares& p, const C& codec) {
+template <class C, class G = gc::ring_topology>
+outcome train(const least_squares& p, const C& codec, std::optional<float> gamma = std::nullopt) {
   std::vector<std::vector<float>> xs(static_cast<std::size_t>(p.ranks),
                                      std::vector<float>(p.d, 0.0f));
   outcome out;
@@ -103,8 +107,8 @@ outcome train(const least_squares& p, const C& codec) {
   gc::local_world world(p.ranks);
   world.run([&](gc::local_transport& t) {
     const auto me = static_cast<std::size_t>(t.rank());
-    gc::gossip<C, gc::local_transport, gc::ring_topology> g(t, {}, codec, gc::sgd{{.lr = lr}},
-                                                            {.seed = 3});
+    gc::gossip<C, gc::local_transport, G> g(t, {}, codec, gc::sgd{{.lr = lr}},
+                                            {.gamma = gamma, .seed = 3});
     std::vector<float>& x = xs[me];
     std::vector<float> grad(p.d);
     for (int s = 0; s < steps; ++s) {
@@ -113,6 +117,10 @@ outcome train(const least_squares& p, const C& codec) {
     }
     gammas[me] = g.gamma();
     omegas[me] = g.quality().omega;
+    if (me == 0) {
+      out.last_gamma = g.last_gamma();
+      out.measured = g.measured_quality();
+    }
   });
   for (const auto& x : xs) out.final += p.global(x.data());
   out.final /= p.ranks;
@@ -122,42 +130,61 @@ outcome train(const least_squares& p, const C& codec) {
   return out;
 }
 
-// The loss falls below initial / `factor` and stays finite.
+// The loss falls below initial / `factor` and stays finite: on rings of 4 and 8
+// (averaging) and on the exponential graph of 8 (push-sum).
+template <class G, class C>
+void expect_falls_on(const char* graph, int n, const char* name, const C& codec, double factor) {
+  const least_squares p(n, 2000, 100, 1);
+  const outcome o = train<C, G>(p, codec);
+  std::printf(
+      "%s of %d  %-10s omega %-8.4g gamma %-8.4g measured omega %-8.4g gamma %-8.4g loss %.4g -> "
+      "%.4g (%.3g)\n",
+      graph, n, name, o.omega, static_cast<double>(o.gamma), o.measured,
+      static_cast<double>(o.last_gamma), o.initial, o.final, o.final / o.initial);
+  EXPECT_TRUE(std::isfinite(o.final)) << name << " on the " << graph << " of " << n;
+  EXPECT_LT(o.final, o.initial / factor)
+      << name << " on the " << graph << " of " << n << " at gamma " << o.gamma << ": " << o.initial
+      << " -> " << o.final;
+  EXPECT_GT(o.gamma, 0.0f);
+  EXPECT_LE(o.gamma, 1.0f);
+  EXPECT_GT(o.last_gamma, 0.0f);
+  EXPECT_LE(o.last_gamma, o.gamma);
+}
+
 template <class C>
-void expect_falls(const char* name, const C& codec, double factor) {
-  for (int n : {4, 8}) {
-    const least_squares p(n, 2000, 100, 1);
-    const outcome o = train(p, codec);
-    std::printf("ring of %d  %-10s omega %-8.4g gamma %-8.4g loss %.4g -> %.4g (%.3g)\n", n, name,
-                o.omega, static_cast<double>(o.gamma), o.initial, o.final, o.final / o.initial);
-    EXPECT_TRUE(std::isfinite(o.final)) << name << " on a ring of " << n;
-    EXPECT_LT(o.final, o.initial / factor) << name << " on a ring of " << n << " at gamma "
-                                           << o.gamma << ": " << o.initial << " -> " << o.final;
-    EXPECT_GT(o.gamma, 0.0f);
-    EXPECT_LE(o.gamma, 1.0f);
-  }
+void expect_falls(const char* name, const C& codec, double factor, double exp_factor = 0.0) {
+  for (int n : {4, 8}) expect_falls_on<gc::ring_topology>("ring", n, name, codec, factor);
+  expect_falls_on<gc::exponential_topology>("exp. graph", 8, name, codec,
+                                            exp_factor > 0.0 ? exp_factor : factor);
 }
 
 }  // namespace
 
-// Codecs of quality ω ≥ 0.3 (γ ≥ 0.46): the loss falls at least a hundredfold.
+// Lossless and 8-bit codecs (ω ≥ 0.99, γ 1): the loss falls at least a hundredfold.
 TEST(GossipConvergence, LosslessAndFineCodecs) {
   expect_falls("none", gc::identity_codec{}, 100.0);
   expect_falls("bf16", gc::bf16_codec{}, 100.0);
   expect_falls("int8", gc::scalar_quant_codec({.bits = 8}), 100.0);
 }
 
+// Sign's messages here keep ω ≈ 0.02 of ‖d‖² (its probes promise 0.63): its steps follow
+// them down to about 0.04 (gossip.hpp, the measured quality), and the loss falls tenfold
+// rather than a thousandfold at the probes' 0.78. The probes' step was stable on this
+// problem but let the example's training collapse.
 TEST(GossipConvergence, SignAndTernary) {
-  expect_falls("sign", gc::sign_codec(), 100.0);
+  expect_falls("sign", gc::sign_codec(), 10.0);
   expect_falls("ternary", gc::ternary_codec(), 100.0);  // unbiased: scaled by its gain
 }
 
 // Sparsifiers (ω = k/n, γ ≈ 2ω): at least halved in 300 steps (a ring of 8 at γ = 0.02
-// mixes slowly; before, these diverged).
+// mixes slowly; before, these diverged). Top-k's messages keep more than k/n (ω̂ 0.04 and
+// 0.2 here): its step stays the default, which is never raised.
 TEST(GossipConvergence, Sparsifiers) {
   expect_falls("top-k 1%", gc::topk_codec({.ratio = 0.01}), 2.0);
   expect_falls("top-k 5%", gc::topk_codec({.ratio = 0.05}), 2.0);
-  expect_falls("random-k 1%", gc::randomk_codec({.ratio = 0.01}), 2.0);
+  // Push-sum on the exponential graph of 8 moves each copy every third round: random-k 1 %
+  // reaches 0.56 of the start there, at its default step as at that step held fixed.
+  expect_falls("random-k 1%", gc::randomk_codec({.ratio = 0.01}), 2.0, 1.5);
   expect_falls("rand-k 5% sc", gc::randomk_codec({.ratio = 0.05, .scale = true}), 2.0);
 }
 

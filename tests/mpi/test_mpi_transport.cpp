@@ -633,26 +633,31 @@ TYPED_TEST(MpiAllreduce, EveryRankEndsWithTheSameBits) {
   using E = TypeParam;
   auto t = make();
   const int me = t.rank();
-  std::vector<E> v(40001);
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    const auto h = splitmix(static_cast<std::uint64_t>(me) * 1000003u + i);
-    if constexpr (std::is_floating_point_v<E>)
-      v[i] = static_cast<E>(static_cast<double>(h % 2000001) / 997.0 - 1000.0);  // inexact sums
-    else
-      v[i] = static_cast<E>(h % 100000) - 50000;
-  }
+  // n values of this rank, seeded by `salt` (floating point: inexact sums).
+  auto values = [&](std::size_t n, std::uint64_t salt) {
+    std::vector<E> v(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto h = splitmix(static_cast<std::uint64_t>(me) * salt + i);
+      if constexpr (std::is_floating_point_v<E>)
+        v[i] = static_cast<E>(static_cast<double>(h % 2000001) / 997.0 - 1000.0);
+      else
+        v[i] = static_cast<E>(h % 100000) - 50000;
+    }
+    return v;
+  };
+  std::vector<E> v = values(40001, 1000003u);
   t.template allreduce<E>(v, v, gc::reduce_op::sum);
   EXPECT_TRUE(same_on_all_ranks(std::as_bytes(std::span(v))));
-  // On the ring with chunks of several messages, out of place.
-  std::vector<E> w(static_cast<std::size_t>(t.size()) * (ring_segment_bytes / sizeof(E)) * 2 + 5);
-  std::vector<E> r(w.size());
-  for (std::size_t i = 0; i < w.size(); ++i) {
-    const auto h = splitmix(static_cast<std::uint64_t>(me) * 7919u + i);
-    if constexpr (std::is_floating_point_v<E>)
-      w[i] = static_cast<E>(static_cast<double>(h % 2000001) / 997.0 - 1000.0);
-    else
-      w[i] = static_cast<E>(h % 100000) - 50000;
+  // Under 64 KiB: MPI_Iallreduce, or reduce and broadcast (GRADCOMM_MPI_SMALL_ALLREDUCE).
+  for (std::size_t n : {1u, 7u, 1001u, 8000u}) {
+    std::vector<E> u = values(n, 4099u);
+    t.template allreduce<E>(u, u, gc::reduce_op::sum);
+    EXPECT_TRUE(same_on_all_ranks(std::as_bytes(std::span(u)))) << n << " elements";
   }
+  // On the ring with chunks of several messages, out of place.
+  const std::vector<E> w =
+      values(static_cast<std::size_t>(t.size()) * (ring_segment_bytes / sizeof(E)) * 2 + 5, 7919u);
+  std::vector<E> r(w.size());
   t.template allreduce<E>(w, r, gc::reduce_op::sum);
   EXPECT_TRUE(same_on_all_ranks(std::as_bytes(std::span(r))));
 }

@@ -20,6 +20,17 @@
 
 #include <mpi.h>
 
+// How all-reduces under 64 KiB run (mpi.hpp): 0 MPI_Iallreduce, 1 MPI_Ireduce to rank 0
+// and MPI_Ibcast of its result (every rank the same bits, whatever the MPI). Default: 0
+// with Open MPI, whose MPI_Iallreduce gives every rank the same bits; 1 with any other.
+#ifndef GRADCOMM_MPI_SMALL_ALLREDUCE
+#if defined(OMPI_MAJOR_VERSION)
+#define GRADCOMM_MPI_SMALL_ALLREDUCE 0
+#else
+#define GRADCOMM_MPI_SMALL_ALLREDUCE 1
+#endif
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
@@ -382,7 +393,10 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
   /// result is the float sum rounded at every combine of the reduction tree). `in`
   /// may be `out`; at most INT_MAX elements.
   ///
-  /// Below 64 KiB, or on one rank: MPI_Iallreduce. From 64 KiB: a ring (reduce-scatter
+  /// Below 64 KiB: MPI_Iallreduce with Open MPI, whose algorithms give every rank the same
+  /// bits; with any other MPI, MPI_Ireduce to rank 0 and then MPI_Ibcast of its result, so
+  /// that they do whatever its algorithms (GRADCOMM_MPI_SMALL_ALLREDUCE, mpi.hpp).
+  /// From 64 KiB: a ring (reduce-scatter
   /// then all-gather), where element i of rank c's slice (the slices of
   /// local_transport) is combined along the chain of ranks c, c+1, ..., c-1 and then
   /// copied to every rank. The ranks must pass the same element count, type and op
@@ -422,10 +436,39 @@ class mpi_transport : public host_transport_calls<mpi_transport> {
     d.op = op;
     d.count = in.size();
     const std::size_t bytes = in.size_bytes();
+    const int count = static_cast<int>(in.size());
     if (st.size > 1 && bytes >= detail::mpi_ring_min_bytes) {
       ring_allreduce<E>(call, in, out, op, d);
+    } else if (GRADCOMM_MPI_SMALL_ALLREDUCE == 1 && st.size > 1) {
+      // MPI_Ireduce to rank 0, then MPI_Ibcast of its bytes: one sum, copied, so every
+      // rank holds the same bits. (MPI_Iallreduce does not promise that: SimGrid's SMPI
+      // gave the ranks sums that differed in the last bits.)
+      const bool root = st.rank == 0;
+      run_collective(
+          call, d, "MPI_Ireduce", bytes,
+          [&](std::byte* s) { detail::copy_bytes(s, in.data(), bytes); },
+          [&](MPI_Comm c, std::byte* s, MPI_Request* r) {
+            return MPI_Ireduce(root ? MPI_IN_PLACE : s, s, count, type, mop, 0, c, r);
+          },
+          [&](const std::byte* s) {
+            if (root) detail::copy_bytes(out.data(), s, bytes);
+          });
+      detail::mpi_coll_desc b;
+      b.kind = detail::coll_kind::broadcast;
+      b.count = bytes;
+      b.root = 0;
+      run_collective(
+          call, b, "MPI_Ibcast", bytes,
+          [&](std::byte* s) {
+            if (root) detail::copy_bytes(s, out.data(), bytes);
+          },
+          [&](MPI_Comm c, std::byte* s, MPI_Request* r) {
+            return MPI_Ibcast(s, count * static_cast<int>(sizeof(E)), MPI_BYTE, 0, c, r);
+          },
+          [&](const std::byte* s) {
+            if (!root) detail::copy_bytes(out.data(), s, bytes);
+          });
     } else {
-      const int count = static_cast<int>(in.size());
       run_collective(
           call, d, "MPI_Iallreduce", bytes,
           [&](std::byte* s) { detail::copy_bytes(s, in.data(), bytes); },

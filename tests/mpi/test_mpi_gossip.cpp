@@ -196,9 +196,10 @@ void silent_for_many_rounds_body(C codec, gc::gossip_options o = {}) {
   EXPECT_EQ(rounds, neighbour ? std::vector<std::uint64_t>{2} : std::vector<std::uint64_t>{})
       << "rank " << rank;
   if (rank == silent) return;
-  // The bytes in front of a payload: push-sum's weight, compressed averaging's ω̂.
+  // The bytes in front of a payload: the settings word, then push-sum's weight or
+  // compressed averaging's ω̂.
   const std::size_t extra =
-      o.rule == gc::mixing_rule::push_sum || !gc::lossless_codec<C> ? sizeof(double) : 0;
+      8 + (o.rule == gc::mixing_rule::push_sum || !gc::lossless_codec<C> ? sizeof(double) : 0);
   EXPECT_LT(quiet_ms, 5.0 * static_cast<double>(timeout.count())) << "rank " << rank;
   EXPECT_LE(max_late, 2u) << "rank " << rank;
   EXPECT_LE(max_retired, 2 * (2 * (extra + codec.max_encoded_bytes(d)) + d * sizeof(float)))

@@ -310,7 +310,8 @@ TEST(Gossip, CountsBytesPerRound) {
     ring_gossip g(t);
     for (int r = 0; r < 3; ++r) g.mix(x);
     const auto c = g.counters().snapshot();
-    const std::uint64_t payload = 24 + 4 * 100;  // identity_codec: header + f32 values
+    // The settings word, then identity_codec's header and f32 values.
+    const std::uint64_t payload = 8 + 24 + 4 * 100;
     EXPECT_EQ(c.bytes_sent, 3u * 2u * payload);  // 3 rounds × 2 neighbours
     EXPECT_EQ(c.bytes_received, 3u * 2u * payload);
     EXPECT_EQ(c.messages_sent, 6u);
@@ -613,9 +614,9 @@ TEST(Gossip, SilentPeerOverATransportThatKeepsSendsKeepsItsExchangesOpen) {
     EXPECT_FALSE(rec.dropped[me][0].failed);
     EXPECT_EQ(rec.dropped[me][0].round, 1u);
     EXPECT_EQ(rec.still_late[me], 1u) << "rank " << r;
-    // Round 1's: the receive buffer and the round's payload (24 + 4 × 24 bytes each) and
-    // this rank's values of the round (4 × 24).
-    EXPECT_EQ(rec.retired_bytes[me], 2u * (24u + 4u * 24u) + 4u * 24u) << "rank " << r;
+    // Round 1's: the receive buffer and the round's payload (8 + 24 + 4 × 24 bytes each:
+    // the settings word, the codec's header, the values) and this rank's values (4 × 24).
+    EXPECT_EQ(rec.retired_bytes[me], 2u * (8u + 24u + 4u * 24u) + 4u * 24u) << "rank " << r;
   }
   EXPECT_EQ(rec.still_late[leaver], 0u);
 }
@@ -868,9 +869,10 @@ void expect_silent_peer_skipped_without_waiting(int n, C codec, gc::gossip_optio
   SCOPED_TRACE(what);
   silent_record rec;
   silent_for_many_rounds<Forwarded>(n, codec, o, rec, timeout, plan);
-  // The bytes in front of a payload: push-sum's weight, compressed averaging's ω̂.
+  // The bytes in front of a payload: the settings word, then push-sum's weight or
+  // compressed averaging's ω̂.
   const std::size_t header =
-      o.rule == gc::mixing_rule::push_sum || !gc::lossless_codec<C> ? sizeof(double) : 0;
+      8 + (o.rule == gc::mixing_rule::push_sum || !gc::lossless_codec<C> ? sizeof(double) : 0);
   const std::size_t bound = 2 * (2 * (header + codec.max_encoded_bytes(d)) + d * sizeof(float));
   double slowest = 0;
   for (int r = 0; r < n; ++r) {
@@ -1033,18 +1035,53 @@ TEST(Gossip, MalformedPayloadIsReportedWithThePeer) {
   });
 }
 
+// Ranks whose gossip settings differ would each read the other's header as its own (a
+// push-sum weight as a quality, or the reverse) or break the pair's cancellation (two
+// consensus steps): every message's settings word is compared, and the difference named.
+template <gc::GossipCodec C>
+void expect_settings_mismatch_named(gc::gossip_options zero, gc::gossip_options one,
+                                    const std::string& what) {
+  gc::local_world world(2, 30s);
+  world.run([&](gc::local_transport& t) {
+    gc::gossip<C, gc::local_transport, gc::ring_topology> g(t, {}, C{}, {},
+                                                            t.rank() == 0 ? zero : one);
+    std::vector<float> x(64, static_cast<float>(t.rank()));
+    const std::vector<float> before = x;
+    try {
+      g.mix(x);
+      ADD_FAILURE() << "rank " << t.rank() << ": mismatched settings were accepted";
+    } catch (const gc::error& e) {
+      const std::string w = e.what();
+      EXPECT_EQ(e.code(), gc::make_error_code(gc::errc::invalid_argument)) << w;
+      EXPECT_NE(w.find("rank " + std::to_string(1 - t.rank()) + " mixes by"), std::string::npos)
+          << w;
+      EXPECT_NE(w.find(what), std::string::npos) << w;
+    }
+    EXPECT_EQ(x, before);  // nothing applied
+  });
+}
+
+TEST(Gossip, MismatchedSettingsAreNamedOnBothRanks) {
+  expect_settings_mismatch_named<gc::sign_codec>({}, {.rule = gc::mixing_rule::push_sum},
+                                                 "push-sum");
+  expect_settings_mismatch_named<gc::sign_codec>({.gamma = 0.5f}, {.gamma = 0.25f},
+                                                 "consensus step");
+  expect_settings_mismatch_named<gc::identity_codec>({}, {.gamma = 0.5f}, "(set)");
+}
+
 TEST(Gossip, CompressedMessageWithABadQualityHeaderIsRejected) {
-  // Compressed averaging's messages start with the sender's measured ω̂ (an f64 in (0, 1]):
-  // a NaN there is named, with the peer, before its payload is decoded.
+  // Compressed averaging's messages carry the sender's measured ω̂ (an f64 in (0, 1]) after
+  // the settings word: a NaN there is named, with the peer, before its payload is decoded.
   gc::local_world world(2, 30s);
   world.run([](gc::local_transport& t) {
     using sign_ring = gc::gossip<gc::sign_codec, gc::local_transport, gc::ring_topology>;
     if (t.rank() == 1) {
       std::vector<float> x(10, 1.0f);
-      std::vector<std::byte> msg(8 + gc::sign_codec().max_encoded_bytes(10)), in(1024);
-      gc::wire_writer w(std::span<std::byte>(msg).first(8), "test");
+      std::vector<std::byte> msg(16 + gc::sign_codec().max_encoded_bytes(10)), in(1024);
+      gc::wire_writer w(std::span<std::byte>(msg).first(16), "test");
+      w.put_u64(0x6753ull << 48 | 1ull << 40 | 1ull << 32);  // averaging, lossy, default γ
       w.put_u64(std::bit_cast<std::uint64_t>(std::numeric_limits<double>::quiet_NaN()));
-      gc::sign_codec().encode(gc::host_view<const float>(x), std::span<std::byte>(msg).subspan(8));
+      gc::sign_codec().encode(gc::host_view<const float>(x), std::span<std::byte>(msg).subspan(16));
       const gc::send_op s[] = {{0, 16384, msg}};
       const gc::recv_op r[] = {{0, 16384, in}};
       auto req = t.post(s, r);

@@ -64,6 +64,12 @@
 //    but stalls near 0.1 on rings of 2 and 3, only creeps at γ ≤ 0.7 anywhere, and does not
 //    converge with push-sum on the exponential graph (a copy there is updated only every ⌈log2 n⌉
 //    rounds, and one bit a value does not catch up).
+//  - Every message starts with its sender's settings word (the mixing rule, whether the
+//    codec is lossy, the consensus step set in the options): a receiver whose own differs
+//    throws invalid_argument naming the peer and both settings, before it applies anything
+//    of the round (ranks mixing by different rules would read each other's headers as their
+//    own; ranks with different steps would break the pair's cancellation: wrong answers,
+//    not errors, without the check). Then push-sum's weight or compressed averaging's ω̂.
 //  - The messages: one group per peer, holding the send to it and the receive from it,
 //    every group of the round posted before any is waited on. A post never blocks, so no
 //    rank can wait on a rank that waits on it: no deadlock by construction, whatever the
@@ -499,6 +505,7 @@ class gossip {
       }
       scoped_timer timer(counters_.decode_ns);
       params_ = params;
+      check_received(false);  // the late ones only: the last round's were applied
       if (rule_ == mixing_rule::averaging) {
         double unused = 0.0;
         if (apply_late(unused)) add_late_delta();
@@ -600,6 +607,8 @@ class gossip {
   // averaging's carry the sender's ω̂ of the edge (an f64 each, see the top).
   static constexpr std::size_t weight_bytes = sizeof(double);
   static constexpr std::size_t omega_bytes = sizeof(double);
+  // Every message starts with the sender's settings word (settings_word()).
+  static constexpr std::size_t settings_bytes = sizeof(std::uint64_t);
   static constexpr bool lossy = !lossless_codec<C>;
 
   using clock = std::chrono::steady_clock;
@@ -633,7 +642,8 @@ class gossip {
       delta_.assign(n, 0.0f);
       if (rule_ == mixing_rule::push_sum) x_.assign(n, 0.0f);
       late_delta_.assign(n, 0.0f);
-      plain_ = std::make_shared<std::vector<std::byte>>(codec_.max_encoded_bytes(n));
+      plain_ =
+          std::make_shared<std::vector<std::byte>>(settings_bytes + codec_.max_encoded_bytes(n));
       if constexpr (lossy) {
         quality_ = compression_quality_of(codec_, n);
         if (quality_.gain != 1.0) gained_.assign(n, 0.0f);
@@ -649,10 +659,69 @@ class gossip {
 
   std::size_t edge_buffer_bytes() const { return header_bytes() + codec_.max_encoded_bytes(n_); }
 
-  // The bytes in front of an edge's payload: push-sum's weight, compressed averaging's ω̂.
+  // The bytes in front of an edge's payload: the settings word, then push-sum's weight or
+  // compressed averaging's ω̂.
   std::size_t header_bytes() const noexcept {
-    if (rule_ == mixing_rule::push_sum) return weight_bytes;
-    return lossy ? omega_bytes : 0;
+    if (rule_ == mixing_rule::push_sum) return settings_bytes + weight_bytes;
+    return settings_bytes + (lossy ? omega_bytes : 0);
+  }
+
+  // What both ends of an edge must share, in front of every message: a mark (0x6753), the
+  // mixing rule, whether the codec is lossy, and the consensus step set in the options (its
+  // f32 bits; 0 for the default). Ranks that mix by different rules read each other's
+  // headers as their own, and ranks with different steps break the pair's cancellation:
+  // either would be a wrong answer, not an error, so the receiver compares the words.
+  std::uint64_t settings_word() const noexcept {
+    const std::uint64_t rule = rule_ == mixing_rule::push_sum ? 2 : 1;
+    const std::uint64_t step = o_.gamma ? std::bit_cast<std::uint32_t>(*o_.gamma) : 0u;
+    return (std::uint64_t{0x6753} << 48) | (rule << 40) | (std::uint64_t{lossy} << 32) | step;
+  }
+
+  static std::string settings_text(std::uint64_t w) {
+    const auto rule = (w >> 40) & 0xff;
+    const auto step = static_cast<std::uint32_t>(w);
+    return std::string(rule == 2   ? "push-sum"
+                       : rule == 1 ? "averaging"
+                                   : "an unknown rule") +
+           ((w >> 32) & 1 ? ", a lossy codec" : ", a lossless codec") + ", consensus step " +
+           (step == 0 ? std::string("the default")
+                      : std::to_string(std::bit_cast<float>(step)) + " (set)");
+  }
+
+  // A received message's settings word, checked against this rank's: a message that is no
+  // gossip message is a decode_error; one whose sender's settings differ is named
+  // (invalid_argument: set the same rule and consensus step on every rank). The bytes after it.
+  std::span<const std::byte> check_settings(std::span<const std::byte> got, int peer,
+                                            std::uint64_t round) const {
+    std::uint64_t theirs = 0;
+    try {
+      wire_reader r(got, "gossip::mix");
+      theirs = r.get_u64();
+    } catch (const decode_error& d) {
+      throw decode_error("gossip::mix",
+                         "the payload from rank " + std::to_string(peer) + " in round " +
+                             std::to_string(round) + ": " + d.what(),
+                         rank());
+    }
+    if ((theirs >> 48) != 0x6753)
+      throw decode_error("gossip::mix",
+                         "the payload from rank " + std::to_string(peer) + " in round " +
+                             std::to_string(round) + " does not start with a gossip header",
+                         rank());
+    const std::uint64_t mine = settings_word();
+    if (theirs != mine)
+      detail::throw_invalid_argument(
+          "gossip::mix",
+          "rank " + std::to_string(peer) + " mixes by " + settings_text(theirs) +
+              ", this rank by " + settings_text(mine) +
+              ": every rank needs the same mixing rule, codec and gossip_options::gamma",
+          rank());
+    return got.subspan(settings_bytes);
+  }
+
+  void put_settings(std::span<std::byte> buf) const {
+    wire_writer w(buf.first(settings_bytes), "gossip::start_mix");
+    w.put_u64(settings_word());
   }
 
   // The consensus step of an edge whose messages showed the quality ω̂ (the lower of its two
@@ -859,7 +928,10 @@ class gossip {
         for (std::size_t i = 0; i < n; ++i) x_[i] = w * z[i];
       } else if constexpr (!lossy) {
         key_stream(codec_, -1);
-        plain_bytes_ = codec_.encode(host_view<const float>(params), *plain_);
+        put_settings(*plain_);
+        plain_bytes_ =
+            settings_bytes + codec_.encode(host_view<const float>(params),
+                                           std::span<std::byte>(*plain_).subspan(settings_bytes));
       }
     }
     for (auto& e : ex_)
@@ -883,11 +955,13 @@ class gossip {
         }
         e.d2 = d2;
         e.omega_sent = ed.omega;
-        wire_writer w(std::span<std::byte>(ed.send).first(omega_bytes), "gossip::start_mix");
+        put_settings(ed.send);
+        wire_writer w(std::span<std::byte>(ed.send).subspan(settings_bytes, omega_bytes),
+                      "gossip::start_mix");
         w.put_u64(std::bit_cast<std::uint64_t>(e.omega_sent));
         e.send_bytes =
-            omega_bytes + ed.codec.encode(host_view<const float>(scratch_),
-                                          std::span<std::byte>(ed.send).subspan(omega_bytes));
+            header_bytes() + ed.codec.encode(host_view<const float>(scratch_),
+                                             std::span<std::byte>(ed.send).subspan(header_bytes()));
       }
       return;
     }
@@ -908,11 +982,13 @@ class gossip {
     }
     e.weight_share = e.out_w * e.share_gamma * weight_;
     const auto bits = std::bit_cast<std::uint64_t>(e.weight_share);
-    wire_writer w(std::span<std::byte>(ed.send).first(weight_bytes), "gossip::start_mix");
+    put_settings(ed.send);
+    wire_writer w(std::span<std::byte>(ed.send).subspan(settings_bytes, weight_bytes),
+                  "gossip::start_mix");
     w.put_u64(bits);
     e.send_bytes =
-        weight_bytes + ed.codec.encode(host_view<const float>(scratch_),
-                                       std::span<std::byte>(ed.send).subspan(weight_bytes));
+        header_bytes() + ed.codec.encode(host_view<const float>(scratch_),
+                                         std::span<std::byte>(ed.send).subspan(header_bytes()));
   }
 
   // The payload this rank sends to e's peer in this round (its public copy's update when
@@ -1100,12 +1176,26 @@ class gossip {
     return buf.first(got);
   }
 
+  // A received message after its settings word (checked by check_received first).
   std::span<const std::byte> received_payload(exchange& e) {
-    return checked_payload(edge_to(e.peer).recv, e.req->received(0), e.peer);
+    return checked_payload(edge_to(e.peer).recv, e.req->received(0), e.peer)
+        .subspan(settings_bytes);
   }
 
   std::span<const std::byte> received_payload(late_exchange& l) {
-    return checked_payload(l.recv, l.req->received(0), l.peer);
+    return checked_payload(l.recv, l.req->received(0), l.peer).subspan(settings_bytes);
+  }
+
+  // Every message that landed (in this round where `round`, and late ones) is checked
+  // before any is applied: a round either applies all it received or none.
+  void check_received(bool round) {
+    for (auto& e : ex_)
+      if (round && e.state == outcome::done && e.receives())
+        (void)check_settings(checked_payload(edge_to(e.peer).recv, e.req->received(0), e.peer),
+                             e.peer, round_);
+    for (auto& l : late_)
+      if (l.complete && l.receives())
+        (void)check_settings(checked_payload(l.recv, l.req->received(0), l.peer), l.peer, l.round);
   }
 
   [[noreturn]] void rethrow_decode(const decode_error& x, int peer, std::uint64_t round) {
@@ -1314,6 +1404,7 @@ class gossip {
       wait_round();
       {
         scoped_timer timer(counters_.decode_ns);
+        check_received(true);
         if (rule_ == mixing_rule::averaging) {
           double unused = 0.0;
           const bool late = apply_late(unused);

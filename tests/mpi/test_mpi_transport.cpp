@@ -662,6 +662,40 @@ TYPED_TEST(MpiAllreduce, EveryRankEndsWithTheSameBits) {
   EXPECT_TRUE(same_on_all_ranks(std::as_bytes(std::span(r))));
 }
 
+// The f16 sums eight at a time (F16C where the CPU has it) against the scalar add, bit for
+// bit: every f16 pattern against partners that make every case (zeros of both signs,
+// subnormals, the largest finite, overflow to Inf, Inf − Inf, NaN with payloads, ties), at
+// every offset of a vector whose length leaves a scalar tail.
+TEST(MpiTransport, HalfSumsOfEightMatchTheScalarAddBitForBit) {
+  const std::uint16_t partners[] = {0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x3c00,
+                                    0xbc00, 0x3c01, 0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x7e00,
+                                    0x7c01, 0xfe7f, 0x1400, 0x0200, 0x5640, 0x7a00};
+  constexpr std::size_t n = 65536 + 5;  // a tail of 5 after the blocks of 8
+  std::vector<gc::f16> a(n), b(n), fast(n), slow(n);
+  for (std::size_t i = 0; i < n; ++i) a[i] = gc::f16{static_cast<std::uint16_t>(i)};
+  std::uint64_t h = 12345;
+  for (int round = 0; round < 40; ++round) {
+    for (std::size_t i = 0; i < n; ++i) {
+      h = splitmix(h + i);
+      b[i] = gc::f16{round < 20 ? partners[round] : static_cast<std::uint16_t>(h)};
+    }
+    gc::detail::mpi_half_add_n(fast.data(), a.data(), b.data(), n);
+    for (std::size_t i = 0; i < n; ++i) slow[i] = gc::detail::mpi_half_add(a[i], b[i]);
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i)
+      if (fast[i].bits != slow[i].bits && bad++ < 3)
+        ADD_FAILURE() << std::hex << a[i].bits << " + " << b[i].bits << ": " << fast[i].bits
+                      << " against " << slow[i].bits;
+    EXPECT_EQ(bad, 0u) << "round " << round;
+    // In place, as MPI's op runs it (inout = in + inout).
+    std::vector<gc::f16> inout = b;
+    int len = static_cast<int>(n);
+    MPI_Datatype type = MPI_BYTE;
+    gc::detail::mpi_half_sum<gc::f16>(a.data(), inout.data(), &len, &type);
+    for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(inout[i].bits, slow[i].bits) << i;
+  }
+}
+
 // The ring's messages travel on a communicator of their own: receives a user posted
 // under the tags the ring uses, and messages sent to them, are untouched by it.
 TEST(MpiTransport, RingAllreduceNeverMeetsUserMessages) {

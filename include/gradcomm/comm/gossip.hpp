@@ -1186,8 +1186,9 @@ class gossip {
     return checked_payload(l.recv, l.req->received(0), l.peer).subspan(settings_bytes);
   }
 
-  // Every message that landed (in this round where `round`, and late ones) is checked
-  // before any is applied: a round either applies all it received or none.
+  // The settings word of every message that landed (in this round where `round`, and the
+  // late ones) is checked before any message is applied: ranks whose settings differ change
+  // nothing. (A payload that fails to decode later still stops the object, as before.)
   void check_received(bool round) {
     for (auto& e : ex_)
       if (round && e.state == outcome::done && e.receives())

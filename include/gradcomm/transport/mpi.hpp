@@ -35,8 +35,8 @@
 //    and bf16 sums use an MPI_Op of this transport on a 2-byte type: each combine
 //    widens to float, adds and rounds back to nearest even (core/convert.hpp); f16 eight at
 //    a time with F16C where the CPU has it (checked at run time; the same bits), which
-//    made an 8 Mi-value f16 all-reduce on 2 ranks here 27 ms where it took 77-173 ms
-//    (bf16: 17-35 ms).
+//    made an 8 Mi-value f16 all-reduce on 2 ranks here 7.8-8.5 ms where it took 51-55 ms
+//    (bf16: 10-11.5 ms; loopback, quiet machine, 2026-12-07).
 //  - All-reduces under 64 KiB: MPI_Iallreduce, whose every rank must get the same bits.
 //    MPI does not promise that of an all-reduce; Open MPI's (libnbc: a binomial reduce and
 //    broadcast for small messages, a ring for large ones) gives it, SimGrid's SMPI did not
@@ -44,8 +44,8 @@
 //    transport runs MPI_Ireduce to rank 0 and then MPI_Ibcast of its result instead
 //    (GRADCOMM_MPI_SMALL_ALLREDUCE: 0 MPI_Iallreduce, 1 reduce and broadcast; a build may
 //    set it). Two of this transport's collectives cost more than one: 4 ranks on this
-//    2-core machine's loopback, 16 to 16,000 floats, took 220–600 µs an all-reduce against
-//    110–210 µs.
+//    2-core machine's loopback, 16 to 16,000 floats, took 100–260 µs an all-reduce against
+//    40–130 µs (2 ranks: the same, 6–36 µs; quiet machine, 2026-12-07).
 //  - All-reduces of 64 KiB and more on two ranks or more are this transport's own ring
 //    (reduce-scatter, then all-gather: 2(N-1) steps, each a send to the next rank and
 //    a receive from the previous one, in messages of at most 512 KiB so that reducing

@@ -36,7 +36,10 @@
 //    widens to float, adds and rounds back to nearest even (core/convert.hpp); f16 eight at
 //    a time with F16C where the CPU has it (checked at run time; the same bits), which
 //    made an 8 Mi-value f16 all-reduce on 2 ranks here 7.8-8.5 ms where it took 51-55 ms
-//    (bf16: 10-11.5 ms; loopback, quiet machine, 2026-12-07).
+//    (bf16: 10-11.5 ms; loopback, quiet machine, 2026-12-07; a program timing
+//    t.allreduce<f16>, median of 5). `mpirun -np 2 bench_allreduce_mpi --only bf16,fp16
+//    --mib 16 --reps 5 --no-targets` shows it through the all-reduce: fp16 5.2-5.4 ms, bf16
+//    6.2-6.7 ms (the fp16 row runs only when named).
 //  - All-reduces under 64 KiB: MPI_Iallreduce, whose every rank must get the same bits.
 //    MPI does not promise that of an all-reduce; Open MPI's (libnbc: a binomial reduce and
 //    broadcast for small messages, a ring for large ones) gives it, SimGrid's SMPI did not

@@ -26,6 +26,7 @@
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/fp8_block.hpp>
 #include <gradcomm/codec/identity.hpp>
+#include <gradcomm/codec/per_tensor.hpp>
 #include <gradcomm/codec/powersgd.hpp>  // a stub without gradcomm::eigen
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>

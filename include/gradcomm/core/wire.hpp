@@ -45,7 +45,7 @@ static_assert(std::endian::native == std::endian::little,
               "lie in memory: it needs a little-endian machine");
 
 /// Codec ids as they appear in the wire header (one byte). Quantizers from 1, sparsifiers
-/// from 16, low-rank from 32.
+/// from 16, low-rank from 32, containers of other codecs' payloads from 48.
 ///
 ///   if (h.codec == gradcomm::codec_id::topk) { ... }
 enum class codec_id : std::uint8_t {
@@ -60,6 +60,7 @@ enum class codec_id : std::uint8_t {
   topk = 17,
   randomk = 18,
   powersgd = 32,
+  per_tensor = 48,
 };
 
 /// The codec's name ("cast", "topk", ...), or "unknown" for a value no codec has.
@@ -78,6 +79,7 @@ constexpr std::string_view codec_name(codec_id c) noexcept {
     case codec_id::topk: return "topk";
     case codec_id::randomk: return "randomk";
     case codec_id::powersgd: return "powersgd";
+    case codec_id::per_tensor: return "per_tensor";
   }
   return "unknown";
 }

@@ -29,10 +29,10 @@
 // of the first layer's gradients; --no-overlap starts them after the backward pass.
 // Communicators (--comm): allreduce (every codec); ps, the asynchronous parameter server
 // (one server rank besides the workers: --workers 4 runs 5 threads; rank 0 serves under
-// MPI; the workers keep the momentum, see make_ps), with the worker's error feedback on
-// pushes and the change since the last pull, encoded with the server's, on pulls (top-k
-// pushes through DGC's memory, sign pulls as 8-bit and its pushes synchronous: ps_defaults,
-// --ps-push, --ps-pull, --ps-staleness);
+// MPI; the workers keep the momentum, see make_ps, except top-k's), with the worker's error
+// feedback on pushes and the change since the last pull, encoded with the server's, on pulls
+// (sign's and top-k's pulls as 8-bit and their pushes synchronous, top-k's momentum on the
+// server once a round of pushes: ps_defaults, --ps-push, --ps-pull, --ps-staleness);
 // gossip over --topology ring|torus|exponential|random|complete, CHOCO-style for lossy
 // codecs, which then travel without their own error feedback (the public copies are the
 // feedback; top-k's consensus step: gossip_gamma_for, --gossip-gamma). PowerSGD needs
@@ -50,6 +50,7 @@
 #include <gradcomm/codec/dgc.hpp>
 #include <gradcomm/codec/error_feedback.hpp>
 #include <gradcomm/codec/identity.hpp>
+#include <gradcomm/codec/per_tensor.hpp>
 #include <gradcomm/codec/powersgd.hpp>
 #include <gradcomm/codec/quantize.hpp>
 #include <gradcomm/codec/sign.hpp>
@@ -246,10 +247,33 @@ auto make_allreduce(T& t, C codec, dp::worker& w, const dp::train_config& cfg) {
 /// --seed 1|2|3, 2026-12-07). A 1-bit push is a coarse, biased step whose error feedback
 /// pays it back over the next pushes: applied on parameters a few pushes old, from every
 /// worker in turn, the repayments land where the error no longer is.
+///
+/// Top-k's momentum on the server (2026-12-07, sixth session): DGC's pushes stayed 1.0-1.1
+/// points short at three epochs whatever the staleness or the pulls (the rows above). Now
+/// top-k's workers push their gradient through error feedback (no momentum of their own)
+/// and the server keeps the momentum once per round of the workers' pushes
+/// (gradcomm::round_momentum_sgd): synchronous, that is the all-reduce's top-k step for
+/// step (uncompressed, the two give the same accuracy to the digit: 85.49 %, seed 1, one
+/// epoch). Its pulls carry the change since the last pull, and with the momentum on the
+/// server that change is dense: 8-bit pulls. Three epochs, cosine rate, seeds 1-3: 87.01,
+/// 87.20, 87.47 % (87.23, −0.49 against the all-reduce none; f32 pulls 87.10, 87.25,
+/// 87.49; top-k 1 % pulls 86.68 and asynchronous 8-bit pulls 86.77, seed 1); one epoch
+/// 84.80, 84.56, 84.91 % (84.76, −0.87; DGC asynchronous 84.25) (--comm ps --codec topk
+/// --epochs 3|1 --lr-schedule cosine --ps-push server --ps-staleness 0 --ps-pull
+/// int8|f32|codec --seed 1|2|3). The price is downstream: a worker receives 422 MiB an epoch
+/// (a byte a parameter) where DGC's top-k pulls sent it 30 MiB; it still sends 23 MiB.
+/// Momentum on the server once per push (sgd's, momentum 0.9^(1/4) at a matching rate)
+/// instead lost 0.56 points uncompressed (84.93 against 85.49 %, seed 1, one epoch).
+/// Top-k over each weight matrix on its own (--per-tensor, gradcomm::per_tensor) was worse
+/// than over the whole flat buffer: DGC pushes, one epoch, 82.96, 82.81, 82.66 % (seeds
+/// 1-3) against 84.36 % (seed 1) flat, and 83.60 against 84.50 % with f32 pulls; gossip on
+/// the exponential graph 84.51 against 84.61 % (seed 1): the flat top-k spends the bytes
+/// where the gradient is largest, across layers.
 void ps_defaults(dp::train_config& cfg) {
-  if (cfg.ps_pull == "auto") cfg.ps_pull = cfg.codec == "sign" ? "int8" : "codec";
-  if (cfg.ps_push == "auto") cfg.ps_push = cfg.codec == "topk" ? "dgc" : "ef";
-  if (cfg.ps_staleness == -2) cfg.ps_staleness = cfg.codec == "sign" ? 0 : -1;
+  const bool sign = cfg.codec == "sign", topk = cfg.codec == "topk";
+  if (cfg.ps_pull == "auto") cfg.ps_pull = sign || topk ? "int8" : "codec";
+  if (cfg.ps_push == "auto") cfg.ps_push = topk ? "server" : "ef";
+  if (cfg.ps_staleness == -2) cfg.ps_staleness = sign || topk ? 0 : -1;
 }
 
 /// Gossip's consensus step for a codec (0: the library's default, gossip_default_gamma):
@@ -289,18 +313,46 @@ float gossip_gamma_for(std::string_view codec, std::string_view topology) {
 /// uncompressed (seeds 1-3, 83.88 % against the all-reduce's 85.46 %, spread 2.3 points: this
 /// program at commit 09205fa); on the workers it gains 0.15 (85.61 %), and 8-bit pushes 0.27
 /// (gradcomm_data_parallel --comm ps --codec none|int8 --epochs 1 --seed 1|2|3).
-template <class C, class P, gradcomm::AsyncTransport T>
-auto make_ps(T& t, C codec, P pull, const dp::train_config& cfg, float server_momentum) {
+template <class C, class P, gradcomm::AsyncTransport T, class O = gradcomm::sgd>
+auto make_ps(T& t, C codec, P pull, const dp::train_config& cfg, float server_momentum,
+             std::type_identity<O> = {}) {
   gradcomm::ps_options o;
   o.servers = 1;
   o.staleness = cfg.ps_staleness < 0 ? gradcomm::unbounded_staleness
                                      : static_cast<std::uint64_t>(cfg.ps_staleness);
   o.seed = cfg.seed;
   o.pull = cfg.ps_pull == "f32" ? gradcomm::pull_encoding::f32 : gradcomm::pull_encoding::codec;
-  const float lr = gradcomm::ps_server_lr(cfg.lr, t.size() - o.servers);
-  return std::make_unique<gradcomm::parameter_server<C, T, gradcomm::sgd, P>>(
-      t, std::move(codec), std::move(pull), o,
-      gradcomm::sgd({.lr = lr, .momentum = server_momentum}));
+  const int workers = t.size() - o.servers;
+  const float lr = gradcomm::ps_server_lr(cfg.lr, workers);
+  if constexpr (std::is_same_v<O, gradcomm::round_momentum_sgd>) {
+    return std::make_unique<gradcomm::parameter_server<C, T, O, P>>(
+        t, std::move(codec), std::move(pull), o,
+        O({.lr = lr,
+           .momentum = server_momentum,
+           .updates_per_round = static_cast<std::uint32_t>(workers)}));
+  } else {
+    return std::make_unique<gradcomm::parameter_server<C, T, gradcomm::sgd, P>>(
+        t, std::move(codec), std::move(pull), o,
+        gradcomm::sgd({.lr = lr, .momentum = server_momentum}));
+  }
+}
+
+/// The model's tensors as per_tensor sees them (gradcomm/codec/per_tensor.hpp): their sizes
+/// in the order they lie in the flat buffer, the biases (under the all-reduce's 4096
+/// elements) as f32. The parameter server and gossip see one flat buffer; with the layout
+/// each weight matrix gets its own top-k, as the all-reduce's buckets do (cfg.per_tensor).
+struct tensor_layout {
+  std::vector<std::size_t> sizes;
+  gradcomm::per_tensor_options options;
+};
+tensor_layout layered(const dp::worker& w) {
+  std::vector<dp::param_tensor> order = w.net.tensors();
+  std::sort(order.begin(), order.end(),
+            [](const auto& a, const auto& b) { return a.offset < b.offset; });
+  tensor_layout l;
+  for (const auto& p : order) l.sizes.push_back(p.size());
+  l.options.small_tensor_elems = 4096;
+  return l;
 }
 
 /// The parameter server's pull codec that cfg.ps_pull names, for push codec C, handed to f;
@@ -340,14 +392,13 @@ auto bare(C codec) {
 
 /// Gossip over topology G: the local SGD step with momentum, then mixing with the
 /// neighbours.
-template <class G, class C, gradcomm::Transport T>
-auto make_gossip(T& t, C codec, const dp::train_config& cfg) {
-  using B = decltype(bare(std::move(codec)));
+template <class G, class B, gradcomm::Transport T>
+auto make_gossip_with(T& t, B codec, const dp::train_config& cfg) {
   gradcomm::gossip_options o;
   o.seed = cfg.seed;
   if (cfg.gossip_gamma > 0.0f) o.gamma = cfg.gossip_gamma;
-  return std::make_unique<gradcomm::gossip<B, T, G>>(t, G{}, bare(std::move(codec)),
-                                                     sgd_for(cfg, cfg.lr), o);
+  return std::make_unique<gradcomm::gossip<B, T, G>>(t, G{}, std::move(codec), sgd_for(cfg, cfg.lr),
+                                                     o);
 }
 
 [[noreturn]] void unsupported(int rank, const std::string& what) {
@@ -389,6 +440,19 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
             // DGC's memory keeps the momentum (and masks it where sent): no momentum on the
             // worker or the server.
             gradcomm::dgc_memory<gradcomm::topk_codec> dgc(codec.inner(), {.momentum = momentum});
+            if (cfg.per_tensor) {
+              // Each weight matrix its own top-k and DGC memory, the biases f32 (as the
+              // all-reduce's buckets): see layered.
+              const auto pt = layered(w);
+              gradcomm::per_tensor<decltype(dgc)> push(std::move(dgc), pt.sizes, pt.options);
+              if (!with_pull_codec(codec, c, workers, [&](auto pull) {
+                    gradcomm::per_tensor<decltype(pull)> p(std::move(pull), pt.sizes, pt.options);
+                    rows = dp::train(*make_ps(t, std::move(push), std::move(p), c, 0.0f), t, w,
+                                     data, c, bar);
+                  }))
+                unsupported(t.rank(), "--ps-pull " + cfg.ps_pull + " with --codec " + cfg.codec);
+              return rows;
+            }
             if (!with_pull_codec(codec, c, workers, [&](auto pull) {
                   rows = dp::train(*make_ps(t, std::move(dgc), std::move(pull), c, 0.0f), t, w,
                                    data, c, bar);
@@ -396,6 +460,18 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
               unsupported(t.rank(), "--ps-pull " + cfg.ps_pull + " with --codec " + cfg.codec);
             return rows;
           }
+        }
+        if (cfg.ps_push == "server") {
+          // The server keeps the momentum, once per round of the workers' pushes
+          // (gradcomm::round_momentum_sgd): a push is the worker's gradient through the
+          // codec's error feedback, as the all-reduce's codecs compress gradients.
+          if (!with_pull_codec(codec, c, workers, [&](auto pull) {
+                rows = dp::train(*make_ps(t, std::move(codec), std::move(pull), c, momentum,
+                                          std::type_identity<gradcomm::round_momentum_sgd>{}),
+                                 t, w, data, c, bar);
+              }))
+            unsupported(t.rank(), "--ps-pull " + cfg.ps_pull + " with --codec " + cfg.codec);
+          return rows;
         }
         c.worker_momentum = momentum;  // see make_ps
         if (!with_pull_codec(codec, c, workers, [&](auto pull) {
@@ -409,15 +485,25 @@ std::vector<dp::epoch_result> run_backend(T& t, C codec, dp::worker& w,
     }
     if (cfg.comm == "gossip") {
       auto go = [&]<class G>(std::type_identity<G>) {
-        auto g = make_gossip<G>(t, std::move(codec), cfg);
-        auto rows = dp::train(*g, t, w, data, cfg, bar);
-        if (t.rank() == 0 && g->quality().omega < 1.0)
-          std::fprintf(stderr,
-                       "  consensus step in the last round %g (at most %g; the codec's quality %g, "
-                       "its messages' %g)\n",
-                       static_cast<double>(g->last_gamma()), static_cast<double>(g->gamma()),
-                       g->quality().omega, g->measured_quality());
-        return rows;
+        auto run = [&](auto g) {
+          auto rows = dp::train(*g, t, w, data, cfg, bar);
+          if (t.rank() == 0 && g->quality().omega < 1.0)
+            std::fprintf(stderr,
+                         "  consensus step in the last round %g (at most %g; the codec's quality "
+                         "%g, its messages' %g)\n",
+                         static_cast<double>(g->last_gamma()), static_cast<double>(g->gamma()),
+                         g->quality().omega, g->measured_quality());
+          return rows;
+        };
+        if constexpr (std::is_same_v<C, gradcomm::error_feedback<gradcomm::topk_codec>>) {
+          if (cfg.per_tensor) {
+            const auto pt = layered(w);
+            return run(make_gossip_with<G>(
+                t, gradcomm::per_tensor<gradcomm::topk_codec>(codec.inner(), pt.sizes, pt.options),
+                cfg));
+          }
+        }
+        return run(make_gossip_with<G>(t, bare(std::move(codec)), cfg));
       };
       if (cfg.topology == "ring") return go(std::type_identity<gradcomm::ring_topology>{});
       if (cfg.topology == "torus") return go(std::type_identity<gradcomm::torus_topology>{});
@@ -665,20 +751,22 @@ int run(const options& o, int rank_hint, int world_size) {
     ps_defaults(cfg);
     if (cfg.gossip_gamma == 0.0f) cfg.gossip_gamma = gossip_gamma_for(codec, cfg.topology);
     if (talk)
-      std::fprintf(stderr,
-                   "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g%s, momentum %g%s\n",
-                   codec.c_str(), cfg.comm.c_str(), world_size,
-                   find_backend(cfg.comm)->servers ? " and a server" : "", o.transport.c_str(),
-                   cfg.batch, static_cast<double>(cfg.lr),
-                   cfg.lr_schedule == "cosine" ? " (cosine)" : "", static_cast<double>(momentum),
-                   cfg.comm == "ps" || (cfg.comm == "allreduce" && compresses_momentum(codec))
-                       ? " (on each worker, before the codec)"
-                       : "");
+      std::fprintf(
+          stderr, "%s/%s: %d workers%s (%s), batch %zu per worker, lr %g%s, momentum %g%s\n",
+          codec.c_str(), cfg.comm.c_str(), world_size,
+          find_backend(cfg.comm)->servers ? " and a server" : "", o.transport.c_str(), cfg.batch,
+          static_cast<double>(cfg.lr), cfg.lr_schedule == "cosine" ? " (cosine)" : "",
+          static_cast<double>(momentum),
+          cfg.comm == "ps" && cfg.ps_push == "server" ? " (on the server, once a round of pushes)"
+          : cfg.comm == "ps" || (cfg.comm == "allreduce" && compresses_momentum(codec))
+              ? " (on each worker, before the codec)"
+              : "");
     if (talk && cfg.comm == "ps")
       std::fprintf(stderr,
                    "  pushes: %s; pulls: %s; staleness: %s (--ps-push, --ps-pull, "
                    "--ps-staleness)\n",
-                   codec == "topk" ? cfg.ps_push.c_str() : "ef", cfg.ps_pull.c_str(),
+                   codec == "topk" || cfg.ps_push == "server" ? cfg.ps_push.c_str() : "ef",
+                   cfg.ps_pull.c_str(),
                    cfg.ps_staleness < 0 ? "unbounded" : std::to_string(cfg.ps_staleness).c_str());
     if (talk && cfg.comm == "gossip" && cfg.gossip_gamma > 0.0f)
       std::fprintf(stderr, "  consensus step %g\n", static_cast<double>(cfg.gossip_gamma));
@@ -814,18 +902,22 @@ int main(int argc, char** argv) {
   app.add_option("--ps-pull", o.train.ps_pull,
                  "ps: what a pull sends: codec (the change since the last pull, through the push "
                  "codec), f32 (the values), bf16 or int8 (the change), topk-union (top-k at "
-                 "workers x the push ratio; --codec topk); auto: int8 for sign, codec otherwise")
+                 "workers x the push ratio; --codec topk); auto: int8 for sign and top-k, codec "
+                 "otherwise")
       ->check(CLI::IsMember({"auto", "codec", "f32", "bf16", "int8", "topk-union"}))
       ->capture_default_str();
   app.add_option("--ps-push", o.train.ps_push,
                  "ps, --codec topk: ef (the worker's momentum through error feedback) or dgc "
-                 "(DGC's memory: momentum correction and masking); auto: dgc for top-k")
-      ->check(CLI::IsMember({"auto", "ef", "dgc"}))
+                 "(DGC's memory: momentum correction and masking); server (any codec: the "
+                 "gradient through error feedback, the momentum on the server once a round of "
+                 "pushes); auto: server for top-k, ef otherwise")
+      ->check(CLI::IsMember({"auto", "ef", "dgc", "server"}))
       ->capture_default_str();
-  app.add_option("--ps-staleness", o.train.ps_staleness,
-                 "ps: a worker's reply waits until every worker is within this many pushes of "
-                 "it (0: synchronous); -1: unbounded (asynchronous); -2 (auto): 0 for sign, "
-                 "unbounded otherwise")
+  app.add_option(
+         "--ps-staleness", o.train.ps_staleness,
+         "ps: a worker's reply waits until every worker is within this many pushes of "
+         "it (0: synchronous); -1: unbounded (asynchronous); -2 (auto): 0 for sign and top-k, "
+         "unbounded otherwise")
       ->check(CLI::Range(-2, 1000000))
       ->capture_default_str();
   app.add_option("--gossip-gamma", o.train.gossip_gamma,
@@ -837,6 +929,10 @@ int main(int argc, char** argv) {
   app.add_flag("--no-warmup", no_warmup,
                "every warm-up off (--topk-warmup 0 --topk-f32-warmup 0 --powersgd-warmup 0)");
   bool no_overlap = false;
+  bool per_tensor = false;
+  app.add_flag("--per-tensor", per_tensor,
+               "ps (DGC pushes) and gossip, --codec topk: each weight matrix its own top-k, the "
+               "biases f32 (gradcomm::per_tensor), not one top-k over the whole flat buffer");
   app.add_flag("--no-overlap", no_overlap,
                "the all-reduce starts its buckets after the backward pass, not as each layer's "
                "gradients land");
@@ -852,6 +948,7 @@ int main(int argc, char** argv) {
   if (no_warmup)
     o.train.topk_warmup_steps = o.train.topk_f32_steps = o.train.powersgd_warmup_steps = 0;
   if (no_overlap) o.train.overlap_backward = false;
+  if (per_tensor) o.train.per_tensor = true;
   if (!codec.empty()) o.codecs = {codec};
   if (o.codecs.empty()) o.codecs = {"none", "int8"};
 

@@ -96,6 +96,10 @@ struct train_config {
   /// codec (main.cpp, gossip_gamma_for), which is the library's except for top-k;
   /// negative: the library's (gossip_options::gamma unset).
   float gossip_gamma = 0.0f;
+  /// The parameter server (DGC pushes) and gossip with top-k: each weight matrix its own
+  /// top-k (and error feedback), the biases f32, through gradcomm::per_tensor (main.cpp,
+  /// layered); false (the default): one top-k over the whole flat buffer.
+  bool per_tensor = false;
   /// The all-reduce starts a bucket as soon as the backward pass has written its tensors
   /// (allreduce::ready, with the layers registered in worker::registered), so that its
   /// communication overlaps the rest of the backward pass; false: every bucket starts

@@ -688,3 +688,100 @@ TEST(ParameterServer, DgcTopkPushesAndSparsePullsTrainAQuadratic) {
     EXPECT_EQ(held[static_cast<std::size_t>(k)], copies[static_cast<std::size_t>(k)])
         << "worker " << k + 1;
 }
+
+// The server's momentum once per round of pushes (round_momentum_sgd with the workers'
+// count): synchronous workers pushing their gradients at ps_server_lr move the parameters
+// as the all-reduce's heavy ball on the mean gradient does, step for step, to rounding.
+TEST(ParameterServer, RoundMomentumOnTheServerIsTheAllReducesHeavyBall) {
+  const std::size_t n = 40;
+  const int workers = 3, steps = 25;
+  const float lr = 0.1f, mu = 0.9f;
+  // Worker k's gradient at w: w − target_k, a quadratic's, so that the run depends on
+  // where every step lands.
+  auto grad = [](int k, const std::vector<float>& w, std::vector<float>& g) {
+    for (std::size_t i = 0; i < w.size(); ++i)
+      g[i] = w[i] - std::sin(0.3f * static_cast<float>(i) + static_cast<float>(k));
+  };
+  std::vector<float> server;
+  gc::local_world world(1 + workers, 10s);
+  world.run([&](gc::local_transport& t) {
+    gc::parameter_server<gc::identity_codec, gc::local_transport, gc::round_momentum_sgd> ps(
+        t, {}, {.staleness = 0, .pull = gc::pull_encoding::f32},
+        gc::round_momentum_sgd({.lr = gc::ps_server_lr(lr, workers),
+                                .momentum = mu,
+                                .updates_per_round = static_cast<std::uint32_t>(workers)}));
+    std::vector<float> w = initial(n), g(n);
+    if (ps.is_server()) {
+      ps.serve(w);
+      server = w;
+      return;
+    }
+    for (int step = 0; step < steps; ++step) {
+      jitter(t.rank(), step);
+      grad(t.rank(), w, g);
+      ps.step(w, g);
+    }
+  });
+  // The all-reduce's step: v ← μ v + mean(g), w ← w − lr v.
+  std::vector<float> w = initial(n), v(n, 0.0f), g(n), mean(n);
+  for (int step = 0; step < steps; ++step) {
+    std::fill(mean.begin(), mean.end(), 0.0f);
+    for (int k = 1; k <= workers; ++k) {
+      grad(k, w, g);
+      for (std::size_t i = 0; i < n; ++i) mean[i] += g[i] / workers;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      v[i] = mu * v[i] + mean[i];
+      w[i] -= lr * v[i];
+    }
+  }
+  ASSERT_EQ(server.size(), n);
+  for (std::size_t i = 0; i < n; ++i) EXPECT_NEAR(server[i], w[i], 1e-4) << "element " << i;
+  // Not plain SGD's: without the momentum the run ends elsewhere.
+  std::vector<float> plain = initial(n);
+  for (int step = 0; step < steps; ++step) {
+    std::fill(mean.begin(), mean.end(), 0.0f);
+    for (int k = 1; k <= workers; ++k) {
+      grad(k, plain, g);
+      for (std::size_t i = 0; i < n; ++i) mean[i] += g[i] / workers;
+    }
+    for (std::size_t i = 0; i < n; ++i) plain[i] -= lr * mean[i];
+  }
+  double apart = 0.0;
+  for (std::size_t i = 0; i < n; ++i) apart = std::max(apart, std::abs(double{plain[i]} - w[i]));
+  EXPECT_GT(apart, 1e-2);
+}
+
+TEST(ParameterServer, RoundMomentumStateAndSettings) {
+  EXPECT_THROW(gc::round_momentum_sgd({.updates_per_round = 0}), gc::error);
+  EXPECT_THROW(gc::round_momentum_sgd({.momentum = 1.0f}), gc::error);
+  gc::round_momentum_sgd a({.lr = 0.05f, .momentum = 0.9f, .updates_per_round = 3});
+  std::vector<float> w(17, 1.0f), g(17);
+  for (int u = 0; u < 7; ++u) {
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = std::cos(static_cast<float>(i + u));
+    a.apply(gc::host_view<float>(w), gc::host_view<const float>(g));
+  }
+  std::vector<std::byte> st(a.state_bytes());
+  st.resize(a.save_state(st));
+  gc::round_momentum_sgd b({.lr = 0.05f, .momentum = 0.9f, .updates_per_round = 3});
+  b.load_state(st);
+  EXPECT_EQ(b.updates(), 7u);
+  std::vector<float> wa = w, wb = w;
+  for (int u = 7; u < 12; ++u) {
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = std::cos(static_cast<float>(i + u));
+    a.apply(gc::host_view<float>(wa), gc::host_view<const float>(g));
+    b.apply(gc::host_view<float>(wb), gc::host_view<const float>(g));
+  }
+  EXPECT_EQ(wa, wb);
+  // Another optimizer's state, and a truncated one, are refused and change nothing.
+  gc::sgd s({.lr = 0.1f, .momentum = 0.9f});
+  s.apply(gc::host_view<float>(w), gc::host_view<const float>(g));
+  std::vector<std::byte> other(s.state_bytes());
+  other.resize(s.save_state(other));
+  EXPECT_THROW(b.load_state(other), gc::decode_error);
+  EXPECT_THROW(b.load_state(std::span<const std::byte>(st).first(st.size() - 1)), gc::decode_error);
+  EXPECT_EQ(b.updates(), 12u);
+  // A call on another size is an error, not a silent reset.
+  std::vector<float> w2(5), g2(5);
+  EXPECT_THROW(b.apply(gc::host_view<float>(w2), gc::host_view<const float>(g2)), gc::error);
+}

@@ -167,6 +167,101 @@ class sgd {
   std::vector<float> velocity_;
 };
 
+/// SGD whose heavy-ball momentum acts once per round of `updates_per_round` updates: the
+/// parameter server's server, which updates once a push, takes the number of workers, so
+/// that its momentum acts once per round of pushes as the all-reduce's does once per step
+/// on the mean of the workers' gradients. Update c (from 0) with gradient g:
+///   s = −lr · (g + weight_decay · w);  w ← w + s + (momentum / P) · m;  a ← a + s
+/// and after every P-th update m ← momentum · m + a, a ← 0 (m: the last round's
+/// displacement, P = updates_per_round). With P = 1 this is heavy ball in displacement form,
+/// Δ_t = μ Δ_{t−1} − lr g_t; with P workers pushing synchronously at lr / P (ps_server_lr)
+/// a round moves w by μ Δ_{t−1} − lr · mean(g): the all-reduce's step with sgd's momentum,
+/// to rounding (where lr changes, sgd rescales the carried momentum by lr_t / lr_{t−1} and
+/// this rule does not). Asynchronous pushes get the last round's momentum a P-th at a time
+/// and the fresh gradient at once. Momentum on the workers instead (each keeps u ← μu + g
+/// and pushes u) is the same step uncompressed, but a compressor then compresses the
+/// momentum, not the gradient: with top-k the server's momentum is what the all-reduce's
+/// top-k does (examples/data_parallel, main.cpp's ps_defaults).
+///
+///   gradcomm::round_momentum_sgd s{{.lr = gradcomm::ps_server_lr(0.02f, 4), .momentum = 0.9f,
+///                                   .updates_per_round = 4}};
+class round_momentum_sgd {
+ public:
+  struct options {
+    float lr = 0.01f;
+    float momentum = 0.9f;
+    std::uint32_t updates_per_round = 1;
+    float weight_decay = 0.0f;
+  };
+
+  /// Throws invalid_argument for updates_per_round 0 or a momentum outside [0, 1).
+  round_momentum_sgd() = default;
+  explicit round_momentum_sgd(options o) : opt_(o) {
+    if (o.updates_per_round == 0)
+      detail::throw_invalid_argument("round_momentum_sgd", "updates_per_round 0: at least 1");
+    if (!(o.momentum >= 0.0f && o.momentum < 1.0f))
+      detail::throw_invalid_argument("round_momentum_sgd",
+                                     "momentum " + std::to_string(o.momentum) + ": in [0, 1)");
+  }
+
+  const char* name() const noexcept { return "round_momentum_sgd"; }
+  options& settings() noexcept { return opt_; }
+  const options& settings() const noexcept { return opt_; }
+  /// Updates applied so far.
+  std::uint64_t updates() const noexcept { return count_; }
+
+  void apply(host_view<float> params, host_view<const float> grads) {
+    static constexpr const char* call = "round_momentum_sgd::apply";
+    if (params.size() != grads.size())
+      detail::throw_invalid_argument(call, std::to_string(params.size()) + " parameters but " +
+                                               std::to_string(grads.size()) + " gradients");
+    if (opt_.updates_per_round == 0)
+      detail::throw_invalid_argument(call, "updates_per_round 0: at least 1");
+    const std::size_t n = params.size();
+    detail::check_optimizer_size(call, m_.size(), n);
+    m_.resize(n, 0.0f);
+    a_.resize(n, 0.0f);
+    const float lr = opt_.lr, wd = opt_.weight_decay;
+    const float share = opt_.momentum / static_cast<float>(opt_.updates_per_round);
+    float* __restrict w = params.data();
+    const float* __restrict g = grads.data();
+    float* __restrict m = m_.data();
+    float* __restrict a = a_.data();
+    for (std::size_t i = 0; i < n; ++i) {
+      const float s = -lr * (g[i] + wd * w[i]);
+      w[i] += s + share * m[i];
+      a[i] += s;
+    }
+    if (++count_ % opt_.updates_per_round == 0) {
+      const float mu = opt_.momentum;
+      for (std::size_t i = 0; i < n; ++i) {
+        m[i] = mu * m[i] + a[i];
+        a[i] = 0.0f;
+      }
+    }
+  }
+
+  std::size_t state_bytes() const noexcept { return 20 + 2 * m_.size() * sizeof(float); }
+  /// The last round's displacement, this round's so far and the update count.
+  std::size_t save_state(std::span<std::byte> buf) const {
+    return detail::save_floats("round_momentum_sgd::save_state", buf, tag, {&m_, &a_}, count_);
+  }
+  void load_state(std::span<const std::byte> bytes) {
+    std::vector<float> m, a;
+    const std::uint64_t c =
+        detail::load_floats("round_momentum_sgd::load_state", bytes, tag, {&m, &a});
+    m_.swap(m);
+    a_.swap(a);
+    count_ = c;
+  }
+
+ private:
+  static constexpr std::uint32_t tag = 0x44475352;  // "RSGD"
+  options opt_{};
+  std::vector<float> m_, a_;
+  std::uint64_t count_ = 0;
+};
+
 /// Adam (Kingma & Ba) with bias correction; weight decay decoupled (AdamW) when
 /// `decoupled` is set, added to the gradient otherwise.
 ///
@@ -235,6 +330,7 @@ class adam {
 };
 
 static_assert(Optimizer<sgd>);
+static_assert(Optimizer<round_momentum_sgd>);
 static_assert(Optimizer<adam>);
 
 }  // namespace v0

@@ -2,9 +2,8 @@
 // and 60 elements; tensors under 10 elements as f32).
 //
 // Decoder mode: per_tensor<topk_codec>'s and per_tensor<scalar_quant_codec>'s decode and
-// decode_add on any bytes: malformed payloads throw decode_error and leave decode_add's
-// sum as it was (decode's output may hold anything then); accepted ones decode to finite
-// values and decode_add adds exactly decode's values.
+// decode_add on any bytes: malformed payloads throw decode_error and leave the output and
+// the sum as they were; accepted ones: decode_add adds exactly decode's values.
 // Encoder mode: the fuzzer's floats (103 of them, zeros where the input runs out) through
 // per_tensor<topk_codec> give, tensor by tensor, what top-k of that tensor alone gives and
 // the small tensor exactly; a nonfinite value is rejected with invalid_argument.
@@ -43,6 +42,7 @@ void fuzz_decoder(const C& codec, std::span<const std::byte> payload) {
   const bool ok_add = gradcomm_fuzz::decodes([&] { codec.decode_add(payload, acc); });
   check(ok == ok_add, "decode and decode_add accept the same payloads");
   if (!ok) {
+    for (float v : out) check(v == 42.0f, "a rejected payload leaves the output untouched");
     for (float v : acc) check(v == 1.0f, "a rejected payload leaves the sum untouched");
     return;
   }

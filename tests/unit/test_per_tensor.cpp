@@ -160,6 +160,9 @@ TEST(PerTensor, MalformedPayloadsAreNamedAndLeaveAccUntouched) {
       EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << what << ": " << e.what();
     }
     for (float a : acc) ASSERT_EQ(a, 3.0f) << what << ": acc changed";
+    std::vector<float> out(d.total(), 3.0f);
+    EXPECT_THROW(d.decode(bytes, gc::host_view<float>(out)), gc::decode_error) << what;
+    for (float a : out) ASSERT_EQ(a, 3.0f) << what << ": decode's output changed";
   };
   // Every truncation.
   for (std::size_t len = 0; len < wire.size(); ++len)

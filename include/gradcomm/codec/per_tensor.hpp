@@ -77,11 +77,11 @@ inline constexpr std::size_t per_tensor_state_header_bytes = 16;
 /// non-finite value up front, naming its index, whatever C's own policy, so that no
 /// tensor's state moves when a later tensor's encode would refuse it) and the output's
 /// room (max_encoded_bytes(n)) before any tensor is encoded: an encode that throws has
-/// changed nothing. decode_add decodes every tensor into the object's scratch first and
-/// adds only when all of them decoded, so a malformed payload leaves acc as it was;
-/// decode writes into out as it goes (out holds anything after a throw). The scratch makes
-/// the const calls of one object unsafe to run from two threads at once (the
-/// communicators give each thread its own copy).
+/// changed nothing. decode and decode_add decode every tensor into the object's scratch
+/// first and write out (or add to acc) only when all of them decoded, so a malformed
+/// payload leaves the caller's memory as it was. The scratch makes the const calls of one
+/// object unsafe to run from two threads at once (the communicators give each thread its
+/// own copy).
 ///
 ///   gradcomm::per_tensor<gradcomm::scalar_quant_codec> q({{.bits = 8}}, {1024, 1024, 10});
 template <Codec C>
@@ -186,21 +186,15 @@ class per_tensor : public host_codec_calls<per_tensor<C>> {
   }
 
   /// Overwrites out (total() values) with the payload's values; throws decode_error naming
-  /// the defect (out holds anything then).
+  /// the defect, out unchanged then.
   void decode(std::span<const std::byte> payload, host_view<float> out) const {
-    constexpr const char* call = "per_tensor::decode";
-    const auto parts = open(payload, out.size(), call);
-    for (std::size_t i = 0; i < sizes_.size(); ++i) decode_part(i, parts[i], out, call);
+    const float* s = decode_all(payload, out.size(), "per_tensor::decode");
+    std::memcpy(out.data(), s, total_ * sizeof(float));
   }
   /// acc += the payload's values; throws decode_error naming the defect, acc unchanged then.
   void decode_add(std::span<const std::byte> payload, host_view<float> acc) const {
-    constexpr const char* call = "per_tensor::decode_add";
-    const auto parts = open(payload, acc.size(), call);
-    scratch_.resize(total_);
-    const host_view<float> tmp(scratch_.data(), total_);
-    for (std::size_t i = 0; i < sizes_.size(); ++i) decode_part(i, parts[i], tmp, call);
+    const float* __restrict s = decode_all(payload, acc.size(), "per_tensor::decode_add");
     float* __restrict a = acc.data();
-    const float* __restrict s = scratch_.data();
     for (std::size_t j = 0; j < total_; ++j) a[j] += s[j];
   }
 
@@ -344,6 +338,16 @@ class per_tensor : public host_codec_calls<per_tensor<C>> {
     }
     b.expect_end();
     return parts;
+  }
+
+  // Every tensor decoded into the scratch, or a throw with the caller's memory untouched.
+  const float* decode_all(std::span<const std::byte> payload, std::size_t n,
+                          const char* call) const {
+    const auto parts = open(payload, n, call);
+    scratch_.resize(total_);
+    const host_view<float> tmp(scratch_.data(), total_);
+    for (std::size_t i = 0; i < sizes_.size(); ++i) decode_part(i, parts[i], tmp, call);
+    return scratch_.data();
   }
 
   void decode_part(std::size_t i, std::span<const std::byte> part, host_view<float> out,

@@ -262,13 +262,16 @@ auto make_allreduce(T& t, C codec, dp::worker& w, const dp::train_config& cfg) {
 /// --epochs 3|1 --lr-schedule cosine --ps-push server --ps-staleness 0 --ps-pull
 /// int8|f32|codec --seed 1|2|3). The price is downstream: a worker receives 422 MiB an epoch
 /// (a byte a parameter) where DGC's top-k pulls sent it 30 MiB; it still sends 23 MiB.
-/// Momentum on the server once per push (sgd's, momentum 0.9^(1/4) at a matching rate)
-/// instead lost 0.56 points uncompressed (84.93 against 85.49 %, seed 1, one epoch).
-/// Top-k over each weight matrix on its own (--per-tensor, gradcomm::per_tensor) was worse
-/// than over the whole flat buffer: DGC pushes, one epoch, 82.96, 82.81, 82.66 % (seeds
-/// 1-3) against 84.36 % (seed 1) flat, and 83.60 against 84.50 % with f32 pulls; gossip on
-/// the exponential graph 84.51 against 84.61 % (seed 1): the flat top-k spends the bytes
-/// where the gradient is largest, across layers.
+/// Momentum on the server once per push (sgd's, momentum 0.9^(1/4) at a matching rate; an
+/// intermediate build, not kept) instead lost 0.56 points uncompressed (84.93 against
+/// 85.49 %, seed 1, one epoch). Top-k over each weight matrix on its own (--per-tensor,
+/// gradcomm::per_tensor) was worse than over the whole flat buffer: DGC pushes,
+/// asynchronous, top-k pulls, one epoch, 82.53, 82.48, 82.36 % (seeds 1-3) against 84.29 %
+/// (seed 1) flat, 83.22 against 84.41 % with f32 pulls (--comm ps --codec topk --epochs 1
+/// --lr-schedule cosine --ps-push dgc --ps-staleness -1 --ps-pull codec|f32 [--per-tensor]
+/// --seed S); gossip on the exponential graph 84.51 against 84.61 % (--comm gossip
+/// --topology exponential --codec topk --epochs 1 --lr-schedule cosine [--per-tensor]): the
+/// flat top-k spends the bytes where the gradient is largest, across layers.
 void ps_defaults(dp::train_config& cfg) {
   const bool sign = cfg.codec == "sign", topk = cfg.codec == "topk";
   if (cfg.ps_pull == "auto") cfg.ps_pull = sign || topk ? "int8" : "codec";

@@ -92,7 +92,6 @@ class per_tensor : public host_codec_calls<per_tensor<C>> {
 
  public:
   using value_type = float;
-  using codec_type = C;
   static constexpr codec_traits traits{
       .linear = false, .fixed_size = false, .stateful = C::traits.stateful};
   static constexpr codec_id id = codec_id::per_tensor;

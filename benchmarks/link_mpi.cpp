@@ -13,10 +13,17 @@
 // Each row: the median over --reps timed runs (after one warm-up) of the slowest rank's
 // time, every run starting after a barrier, and the rate each way that it makes of --mib
 // MiB (each rank sends --mib MiB in the exchange rows).
+//
+// --pingpong: instead, the one-way time of a message by size (8 B to 16 MiB; half the
+// round trip of rank 0 and 1, median of --reps runs of 10 round trips; others idle), and
+// SMPI's latency and bandwidth factors that make a simulated platform move each size as
+// this network does (benchmarks/smpi.sh --lat-factor, --bw-factor: the calibration of the
+// simulated network by the real one; see pingpong()).
 #include "mpi_bench.hpp"
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -28,6 +35,8 @@ namespace {
 struct options {
   double mib = 32;  // bytes each rank sends in the exchange rows, and half the all-reduce's
   int reps = 3;
+  bool pingpong = false;
+  double route_us = 50;  // --pingpong: the simulated route's latency (shaped:RATE's 2 x 25 us)
 };
 
 // The slowest rank's median time of op() in ms.
@@ -37,6 +46,76 @@ double median_ms(int reps, Op&& op) {
   std::vector<double> v;
   for (int i = 0; i < reps; ++i) v.push_back(1e3 * mpi_bench::timed(op));
   return mpi_bench::median(v);
+}
+
+// One-way times by message size between ranks 0 and 1, and SMPI's factors from them.
+// SMPI's time for a message of s bytes over a route of latency L and bandwidth B is
+// L·lat_factor(s) + s / (B·bw_factor(s)), each factor piecewise in s ("s0:f0;s1:f1;...",
+// a factor from its size up). The calibration: one latency factor, the measured 8-byte
+// one-way time over the route's latency (`route_us`, the platform's); a bandwidth factor
+// a size, the rate a message of that size reached beyond the latency over the rate of the
+// largest one. SMPI applies a factor to the sizes above its size, up to the next one's;
+// each interval gets the factor measured at its upper end (the smaller, as rates fall
+// with size: a stream of back-to-back medium messages gets no shaper's burst). So a platform whose
+// links carry the rate the all-reduce's pattern measures (every rank to the next at once) moves
+// each size as much faster or slower than a large message as the real link does (a token-bucket
+// shaper lets a message that fits its burst pass at the line's speed: 2x on shaped_network.sh's
+// 1gbit links).
+void pingpong(int rank, int size, int reps, double route_us) {
+  const std::vector<std::size_t> sizes = {8,        1 << 10,   8 << 10,   32 << 10,
+                                          64 << 10, 128 << 10, 256 << 10, 512 << 10,
+                                          1 << 20,  2 << 20,   4 << 20,   16 << 20};
+  std::vector<char> buf(sizes.back(), 1);
+  std::vector<double> one_way;
+  for (const std::size_t s : sizes) {
+    const int n = static_cast<int>(s);
+    auto round_trips = [&] {
+      for (int i = 0; i < 10; ++i) {
+        if (rank == 0) {
+          MPI_Send(buf.data(), n, MPI_BYTE, 1, 3, MPI_COMM_WORLD);
+          MPI_Recv(buf.data(), n, MPI_BYTE, 1, 3, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        } else if (rank == 1) {
+          MPI_Recv(buf.data(), n, MPI_BYTE, 0, 3, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+          MPI_Send(buf.data(), n, MPI_BYTE, 0, 3, MPI_COMM_WORLD);
+        }
+      }
+    };
+    one_way.push_back(median_ms(reps, round_trips) / 20.0 * 1e-3);  // seconds
+  }
+  if (rank != 0) return;
+  const double lat = one_way.front();
+  // The rate beyond the latency; a size whose time is within 10 % of the latency says
+  // nothing of it (factor 1).
+  auto beyond = [&](std::size_t i) {
+    const double t = one_way[i] - lat;
+    return t > 0.1 * lat ? static_cast<double>(sizes[i]) / t : 0.0;
+  };
+  const double rate = beyond(sizes.size() - 1);
+  std::printf(
+      "# bench_link_mpi --pingpong — ranks 0 and 1 of %d, one way = half a round trip,\n"
+      "# median of %d runs of 10 round trips\n\n",
+      size, reps);
+  std::printf(
+      "| bytes | one way us | Gbit/s | beyond the latency, Gbit/s | SMPI bw factor |\n"
+      "|---:|---:|---:|---:|---:|\n");
+  std::vector<double> factor(sizes.size());
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const double r = beyond(i);
+    factor[i] = r > 0 && rate > 0 ? std::clamp(r / rate, 0.25, 8.0) : 1.0;
+    std::printf("| %zu | %.1f | %.3f | %.3f | %.2f |\n", sizes[i], one_way[i] * 1e6,
+                static_cast<double>(sizes[i]) * 8 / one_way[i] * 1e-9, r * 8e-9, factor[i]);
+  }
+  std::string bw_factor;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    char piece[64];
+    std::snprintf(piece, sizeof piece, "%s%zu:%.3g", i ? ";" : "", i ? sizes[i - 1] : 0, factor[i]);
+    bw_factor += piece;
+  }
+  bw_factor += ";" + std::to_string(sizes.back()) + ":1";
+  std::printf("\nlatency %.1f us one way, %.4g Gbit/s beyond it (16 MiB)\n", lat * 1e6,
+              rate * 8e-9);
+  std::printf("smpi.sh --lat-factor '0:%.3g' --bw-factor '%s'\n", lat * 1e6 / route_us,
+              bw_factor.c_str());
 }
 
 }  // namespace
@@ -50,16 +129,24 @@ int main(int argc, char** argv) {
   try {
     mpi_bench::parse_options(argc, argv,
                              {{"--mib", [&](const char* v) { o.mib = std::atof(v); }},
-                              {"--reps", [&](const char* v) { o.reps = std::atoi(v); }}});
-    if (!(o.mib >= 1 && o.mib <= 1024) || o.reps < 1)
-      throw mpi_bench::usage_error{"--mib in [1, 1024], --reps >= 1"};
+                              {"--reps", [&](const char* v) { o.reps = std::atoi(v); }},
+                              {"--pingpong", [&](const char*) { o.pingpong = true; }, true},
+                              {"--route-us", [&](const char* v) { o.route_us = std::atof(v); }}});
+    if (!(o.mib >= 1 && o.mib <= 1024) || o.reps < 1 || !(o.route_us > 0))
+      throw mpi_bench::usage_error{"--mib in [1, 1024], --reps >= 1, --route-us > 0"};
     if (size % 2 != 0) throw mpi_bench::usage_error{"an even number of ranks (pairs r, r ^ 1)"};
   } catch (const mpi_bench::usage_error& e) {
     if (rank == 0)
-      std::fprintf(stderr, "bench_link_mpi: %s\nusage: bench_link_mpi [--mib M] [--reps K]\n",
+      std::fprintf(stderr,
+                   "bench_link_mpi: %s\nusage: bench_link_mpi [--mib M] [--reps K] [--pingpong]\n",
                    e.why.c_str());
     MPI_Finalize();
     return 2;
+  }
+  if (o.pingpong) {
+    pingpong(rank, size, o.reps, o.route_us);
+    MPI_Finalize();
+    return 0;
   }
   const int peer = rank ^ 1;
   const auto bytes = static_cast<std::size_t>(o.mib * (1 << 20)) & ~std::size_t{(1 << 20) - 1};

@@ -43,8 +43,10 @@
 # can take the probed message first), and the build sets GRADCOMM_MPI_HAS_COMM_IDUP=0 (the
 # transport's agreed collective shapes get no communicator of their own; each collective
 # waits for its agreement check). MPI_COMM_WORLD has no error handler to restore (skipped).
-# The transport's waits only yield, never sleep (GRADCOMM_POLL_SLEEPS=0): a real sleep halts
-# the whole simulation (one thread runs every rank) and moves no simulated time.
+# The transport's waits back off as on a real machine (yield for the first millisecond, then
+# naps of 20 us to 0.5 ms) on SMPI's clock, napping in simulated time (smpi_usleep;
+# transport/detail/backoff.hpp sees smpicxx's smpi_helpers.h): a real sleep would halt the
+# whole simulation (one thread runs every rank) and move no simulated time.
 # A rank is a simulated actor, not a thread; a
 # thread that the rank starts cannot call MPI (SMPI's MPI_Init_thread provides
 # MPI_THREAD_FUNNELED at most, MPI_Query_thread says MPI_THREAD_SINGLE). The all-reduce's
@@ -65,6 +67,13 @@
 #   --build DIR    the build folder (default build-smpi/)
 #   --csv FILE     passed to the benchmark (--csv FILE)
 #   --timeout S    wall-clock limit for smpirun, in seconds (default 1800)
+#   --lat-factor F, --bw-factor F
+#                  SMPI's latency and bandwidth factors by message size ("0:f0;s1:f1;...", a
+#                  factor from its size up; default SMPI's own, calibrated on Grid'5000's
+#                  clusters). For the validation, the calibration that bench_link_mpi
+#                  --pingpong prints, measured on the real network (benchmarks/results/smpi.md)
+#   --cfg NAME:VALUE
+#                  any other SimGrid setting, passed to smpirun as --cfg=NAME:VALUE
 #   --poll-us U    simulated microseconds each MPI_Test / MPI_Iprobe takes (default 1; more
 #                  makes big runs faster: fewer polls to simulate, each wait up to U us longer)
 #   --build-only   build and stop
@@ -83,6 +92,7 @@ csv=
 timeout_s=1800
 build_only=0
 poll_us=1
+factors=()
 args=()
 
 usage() {
@@ -101,6 +111,9 @@ while [ $# -gt 0 ]; do
     --timeout) [ $# -ge 2 ] || usage; timeout_s=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
     --poll-us) [ $# -ge 2 ] || usage; poll_us=$2; shift 2 ;;
+    --lat-factor) [ $# -ge 2 ] || usage; factors+=("--cfg=smpi/lat-factor:$2"); shift 2 ;;
+    --bw-factor) [ $# -ge 2 ] || usage; factors+=("--cfg=smpi/bw-factor:$2"); shift 2 ;;
+    --cfg) [ $# -ge 2 ] || usage; factors+=("--cfg=$2"); shift 2 ;;
     --) shift; args=("$@"); break ;;
     -h|--help) usage ;;
     *) echo "smpi.sh: unknown option $1" >&2; usage ;;
@@ -133,7 +146,7 @@ if [ ! -x "$bench" ] || [ "$0" -nt "$bench" ] ||
   fi
   echo "smpi.sh: building $bench with smpicxx" >&2
   smpicxx -std=c++20 -O3 -DNDEBUG -Wall -Wextra -I "$repo/include" -DGRADCOMM_HAS_MPI=1 \
-    -DGRADCOMM_MPI_HAS_COMM_IDUP=0 -DGRADCOMM_POLL_SLEEPS=0 \
+    -DGRADCOMM_MPI_HAS_COMM_IDUP=0 \
     "${extra[@]}" "$src" -o "$bench.tmp"
   mv "$bench.tmp" "$bench"
 fi
@@ -167,5 +180,5 @@ echo "smpi.sh: $label; platform $plat" >&2
 timeout "$timeout_s" smpirun -np "$ranks" -platform "$plat" -hostfile "$hostfile" \
   --cfg=smpi/host-speed:1Gf --cfg=smpi/coll-selector:ompi \
   --cfg=smpi/grow-injected-times:no --cfg=smpi/test:${poll_us}e-6 --cfg=smpi/iprobe:${poll_us}e-6 \
-  --cfg=smpi/display-timing:yes --log=xbt_cfg.thres:warning --log=smpi_config.thres:error --log=smpi_coll.thres:warning \
+  "${factors[@]}" --cfg=smpi/display-timing:yes --log=xbt_cfg.thres:warning --log=smpi_config.thres:error --log=smpi_coll.thres:warning \
   "$bench" --label "$label" --no-targets "${bargs[@]}" "${args[@]}"

@@ -5,12 +5,27 @@
 #include <algorithm>
 #include <chrono>
 #include <thread>
+#if defined(SMPI_HELPERS_H)
+#include <time.h>
+#endif
 
-// Whether a long wait sleeps (1) or only yields (0). Under a simulator that runs every rank
-// on one thread (SimGrid's SMPI, benchmarks/smpi.sh builds with 0) a real sleep stops the
-// whole simulation and buys nothing: the simulated time does not move during it.
+// Whether a long wait sleeps (1) or only yields (0).
 #ifndef GRADCOMM_POLL_SLEEPS
 #define GRADCOMM_POLL_SLEEPS 1
+#endif
+
+// Built by SimGrid's smpicxx (which force-includes smpi/smpi_helpers.h), every rank is an
+// actor of one simulation on one thread: a real sleep would stop the whole simulation and
+// move no simulated time, and the real clock says nothing of the simulated one. There the
+// back-off reads SMPI's clock and naps in simulated time (smpi_clock_gettime,
+// smpi_usleep), so a simulated wait takes the back-off of a real one (yield for the first
+// millisecond, then naps of 20 µs to 0.5 ms) and SMPI simulates one poll per nap instead of
+// one per microsecond (benchmarks/smpi.sh).
+#if defined(SMPI_HELPERS_H) && !defined(GRADCOMM_POLL_SIMULATED)
+#define GRADCOMM_POLL_SIMULATED 1
+#endif
+#ifndef GRADCOMM_POLL_SIMULATED
+#define GRADCOMM_POLL_SIMULATED 0
 #endif
 
 namespace gradcomm {
@@ -22,7 +37,23 @@ namespace detail {
 // wait made progress. The defaults are the MPI transport's.
 class poll_backoff {
  public:
+#if GRADCOMM_POLL_SIMULATED
+  // The simulated clock: SMPI's clock_gettime (time since the simulation started).
+  struct clock {
+    using duration = std::chrono::nanoseconds;
+    using rep = duration::rep;
+    using period = duration::period;
+    using time_point = std::chrono::time_point<clock>;
+    static constexpr bool is_steady = true;
+    static time_point now() noexcept {
+      timespec ts{};
+      smpi_clock_gettime(CLOCK_MONOTONIC, &ts);
+      return time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
+    }
+  };
+#else
   using clock = std::chrono::steady_clock;
+#endif
 
   poll_backoff() = default;
   poll_backoff(clock::duration yield_for, std::chrono::microseconds first_nap,
@@ -35,7 +66,11 @@ class poll_backoff {
       return;
     }
     nap_ = nap_.count() == 0 ? first_nap_ : std::min(nap_ * 2, max_nap_);
+#if GRADCOMM_POLL_SIMULATED
+    smpi_usleep(static_cast<useconds_t>(nap_.count()));
+#else
     std::this_thread::sleep_for(nap_);
+#endif
   }
   void reset() noexcept {
     start_ = clock::now();

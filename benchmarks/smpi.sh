@@ -180,5 +180,5 @@ echo "smpi.sh: $label; platform $plat" >&2
 timeout "$timeout_s" smpirun -np "$ranks" -platform "$plat" -hostfile "$hostfile" \
   --cfg=smpi/host-speed:1Gf --cfg=smpi/coll-selector:ompi \
   --cfg=smpi/grow-injected-times:no --cfg=smpi/test:${poll_us}e-6 --cfg=smpi/iprobe:${poll_us}e-6 \
-  "${factors[@]}" --cfg=smpi/display-timing:yes --log=xbt_cfg.thres:warning --log=smpi_config.thres:error --log=smpi_coll.thres:warning \
+  "${factors[@]}" --cfg=smpi/display-timing:yes --log=xbt_cfg.thres:warning --log=smpi_config.thres:error --log=smpi_coll.thres:warning --log=smpi_colls.thres:warning \
   "$bench" --label "$label" --no-targets "${bargs[@]}" "${args[@]}"

@@ -19,9 +19,12 @@
 #   * real: the library's code and MPI calls — the codecs encode and decode real data, the
 #     transport posts its sends, receives, probes and non-blocking collectives, the
 #     communicator picks its algorithm; payload bytes travel (copied by SMPI) and are decoded
-#     and checked. SMPI's own collectives stand in for Open MPI's (--cfg=smpi/coll-selector:ompi:
-#     the same algorithm choice by size as Open MPI's tuned module), for MPI_Allreduce and the
-#     transport's MPI_Iallreduce / Iallgather(v) / Ialltoall(v).
+#     and checked. SMPI's own collectives stand in for Open MPI's: the blocking ones
+#     (MPI_Allreduce, the baseline) by Open MPI's tuned choice by size
+#     (--cfg=smpi/coll-selector:ompi); the transport's non-blocking ones (MPI_Iallreduce /
+#     Iallgather(v) / Ialltoall(v)) by SMPI's own implementations, which the selector does not
+#     seem to reach: at 64 ranks on the fat-trees and the rail they cost many times the
+#     blocking ones (benchmarks/results/smpi.md, the projection).
 #   * modelled: the network (SimGrid's flow model: links' bandwidth shared max-min between
 #     flows, latency a link, the SMPI piecewise bandwidth and latency factors for message
 #     sizes); and the time of computation: SMPI measures the CPU time each rank spends between

@@ -95,7 +95,7 @@ csv=
 timeout_s=1800
 build_only=0
 poll_us=1
-factors=()
+cfgs=()  # --cfg settings for smpirun (the factors and --cfg)
 args=()
 
 usage() {
@@ -114,9 +114,9 @@ while [ $# -gt 0 ]; do
     --timeout) [ $# -ge 2 ] || usage; timeout_s=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
     --poll-us) [ $# -ge 2 ] || usage; poll_us=$2; shift 2 ;;
-    --lat-factor) [ $# -ge 2 ] || usage; factors+=("--cfg=smpi/lat-factor:$2"); shift 2 ;;
-    --bw-factor) [ $# -ge 2 ] || usage; factors+=("--cfg=smpi/bw-factor:$2"); shift 2 ;;
-    --cfg) [ $# -ge 2 ] || usage; factors+=("--cfg=$2"); shift 2 ;;
+    --lat-factor) [ $# -ge 2 ] || usage; cfgs+=("--cfg=smpi/lat-factor:$2"); shift 2 ;;
+    --bw-factor) [ $# -ge 2 ] || usage; cfgs+=("--cfg=smpi/bw-factor:$2"); shift 2 ;;
+    --cfg) [ $# -ge 2 ] || usage; cfgs+=("--cfg=$2"); shift 2 ;;
     --) shift; args=("$@"); break ;;
     -h|--help) usage ;;
     *) echo "smpi.sh: unknown option $1" >&2; usage ;;
@@ -183,5 +183,5 @@ echo "smpi.sh: $label; platform $plat" >&2
 timeout "$timeout_s" smpirun -np "$ranks" -platform "$plat" -hostfile "$hostfile" \
   --cfg=smpi/host-speed:1Gf --cfg=smpi/coll-selector:ompi \
   --cfg=smpi/grow-injected-times:no --cfg=smpi/test:${poll_us}e-6 --cfg=smpi/iprobe:${poll_us}e-6 \
-  "${factors[@]}" --cfg=smpi/display-timing:yes --log=xbt_cfg.thres:warning --log=smpi_config.thres:error --log=smpi_coll.thres:warning --log=smpi_colls.thres:warning \
+  "${cfgs[@]}" --cfg=smpi/display-timing:yes --log=xbt_cfg.thres:warning --log=smpi_config.thres:error --log=smpi_coll.thres:warning --log=smpi_colls.thres:warning \
   "$bench" --label "$label" --no-targets "${bargs[@]}" "${args[@]}"
